@@ -1,0 +1,35 @@
+# Everyday commands. `make run` and `make test` start Postgres and Redis on
+# loopback first (scripts/dev-services.sh), so they work on a fresh machine.
+
+SHELL := /bin/bash
+SERVICES := scripts/dev-services.sh
+# Exports DATABASE_URL and REDIS_URL of the running services.
+WITH_ENV = eval "$$($(SERVICES) env | sed 's/^/export /')" &&
+
+.PHONY: run test services services-down fmt lint sqlx-prepare
+
+## run: services, then the API + relay + worker on HTTP_ADDR (default :8080)
+run: services
+	cargo run -- serve
+
+## test: services, then the whole test suite against them
+test: services
+	$(WITH_ENV) scripts/drop-test-databases.sh
+	$(WITH_ENV) cargo test --all-targets -- --test-threads=8
+
+services:
+	$(SERVICES) up
+
+services-down:
+	$(SERVICES) down
+
+fmt:
+	cargo fmt
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+
+## sqlx-prepare: regenerate .sqlx/ after changing sql/ or migrations/
+sqlx-prepare: services
+	scripts/sqlx-prepare.sh

@@ -1,0 +1,1 @@
+UPDATE outbox SET dispatched_at = now() WHERE id = ANY($1)

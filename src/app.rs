@@ -1,0 +1,176 @@
+//! Wiring and lifecycle: builds the shared clients, starts the chosen
+//! components on one `TaskTracker` under one `CancellationToken`, and stops them
+//! in order.
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    config::Config,
+    db, http,
+    mail::Mailer,
+    outbox::{relay::Relay, wake::RelayWaker},
+    queue::{self, QueueClient, WorkerServer, WorkerSettings},
+    tasks,
+    users::password::PasswordHasher,
+};
+
+/// Which components a process runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Components {
+    pub api: bool,
+    pub relay: bool,
+    pub worker: bool,
+}
+
+impl Components {
+    pub const ALL: Self = Self {
+        api: true,
+        relay: true,
+        worker: true,
+    };
+}
+
+/// The clients every component shares.
+#[derive(Clone)]
+pub struct Clients {
+    pub pool: PgPool,
+    pub queue: QueueClient,
+}
+
+impl Clients {
+    /// Neither connects eagerly: the process starts while either is down.
+    pub fn new(cfg: &Config) -> anyhow::Result<Self> {
+        let pool = db::pool(&cfg.db, cfg.database_url()?)?;
+        let redis = queue::connection::pool(&cfg.redis).context("REDIS_URL")?;
+        Ok(Self {
+            pool,
+            queue: QueueClient::new(redis, &cfg.redis.redis_key_prefix),
+        })
+    }
+
+    pub fn relay(&self, cfg: &Config) -> Relay {
+        Relay::new(self.pool.clone(), self.queue.clone(), cfg.relay.clone())
+    }
+}
+
+/// A started process; stop it with [`RunningApp::shutdown`] and [`RunningApp::wait`].
+pub struct RunningApp {
+    /// Where the API listens, when it runs.
+    pub http_addr: Option<SocketAddr>,
+    pub clients: Clients,
+    pub waker: RelayWaker,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    grace: Duration,
+}
+
+/// Starts `components`. `serve` migrates first, so a fresh database just works.
+pub async fn start(cfg: &Config, components: Components) -> anyhow::Result<RunningApp> {
+    let clients = Clients::new(cfg)?;
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let waker = RelayWaker::new();
+    let mut http_addr = None;
+
+    if components.api {
+        db::migrate(&clients.pool)
+            .await
+            .context("migrating the database")?;
+        let state = http::AppState {
+            pool: clients.pool.clone(),
+            queue: clients.queue.clone(),
+            hasher: PasswordHasher::new(&cfg.signup)?,
+            signup: cfg.signup.clone(),
+            waker: waker.clone(),
+        };
+        let listener = tokio::net::TcpListener::bind(cfg.http.http_addr)
+            .await
+            .with_context(|| format!("binding HTTP_ADDR {}", cfg.http.http_addr))?;
+        let addr = listener.local_addr()?;
+        http_addr = Some(addr);
+        let router = http::router(state, cfg.http.http_body_limit);
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            tracing::info!(%addr, "start HTTP server");
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+            tracing::info!("HTTP server stopped");
+        });
+        tracker.spawn(waker.clone().run_notifier(
+            clients.pool.clone(),
+            cfg.relay.relay_notify_coalesce,
+            shutdown.clone(),
+        ));
+    }
+
+    if components.relay {
+        let listen_url = cfg
+            .db
+            .database_listen_url
+            .clone()
+            .unwrap_or(cfg.database_url()?.to_owned());
+        tracker.spawn(
+            clients
+                .relay(cfg)
+                .run(waker.clone(), listen_url, shutdown.clone()),
+        );
+    }
+
+    if components.worker {
+        let mailer = Mailer::from_config(&cfg.mail)?;
+        let registry = tasks::registry(clients.pool.clone(), mailer, cfg.mail.app_base_url.clone());
+        let subscriber = queue::connection::subscriber(&cfg.redis)?;
+        let server = WorkerServer::new(
+            clients.queue.clone(),
+            subscriber,
+            WorkerSettings::from(&cfg.worker),
+            registry,
+        );
+        tracker.spawn(server.run(shutdown.clone()));
+    }
+
+    tracker.close();
+    Ok(RunningApp {
+        http_addr,
+        clients,
+        waker,
+        shutdown,
+        tracker,
+        grace: cfg
+            .http
+            .http_shutdown_grace
+            .max(cfg.worker.worker_shutdown_grace)
+            + Duration::from_secs(5),
+    })
+}
+
+impl RunningApp {
+    /// Asks every component to stop: HTTP stops accepting, the relay finishes
+    /// its batch, the worker finishes or hands back its tasks.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// A token cancelled at shutdown, for callers that add their own loops.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until every component stopped; gives up after the grace period.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.shutdown.cancelled().await;
+        tokio::time::timeout(self.grace, self.tracker.wait())
+            .await
+            .map_err(|_| anyhow::anyhow!("components did not stop within {:?}", self.grace))?;
+        self.clients.pool.close().await;
+        Ok(())
+    }
+}

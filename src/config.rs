@@ -1,0 +1,347 @@
+//! Configuration: every setting is a flag that also reads its environment
+//! variable (and `.env`, loaded by `main` before parsing). `.env.example` lists
+//! them all with their defaults. Values are checked when parsed, so a malformed
+//! one stops start-up with a message naming it.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, ValueEnum};
+
+/// Everything the service can be told, grouped by the component it configures.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub db: DbConfig,
+    #[command(flatten)]
+    pub redis: RedisConfig,
+    #[command(flatten)]
+    pub http: HttpConfig,
+    #[command(flatten)]
+    pub log: LogConfig,
+    #[command(flatten)]
+    pub signup: SignupConfig,
+    #[command(flatten)]
+    pub relay: RelayConfig,
+    #[command(flatten)]
+    pub worker: WorkerConfig,
+    #[command(flatten)]
+    pub mail: MailConfig,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Postgres")]
+pub struct DbConfig {
+    /// Postgres URL (postgres://user:password@host:port/db).
+    #[arg(long, env = "DATABASE_URL", global = true, value_parser = parse_postgres_url)]
+    pub database_url: Option<String>,
+    /// Size of the connection pool.
+    #[arg(
+        long,
+        env = "DATABASE_MAX_CONNECTIONS",
+        default_value_t = 16,
+        global = true
+    )]
+    pub database_max_connections: u32,
+    /// How long to wait for a pooled connection before answering 503.
+    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = parse_duration, global = true)]
+    pub database_acquire_timeout: Duration,
+    /// A direct (not transaction-pooled) URL for the relay's LISTEN connection.
+    /// LISTEN does not survive transaction-mode poolers such as PgBouncer.
+    /// Defaults to DATABASE_URL.
+    #[arg(long, env = "DATABASE_LISTEN_URL", global = true, value_parser = parse_postgres_url)]
+    pub database_listen_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Redis")]
+pub struct RedisConfig {
+    /// Redis URL: redis:// or rediss:// (TLS), with optional user, password and DB number.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/0", global = true, value_parser = parse_redis_url)]
+    pub redis_url: String,
+    /// Connections in the Redis pool.
+    #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 4, global = true)]
+    pub redis_pool_size: usize,
+    /// Timeout for establishing a Redis connection.
+    #[arg(long, env = "REDIS_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub redis_connect_timeout: Duration,
+    /// Timeout for one Redis command.
+    #[arg(long, env = "REDIS_COMMAND_TIMEOUT", default_value = "3s", value_parser = parse_duration, global = true)]
+    pub redis_command_timeout: Duration,
+    /// Prefix of every Redis key and channel this service uses.
+    #[arg(
+        long,
+        env = "REDIS_KEY_PREFIX",
+        default_value = "simplebank",
+        global = true
+    )]
+    pub redis_key_prefix: String,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "HTTP")]
+pub struct HttpConfig {
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080", global = true)]
+    pub http_addr: SocketAddr,
+    /// Largest request body accepted, in bytes (larger answers 413).
+    #[arg(long, env = "HTTP_BODY_LIMIT", default_value_t = 64 * 1024, global = true)]
+    pub http_body_limit: usize,
+    /// How long in-flight requests may take to finish at shutdown.
+    #[arg(long, env = "HTTP_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub http_shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Logging")]
+pub struct LogConfig {
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
+    pub log_format: LogFormat,
+    /// Log filter, in tracing's EnvFilter syntax.
+    #[arg(long, env = "RUST_LOG", default_value = "info", global = true)]
+    pub log_filter: String,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Sign-up")]
+pub struct SignupConfig {
+    /// argon2id memory cost in KiB (OWASP: 19456).
+    #[arg(
+        long,
+        env = "ARGON2_MEMORY_KIB",
+        default_value_t = 19_456,
+        global = true
+    )]
+    pub argon2_memory_kib: u32,
+    /// argon2id iterations (OWASP: 2).
+    #[arg(long, env = "ARGON2_ITERATIONS", default_value_t = 2, global = true)]
+    pub argon2_iterations: u32,
+    /// argon2id lanes (OWASP: 1).
+    #[arg(long, env = "ARGON2_PARALLELISM", default_value_t = 1, global = true)]
+    pub argon2_parallelism: u32,
+    /// Queue of the verify-email task.
+    #[arg(
+        long,
+        env = "VERIFY_EMAIL_QUEUE",
+        default_value = "critical",
+        global = true
+    )]
+    pub verify_email_queue: String,
+    /// Retries of the verify-email task before it is archived.
+    #[arg(
+        long,
+        env = "VERIFY_EMAIL_MAX_RETRY",
+        default_value_t = 10,
+        global = true
+    )]
+    pub verify_email_max_retry: u32,
+    /// Delay between sign-up and the verify-email task.
+    #[arg(long, env = "VERIFY_EMAIL_PROCESS_IN", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub verify_email_process_in: Duration,
+    /// Longest one run of the verify-email task may take.
+    #[arg(long, env = "VERIFY_EMAIL_TIMEOUT", default_value = "60s", value_parser = parse_duration, global = true)]
+    pub verify_email_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Relay")]
+pub struct RelayConfig {
+    /// Outbox rows claimed and forwarded per batch.
+    #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 500, global = true)]
+    pub relay_batch_size: u32,
+    /// Safety-net poll when no wake-up arrives (lost notification, dropped listener).
+    #[arg(long, env = "RELAY_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration, global = true)]
+    pub relay_poll_interval: Duration,
+    /// Longest pause between retries while Redis or Postgres is down.
+    #[arg(long, env = "RELAY_MAX_BACKOFF", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub relay_max_backoff: Duration,
+    /// How long dispatched rows are kept (the source for --redeliver-since).
+    #[arg(long, env = "OUTBOX_RETENTION", default_value = "24h", value_parser = parse_duration, global = true)]
+    pub outbox_retention: Duration,
+    /// Rows deleted per retention batch.
+    #[arg(
+        long,
+        env = "OUTBOX_CLEANUP_BATCH",
+        default_value_t = 1000,
+        global = true
+    )]
+    pub outbox_cleanup_batch: u32,
+    /// Shortest time between two post-commit pg_notify calls of one process.
+    #[arg(long, env = "RELAY_NOTIFY_COALESCE", default_value = "5ms", value_parser = parse_duration, global = true)]
+    pub relay_notify_coalesce: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Worker")]
+pub struct WorkerConfig {
+    /// Tasks run at once by one worker process.
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 16, global = true)]
+    pub worker_concurrency: usize,
+    /// Queues and their weights, e.g. "critical=10,default=5".
+    #[arg(long, env = "WORKER_QUEUES", default_value = "critical=10,default=5", value_parser = parse_queues, global = true)]
+    pub worker_queues: QueueWeights,
+    /// Serve queues in strict priority order (highest weight first) instead of by weight.
+    #[arg(
+        long,
+        env = "WORKER_STRICT_PRIORITY",
+        default_value_t = false,
+        global = true
+    )]
+    pub worker_strict_priority: bool,
+    /// Lease of a running task; the worker extends it, and others take the task once it expires.
+    #[arg(long, env = "WORKER_LEASE", default_value = "30s", value_parser = parse_duration, global = true)]
+    pub worker_lease: Duration,
+    /// First retry delay; each further retry doubles it (with jitter).
+    #[arg(long, env = "WORKER_RETRY_BASE", default_value = "1s", value_parser = parse_duration, global = true)]
+    pub worker_retry_base: Duration,
+    /// Longest retry delay.
+    #[arg(long, env = "WORKER_RETRY_MAX", default_value = "10m", value_parser = parse_duration, global = true)]
+    pub worker_retry_max: Duration,
+    /// How long running tasks may take to finish at shutdown before they are handed back.
+    #[arg(long, env = "WORKER_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub worker_shutdown_grace: Duration,
+    /// How long a completed task's id is remembered in Redis, so a repeated enqueue is a no-op.
+    #[arg(long, env = "WORKER_DONE_RETENTION", default_value = "1h", value_parser = parse_duration, global = true)]
+    pub worker_done_retention: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Mail")]
+pub struct MailConfig {
+    /// SMTP server: smtp://[user:password@]host[:port] (STARTTLS with ?tls=required),
+    /// smtps://... (implicit TLS). Unset: messages are written as .eml files into MAIL_DIR.
+    #[arg(long, env = "SMTP_URL", global = true)]
+    pub smtp_url: Option<String>,
+    /// Timeout of one SMTP exchange.
+    #[arg(long, env = "SMTP_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub smtp_timeout: Duration,
+    /// Folder of the file mailer.
+    #[arg(long, env = "MAIL_DIR", default_value = ".dev/mail", global = true)]
+    pub mail_dir: PathBuf,
+    /// Sender name.
+    #[arg(
+        long,
+        env = "MAIL_FROM_NAME",
+        default_value = "Simple Bank",
+        global = true
+    )]
+    pub mail_from_name: String,
+    /// Sender address.
+    #[arg(
+        long,
+        env = "MAIL_FROM_ADDRESS",
+        default_value = "no-reply@simplebank.local",
+        global = true
+    )]
+    pub mail_from_address: String,
+    /// Base URL of the links in emails.
+    #[arg(
+        long,
+        env = "APP_BASE_URL",
+        default_value = "http://localhost:8080",
+        global = true
+    )]
+    pub app_base_url: String,
+}
+
+/// Queue names and weights, highest weight first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueWeights(pub BTreeMap<String, u32>);
+
+impl QueueWeights {
+    /// Queue names, highest weight first (ties by name), the order of strict priority.
+    pub fn by_priority(&self) -> Vec<(String, u32)> {
+        let mut queues: Vec<_> = self.0.iter().map(|(q, w)| (q.clone(), *w)).collect();
+        queues.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        queues
+    }
+}
+
+impl Config {
+    /// DATABASE_URL, which every command needs; a clear error when it is missing.
+    pub fn database_url(&self) -> anyhow::Result<&str> {
+        self.db
+            .database_url
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("DATABASE_URL is not set (see .env.example)"))
+    }
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 500ms, 10s, 15m, 24h)"))
+}
+
+fn parse_postgres_url(s: &str) -> Result<String, String> {
+    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        s.parse::<sqlx::postgres::PgConnectOptions>()
+            .map(|_| s.to_owned())
+            .map_err(|e| e.to_string())
+    } else {
+        Err("expected a postgres:// or postgresql:// URL".into())
+    }
+}
+
+fn parse_redis_url(s: &str) -> Result<String, String> {
+    if !(s.starts_with("redis://") || s.starts_with("rediss://")) {
+        return Err("expected a redis:// or rediss:// URL".into());
+    }
+    fred::types::config::Config::from_url(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_queues(s: &str) -> Result<QueueWeights, String> {
+    let mut queues = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, weight) = part
+            .split_once('=')
+            .ok_or_else(|| format!("'{part}' is not name=weight"))?;
+        let name = name.trim();
+        if name.is_empty() || name.contains(['{', '}', ':']) {
+            return Err(format!("'{name}' is not a valid queue name"));
+        }
+        let weight: u32 = weight
+            .trim()
+            .parse()
+            .map_err(|_| format!("weight of '{name}' is not a positive number"))?;
+        if weight == 0 {
+            return Err(format!("weight of '{name}' must be at least 1"));
+        }
+        queues.insert(name.to_owned(), weight);
+    }
+    if queues.is_empty() {
+        return Err("no queue given".into());
+    }
+    Ok(QueueWeights(queues))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_weights_parse_and_order() {
+        let q = parse_queues("default=5, critical=10,low=1").unwrap();
+        let names: Vec<_> = q.by_priority().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["critical", "default", "low"]);
+        assert!(parse_queues("critical").is_err());
+        assert!(parse_queues("critical=0").is_err());
+        assert!(parse_queues("{x}=1").is_err());
+        assert!(parse_queues("").is_err());
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        assert!(parse_redis_url("redis://user:pw@127.0.0.1:6379/3").is_ok());
+        assert!(parse_redis_url("rediss://127.0.0.1:6380").is_ok());
+        assert!(parse_redis_url("http://x").is_err());
+        assert!(parse_postgres_url("postgres://u:p@127.0.0.1:5432/db").is_ok());
+        assert!(parse_postgres_url("mysql://x").is_err());
+    }
+}

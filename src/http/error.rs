@@ -1,0 +1,195 @@
+//! The one place errors become HTTP responses.
+//!
+//! Every error answers JSON of one shape, `{"code", "message", "details",
+//! "request_id"}`. Internal details (SQL, stack traces, Redis errors) are logged
+//! with the request id and never returned.
+
+use axum::{
+    Json,
+    extract::rejection::{JsonRejection, QueryRejection},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::users::{
+    FieldViolation, password::HashError, repo::CreateUserError, repo::Taken,
+    verify_email::VerifyError,
+};
+
+tokio::task_local! {
+    /// The id of the request being served, set by the request-id middleware.
+    pub static REQUEST_ID: String;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    InvalidArgument {
+        message: String,
+        details: Vec<FieldViolation>,
+    },
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Machine-readable: invalid_argument, failed_precondition, already_exists,
+    /// not_found, method_not_allowed, payload_too_large, unsupported_media_type,
+    /// unavailable, internal.
+    pub code: &'static str,
+    pub message: String,
+    /// The violated fields, for invalid_argument.
+    pub details: Vec<FieldViolation>,
+    /// Also in the log line of the failure.
+    pub request_id: Option<String>,
+}
+
+impl ApiError {
+    pub fn invalid(details: Vec<FieldViolation>) -> Self {
+        Self::InvalidArgument {
+            message: "invalid request".into(),
+            details,
+        }
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::InvalidArgument { .. } => (StatusCode::BAD_REQUEST, "invalid_argument"),
+            Self::FailedPrecondition(_) => (StatusCode::BAD_REQUEST, "failed_precondition"),
+            Self::AlreadyExists(_) => (StatusCode::CONFLICT, "already_exists"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.parts();
+        let message = match &self {
+            Self::Internal(e) => {
+                tracing::error!(error = format!("{e:#}"), "internal error");
+                "internal error".to_owned()
+            }
+            Self::Unavailable(what) => {
+                tracing::warn!(what, "dependency unavailable");
+                self.to_string()
+            }
+            _ => self.to_string(),
+        };
+        let details = match self {
+            Self::InvalidArgument { details, .. } => details,
+            _ => Vec::new(),
+        };
+        let request_id = REQUEST_ID.try_with(Clone::clone).ok();
+        (
+            status,
+            Json(ErrorBody {
+                code,
+                message,
+                details,
+                request_id,
+            }),
+        )
+            .into_response()
+    }
+}
+
+/// Connection-level failures mean Postgres is unreachable: 503, not 500.
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => {
+                tracing::warn!(error = %e, "postgres unavailable");
+                Self::Unavailable("database unavailable".into())
+            }
+            e => Self::Internal(e.into()),
+        }
+    }
+}
+
+impl From<CreateUserError> for ApiError {
+    fn from(e: CreateUserError) -> Self {
+        match e {
+            CreateUserError::Taken(Taken::Username) => {
+                Self::AlreadyExists("username already exists".into())
+            }
+            CreateUserError::Taken(Taken::Email) => {
+                Self::AlreadyExists("email already exists".into())
+            }
+            CreateUserError::Db(e) => e.into(),
+        }
+    }
+}
+
+impl From<VerifyError> for ApiError {
+    fn from(e: VerifyError) -> Self {
+        match e {
+            // A wrong code says no more than an unknown id.
+            VerifyError::NotFound | VerifyError::WrongCode => {
+                Self::NotFound(VerifyError::NotFound.to_string())
+            }
+            VerifyError::Used | VerifyError::Expired => Self::FailedPrecondition(e.to_string()),
+            VerifyError::Db(e) => e.into(),
+        }
+    }
+}
+
+impl From<HashError> for ApiError {
+    fn from(e: HashError) -> Self {
+        Self::Internal(e.into())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        match r.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                Self::PayloadTooLarge("request body is too large".into())
+            }
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::UnsupportedMediaType(
+                "expected request with `Content-Type: application/json`".into(),
+            ),
+            _ => Self::InvalidArgument {
+                message: r.body_text(),
+                details: Vec::new(),
+            },
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        Self::InvalidArgument {
+            message: r.body_text(),
+            details: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! The HTTP JSON API: one file per resource, errors mapped in `error.rs`.
+//!
+//! Every request gets an `x-request-id` (kept if the client sent one), a span
+//! carrying it, and one log line when it completes.
+
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod users;
+pub mod verify_email;
+
+use std::time::Duration;
+
+use axum::{
+    Json, Router,
+    extract::{DefaultBodyLimit, Request},
+    http::{HeaderName, Response},
+    middleware::{self, Next},
+    routing::get,
+};
+use sqlx::PgPool;
+use tower_http::{
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::TraceLayer,
+};
+use tracing::Span;
+use utoipa::OpenApi;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{
+    config::SignupConfig, outbox::wake::RelayWaker, queue::QueueClient,
+    users::password::PasswordHasher,
+};
+use error::{ApiError, REQUEST_ID};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub queue: QueueClient,
+    pub hasher: PasswordHasher,
+    pub signup: SignupConfig,
+    pub waker: RelayWaker,
+}
+
+#[derive(OpenApi)]
+#[openapi(info(
+    title = "simplebank",
+    description = "Sign-up with an asynchronous, never-lost verification email (transactional outbox)."
+))]
+struct ApiDoc;
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The routes and their OpenAPI document, built from the same declarations so
+/// they cannot drift apart.
+pub fn router(state: AppState, body_limit: usize) -> Router {
+    let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(users::create_user))
+        .routes(routes!(verify_email::verify_email))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .split_for_parts();
+    api.route("/openapi.json", get(move || async move { Json(openapi) }))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(scope_request_id))
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    let id = req.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+                    tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
+                })
+                .on_request(())
+                .on_response(|res: &Response<_>, took: Duration, _span: &Span| {
+                    tracing::info!(
+                        status_code = res.status().as_u16(),
+                        duration_ms = took.as_secs_f64() * 1000.0,
+                        "received an HTTP request"
+                    );
+                })
+                .on_failure(()),
+        )
+        .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Makes the request id available to [`ApiError`]'s response body.
+async fn scope_request_id(req: Request, next: Next) -> axum::response::Response {
+    let id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    REQUEST_ID.scope(id, next.run(req)).await
+}

@@ -1,0 +1,82 @@
+//! POST /v1/create_user: sign-up.
+
+use axum::{Json, extract::State};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{AppState, error::ApiError, error::ErrorBody, extract::ApiJson};
+use crate::{
+    outbox::write::NewTask,
+    tasks::{self, send_verify_email::Payload},
+    users::{User, repo, validation, validation::Violations},
+};
+
+#[derive(Deserialize, ToSchema)]
+pub struct CreateUserRequest {
+    /// 3-100 characters: lowercase letters, digits, underscore.
+    pub username: String,
+    /// 3-100 characters: letters (any script) and spaces.
+    pub full_name: String,
+    /// A valid address, 3-200 characters.
+    pub email: String,
+    /// 6-100 characters.
+    pub password: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CreateUserResponse {
+    pub user: User,
+}
+
+/// Creates a user. The verification email is sent asynchronously: the user and
+/// its task commit together, and the task runs after the configured delay.
+#[utoipa::path(
+    post,
+    path = "/v1/create_user",
+    request_body = CreateUserRequest,
+    responses(
+        (status = 200, description = "User created", body = CreateUserResponse),
+        (status = 400, description = "Malformed JSON or invalid fields", body = ErrorBody),
+        (status = 409, description = "Username or email already exists", body = ErrorBody),
+        (status = 413, description = "Body over the limit", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+        (status = 500, description = "Unexpected error", body = ErrorBody),
+    ),
+    tag = "users"
+)]
+pub async fn create_user(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<CreateUserRequest>,
+) -> Result<Json<CreateUserResponse>, ApiError> {
+    let mut v = Violations::default();
+    v.check("username", validation::username(&req.username))
+        .check("full_name", validation::full_name(&req.full_name))
+        .check("email", validation::email(&req.email))
+        .check("password", validation::password(&req.password));
+    v.finish().map_err(ApiError::invalid)?;
+
+    let hashed = state.hasher.hash(req.password).await?;
+    let signup = &state.signup;
+    let task = NewTask {
+        kind: tasks::SEND_VERIFY_EMAIL,
+        queue: signup.verify_email_queue.clone(),
+        payload: serde_json::to_value(Payload {
+            username: req.username.clone(),
+        })
+        .map_err(anyhow::Error::from)?,
+        max_retry: signup.verify_email_max_retry,
+        timeout: signup.verify_email_timeout,
+        process_in: signup.verify_email_process_in,
+    };
+    let new_user = repo::NewUser {
+        username: &req.username,
+        full_name: &req.full_name,
+        email: &req.email,
+        hashed_password: &hashed,
+    };
+    let (user, task_id) = repo::create_with_task(&state.pool, &new_user, &task).await?;
+    state.waker.wake();
+    tracing::info!(username = %user.username, task_id, "user created");
+    Ok(Json(CreateUserResponse { user }))
+}

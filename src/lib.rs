@@ -1,0 +1,27 @@
+//! simplebank: user sign-up whose follow-up work runs through a transactional outbox.
+//!
+//! The data flow is visible in the module tree:
+//! `http` (the API) -> `users` (sign-up writes the user and its outbox row in one
+//! transaction) -> `outbox` (the relay forwards committed rows to Redis) -> `queue`
+//! (the Redis task queue and worker server) -> `tasks` (the handlers) -> `mail`.
+
+/// Wiring and lifecycle: starts the components and shuts them down in order.
+pub mod app;
+/// Configuration from flags, the environment and `.env`.
+pub mod config;
+/// Postgres pool and migrations.
+pub mod db;
+/// The HTTP JSON API: routes, extractors and the one place errors become responses.
+pub mod http;
+/// Outgoing email: the `Mailer` trait, SMTP and file mailers.
+pub mod mail;
+/// The transactional outbox: the write side and the relay to Redis.
+pub mod outbox;
+/// The Redis task queue: enqueue, the worker server, leases, retries.
+pub mod queue;
+/// Task kinds and their handlers, and the processed-task ledger.
+pub mod tasks;
+/// Logging set-up.
+pub mod telemetry;
+/// The user domain: validation, password hashing, persistence.
+pub mod users;

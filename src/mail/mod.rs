@@ -1,0 +1,107 @@
+//! Outgoing email. [`Mailer`] sends through SMTP when `SMTP_URL` is set, and
+//! otherwise writes each message as an `.eml` file into `MAIL_DIR`, so a fresh
+//! checkout works without a mail server and a person can open the message.
+
+use std::path::PathBuf;
+
+use lettre::{
+    AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
+    message::{Mailbox, MultiPart},
+};
+
+use crate::config::MailConfig;
+
+/// One message to one recipient, with plain-text and HTML bodies.
+#[derive(Debug, Clone)]
+pub struct Email {
+    pub to: String,
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MailError {
+    #[error("mail configuration: {0}")]
+    Config(String),
+    #[error("invalid message: {0}")]
+    Message(#[from] lettre::error::Error),
+    #[error("invalid address: {0}")]
+    Address(#[from] lettre::address::AddressError),
+    #[error("smtp: {0}")]
+    Smtp(#[from] lettre::transport::smtp::Error),
+    #[error("writing the mail file: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Where messages go.
+#[derive(Clone)]
+pub enum Transport {
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    File(PathBuf),
+}
+
+/// Sends [`Email`]s from the configured sender.
+#[derive(Clone)]
+pub struct Mailer {
+    from: Mailbox,
+    transport: Transport,
+}
+
+/// Where a message went, for the log.
+#[derive(Debug, Clone)]
+pub enum Delivered {
+    Smtp,
+    File(PathBuf),
+}
+
+impl Mailer {
+    pub fn from_config(cfg: &MailConfig) -> Result<Self, MailError> {
+        let from = Mailbox::new(
+            Some(cfg.mail_from_name.clone()),
+            cfg.mail_from_address.parse()?,
+        );
+        let transport = match &cfg.smtp_url {
+            Some(url) => Transport::Smtp(
+                AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+                    .map_err(|e| MailError::Config(format!("SMTP_URL: {e}")))?
+                    .timeout(Some(cfg.smtp_timeout))
+                    .build(),
+            ),
+            None => Transport::File(cfg.mail_dir.clone()),
+        };
+        Ok(Self { from, transport })
+    }
+
+    /// Sends `email`. Success means the SMTP server accepted it (or the file was
+    /// written and synced).
+    pub async fn send(&self, email: &Email) -> Result<Delivered, MailError> {
+        let message = Message::builder()
+            .from(self.from.clone())
+            .to(Mailbox::new(None, email.to.parse()?))
+            .subject(email.subject.clone())
+            .multipart(MultiPart::alternative_plain_html(
+                email.text.clone(),
+                email.html.clone(),
+            ))?;
+        match &self.transport {
+            Transport::Smtp(smtp) => {
+                smtp.send(message).await?;
+                Ok(Delivered::Smtp)
+            }
+            Transport::File(dir) => {
+                tokio::fs::create_dir_all(dir).await?;
+                let name = format!(
+                    "{}-{}.eml",
+                    chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ"),
+                    uuid::Uuid::new_v4().simple()
+                );
+                let path = dir.join(name);
+                let mut file = tokio::fs::File::create(&path).await?;
+                tokio::io::AsyncWriteExt::write_all(&mut file, &message.formatted()).await?;
+                file.sync_all().await?;
+                Ok(Delivered::File(path))
+            }
+        }
+    }
+}

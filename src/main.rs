@@ -1,0 +1,167 @@
+//! The `simplebank` command: serve | relay [--once] | worker | migrate | queues.
+
+use std::{process::ExitCode, time::Duration, time::Instant};
+
+use clap::{Parser, Subcommand};
+use simplebank::{
+    app::{self, Clients, Components},
+    config::{Config, parse_duration},
+    db, telemetry,
+};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "simplebank",
+    version,
+    about = "Sign-up service with a transactional outbox to Redis task queues"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    config: Config,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API, the outbox relay and the worker in one process (migrates first).
+    Serve,
+    /// Forward committed outbox rows to Redis.
+    Relay {
+        /// Forward everything undispatched, print a summary and exit (the recovery tool).
+        #[arg(long)]
+        once: bool,
+        /// With --once: also re-forward the rows dispatched in this window (e.g. 15m),
+        /// after Redis lost data. Tasks that already ran are skipped by the ledger.
+        #[arg(long, requires = "once", value_parser = parse_duration)]
+        redeliver_since: Option<Duration>,
+    },
+    /// Run the task worker alone.
+    Worker,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Print task counts per queue and state.
+    Queues,
+}
+
+fn main() -> ExitCode {
+    // A .env file is optional; one that does not parse is an error worth a line.
+    if let Err(e) = dotenvy::dotenv()
+        && !e.not_found()
+    {
+        eprintln!("error: .env: {e}");
+        return ExitCode::FAILURE;
+    }
+    let cli = Cli::parse();
+    if let Err(e) = telemetry::init(&cli.config.log) {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "exiting");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let cfg = cli.config;
+    match cli.command {
+        Command::Serve => run_until_signal(&cfg, Components::ALL).await,
+        Command::Worker => {
+            run_until_signal(
+                &cfg,
+                Components {
+                    api: false,
+                    relay: false,
+                    worker: true,
+                },
+            )
+            .await
+        }
+        Command::Relay { once: false, .. } => {
+            run_until_signal(
+                &cfg,
+                Components {
+                    api: false,
+                    relay: true,
+                    worker: false,
+                },
+            )
+            .await
+        }
+        Command::Relay {
+            once: true,
+            redeliver_since,
+        } => {
+            let clients = Clients::new(&cfg)?;
+            let relay = clients.relay(&cfg);
+            let started = Instant::now();
+            let forwarded = relay.drain(&CancellationToken::new()).await?;
+            let redelivered = match redeliver_since {
+                Some(window) => relay.redeliver_since(window).await?,
+                None => 0,
+            };
+            let took = started.elapsed();
+            println!(
+                "relay: forwarded {forwarded} rows, redelivered {redelivered} in {:.3}s ({:.0} rows/s)",
+                took.as_secs_f64(),
+                (forwarded + redelivered) as f64 / took.as_secs_f64().max(1e-9)
+            );
+            Ok(())
+        }
+        Command::Migrate => db::migrate(&Clients::new(&cfg)?.pool).await,
+        Command::Queues => {
+            let clients = Clients::new(&cfg)?;
+            for (queue, weight) in cfg.worker.worker_queues.by_priority() {
+                let s = clients.queue.stats(&queue).await?;
+                println!(
+                    "{queue} (weight {weight}): pending {} active {} scheduled {} retry {} archived {}",
+                    s.pending, s.active, s.scheduled, s.retry, s.archived
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Runs `components` until SIGINT or SIGTERM, then shuts them down gracefully.
+async fn run_until_signal(cfg: &Config, components: Components) -> anyhow::Result<()> {
+    let running = app::start(cfg, components).await?;
+    let stop = running.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown signal received");
+        stop.cancel();
+    });
+    running.wait().await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,43 @@
+//! The transactional outbox.
+//!
+//! [`write`] inserts a task row inside the caller's transaction, so the row
+//! commits if and only if the caller's own rows do. [`relay`] forwards committed
+//! rows to their Redis queues. [`wake`] tells relays promptly that rows were
+//! committed, without a NOTIFY inside the writing transaction.
+
+pub mod relay;
+pub mod wake;
+pub mod write;
+
+use chrono::{DateTime, Utc};
+
+use crate::queue::TaskMessage;
+
+/// One outbox row as the relay reads it.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub kind: String,
+    pub queue: String,
+    pub payload: serde_json::Value,
+    pub max_retry: i32,
+    pub timeout_ms: i64,
+    pub process_at: DateTime<Utc>,
+}
+
+impl From<OutboxRow> for TaskMessage {
+    fn from(r: OutboxRow) -> Self {
+        TaskMessage {
+            id: r.id,
+            kind: r.kind,
+            queue: r.queue,
+            payload: r.payload.to_string(),
+            max_retry: r.max_retry.max(0) as u32,
+            timeout: std::time::Duration::from_millis(r.timeout_ms.max(1) as u64),
+            process_at: r.process_at,
+        }
+    }
+}
+
+/// The channel relays LISTEN on.
+pub const NOTIFY_CHANNEL: &str = "simplebank_outbox";

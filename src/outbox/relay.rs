@@ -1,0 +1,264 @@
+//! The relay: forwards committed outbox rows to their Redis queues.
+//!
+//! Per batch, in one Postgres transaction: claim undispatched rows with
+//! `FOR UPDATE SKIP LOCKED` (so relays never wait on each other and never claim
+//! the same row at once), enqueue them to Redis in one round trip with
+//! task id = row id, and mark them dispatched once Redis acknowledged. A crash
+//! between Redis's acknowledgement and the commit leaves the rows undispatched;
+//! the next claim forwards them again and the idempotent enqueue keeps one task
+//! per row.
+//!
+//! There is no high-water mark: ids are assigned at insert but commit out of
+//! order, so every undispatched row is a candidate on every claim.
+
+use std::time::{Duration, Instant};
+
+use sqlx::{PgPool, postgres::PgListener};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{NOTIFY_CHANNEL, OutboxRow, wake::RelayWaker};
+use crate::{
+    config::RelayConfig,
+    queue::{QueueClient, QueueError, TaskMessage},
+};
+
+/// How often the loop deletes dispatched rows older than the retention.
+const CLEANUP_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("postgres: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Redis(#[from] QueueError),
+}
+
+impl RelayError {
+    /// Which side is failing, to log once per change of state.
+    fn side(&self) -> &'static str {
+        match self {
+            Self::Db(_) => "postgres",
+            Self::Redis(_) => "redis",
+        }
+    }
+}
+
+/// Forwards outbox rows; see the module doc.
+#[derive(Clone)]
+pub struct Relay {
+    pool: PgPool,
+    queue: QueueClient,
+    cfg: RelayConfig,
+}
+
+impl Relay {
+    pub fn new(pool: PgPool, queue: QueueClient, cfg: RelayConfig) -> Self {
+        Self { pool, queue, cfg }
+    }
+
+    /// Claims, enqueues and marks one batch; returns how many rows it forwarded.
+    pub async fn forward_batch(&self) -> Result<usize, RelayError> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query_file_as!(
+            OutboxRow,
+            "sql/outbox/claim.sql",
+            i64::from(self.cfg.relay_batch_size)
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let tasks: Vec<TaskMessage> = rows.into_iter().map(Into::into).collect();
+        // Dropping `tx` on error rolls back: the rows stay undispatched.
+        self.queue.enqueue(&tasks).await?;
+        sqlx::query_file!("sql/outbox/mark_dispatched.sql", &ids)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(ids.len())
+    }
+
+    /// Forwards batches until none is left (or `shutdown`, after the current batch).
+    pub async fn drain(&self, shutdown: &CancellationToken) -> Result<u64, RelayError> {
+        let mut total = 0;
+        while !shutdown.is_cancelled() {
+            let n = self.forward_batch().await?;
+            total += n as u64;
+            if n < self.cfg.relay_batch_size as usize {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Enqueues again every row dispatched in the last `window`: the recovery
+    /// after Redis lost data. Tasks Redis still has are left alone; tasks that
+    /// already completed are skipped by the workers' ledger.
+    pub async fn redeliver_since(&self, window: Duration) -> Result<u64, RelayError> {
+        let mut after = 0i64;
+        let mut total = 0u64;
+        loop {
+            let rows = sqlx::query_file_as!(
+                OutboxRow,
+                "sql/outbox/dispatched_since.sql",
+                window.as_secs_f64(),
+                after,
+                i64::from(self.cfg.relay_batch_size)
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            let Some(last) = rows.last() else { break };
+            after = last.id;
+            let tasks: Vec<TaskMessage> = rows.into_iter().map(Into::into).collect();
+            total += tasks.len() as u64;
+            self.queue.enqueue(&tasks).await?;
+        }
+        Ok(total)
+    }
+
+    /// Deletes dispatched rows older than the retention, in small batches.
+    pub async fn cleanup(&self) -> Result<u64, RelayError> {
+        let mut total = 0;
+        loop {
+            let done = sqlx::query_file!(
+                "sql/outbox/delete_dispatched_before.sql",
+                self.cfg.outbox_retention.as_secs_f64(),
+                i64::from(self.cfg.outbox_cleanup_batch)
+            )
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            total += done;
+            if done < u64::from(self.cfg.outbox_cleanup_batch) {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// The relay loop: drain, then sleep until woken (same process, LISTEN) or
+    /// the poll interval passes. Outages are retried with capped exponential
+    /// backoff and logged once per change of state.
+    pub async fn run(self, waker: RelayWaker, listen_url: String, shutdown: CancellationToken) {
+        tracing::info!("start outbox relay");
+        let notified = std::sync::Arc::new(Notify::new());
+        let listener = tokio::spawn(listen(
+            listen_url,
+            notified.clone(),
+            self.cfg.relay_max_backoff,
+            shutdown.clone(),
+        ));
+        let mut failing: Option<&'static str> = None;
+        let mut backoff = Duration::from_millis(50);
+        let mut last_cleanup: Option<Instant> = None;
+        loop {
+            match self.drain(&shutdown).await {
+                Ok(n) => {
+                    if let Some(side) = failing.take() {
+                        tracing::info!(side, "relay recovered: forwarding again");
+                    }
+                    backoff = Duration::from_millis(50);
+                    if n > 0 {
+                        tracing::debug!(forwarded = n, "forwarded outbox rows");
+                    }
+                }
+                Err(e) => {
+                    if failing != Some(e.side()) {
+                        tracing::warn!(error = %e, "relay cannot forward; retrying with backoff");
+                        failing = Some(e.side());
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(self.cfg.relay_max_backoff);
+                    continue;
+                }
+            }
+            if last_cleanup.is_none_or(|t| t.elapsed() >= CLEANUP_EVERY) {
+                last_cleanup = Some(Instant::now());
+                match self.cleanup().await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(deleted = n, "deleted dispatched outbox rows past retention")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "outbox cleanup failed"),
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = waker.local.notified() => {}
+                _ = notified.notified() => {}
+                _ = tokio::time::sleep(self.cfg.relay_poll_interval) => {}
+            }
+        }
+        let _ = listener.await;
+        tracing::info!("outbox relay stopped");
+    }
+}
+
+/// LISTENs for commits of other processes and wakes the relay. Runs on its own
+/// direct connection, re-established when lost (the relay is woken then too,
+/// since notifications may have been missed meanwhile).
+async fn listen(
+    url: String,
+    wake: std::sync::Arc<Notify>,
+    max_backoff: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut listener: Option<PgListener> = None;
+    let mut failing = false;
+    loop {
+        let l = match listener.as_mut() {
+            Some(l) => l,
+            None => {
+                let connected = async {
+                    let mut l = PgListener::connect(&url).await?;
+                    l.listen(NOTIFY_CHANNEL).await?;
+                    Ok::<_, sqlx::Error>(l)
+                };
+                match connected.await {
+                    Ok(l) => {
+                        if failing {
+                            tracing::info!("relay listener connected again");
+                            failing = false;
+                        }
+                        backoff = Duration::from_millis(100);
+                        wake.notify_one();
+                        listener.insert(l)
+                    }
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(error = %e, "relay listener cannot connect; polling meanwhile");
+                            failing = true;
+                        }
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(max_backoff);
+                        continue;
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            msg = l.try_recv() => match msg {
+                Ok(Some(_)) => wake.notify_one(),
+                // The connection dropped; the next try_recv reconnects.
+                Ok(None) => wake.notify_one(),
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "relay listener lost its connection; polling meanwhile");
+                        failing = true;
+                    }
+                    listener = None;
+                }
+            },
+        }
+    }
+}

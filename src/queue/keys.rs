@@ -1,0 +1,72 @@
+//! The Redis key layout of one queue.
+//!
+//! Every key of queue `q` starts with `<prefix>:{q}:`; the braces are a Redis
+//! Cluster hash tag, so one queue lives in one slot and its Lua scripts touch a
+//! single slot.
+//!
+//! | key                          | type   | holds                                              |
+//! |------------------------------|--------|----------------------------------------------------|
+//! | `<prefix>:{q}:t:<id>`        | hash   | one task: kind, payload, max_retry, timeout_ms, process_at, retried, deliveries, state, last_error, ... |
+//! | `<prefix>:{q}:pending`       | list   | ids ready to run; new ids LPUSH, workers RPOP (FIFO) |
+//! | `<prefix>:{q}:active`        | zset   | ids being run, scored by lease deadline (ms)        |
+//! | `<prefix>:{q}:scheduled`     | zset   | ids waiting for their process_at (ms)               |
+//! | `<prefix>:{q}:retry`         | zset   | ids waiting for their next attempt (ms)             |
+//! | `<prefix>:{q}:archived`      | zset   | ids that will not run again, scored by when (ms)    |
+//! | `<prefix>:{q}:wake` (channel)| pubsub | published when ids become pending or due times change |
+//!
+//! The task id is the outbox row id. A completed task's hash is kept (without
+//! its payload) for a retention time so that a repeated enqueue stays a no-op.
+
+/// The keys of one queue.
+#[derive(Debug, Clone)]
+pub struct QueueKeys {
+    pub name: String,
+    pub task_prefix: String,
+    pub pending: String,
+    pub active: String,
+    pub scheduled: String,
+    pub retry: String,
+    pub archived: String,
+    pub wake_channel: String,
+}
+
+impl QueueKeys {
+    pub fn new(prefix: &str, queue: &str) -> Self {
+        let base = format!("{prefix}:{{{queue}}}:");
+        Self {
+            name: queue.to_owned(),
+            task_prefix: format!("{base}t:"),
+            pending: format!("{base}pending"),
+            active: format!("{base}active"),
+            scheduled: format!("{base}scheduled"),
+            retry: format!("{base}retry"),
+            archived: format!("{base}archived"),
+            wake_channel: format!("{base}wake"),
+        }
+    }
+
+    pub fn task(&self, id: i64) -> String {
+        format!("{}{id}", self.task_prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_of_a_queue_shares_its_hash_tag() {
+        let k = QueueKeys::new("sb", "critical");
+        for key in [
+            &k.pending,
+            &k.active,
+            &k.scheduled,
+            &k.retry,
+            &k.archived,
+            &k.task(7),
+        ] {
+            assert!(key.starts_with("sb:{critical}:"), "{key}");
+        }
+        assert_eq!(k.task(7), "sb:{critical}:t:7");
+    }
+}

@@ -1,0 +1,25 @@
+-- Take up to N pending tasks, each under a lease.
+-- KEYS[1] task key prefix, KEYS[2] pending, KEYS[3] active
+-- ARGV[1] count, ARGV[2] lease_ms
+-- Returns a flat list, 7 per task: id, kind, payload, retried, max_retry, timeout_ms, delivery.
+-- `delivery` numbers this hand-out of the task: acks, retries and lease extensions
+-- quote it, so a worker whose lease expired cannot touch the task a later worker holds.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local deadline = now + tonumber(ARGV[2])
+local out = {}
+for _ = 1, tonumber(ARGV[1]) do
+  local id = redis.call('RPOP', KEYS[2])
+  if not id then break end
+  local key = KEYS[1] .. id
+  local f = redis.call('HMGET', key, 'kind', 'payload', 'retried', 'max_retry', 'timeout_ms')
+  if f[1] then
+    local delivery = redis.call('HINCRBY', key, 'deliveries', 1)
+    redis.call('HSET', key, 'state', 'active')
+    redis.call('ZADD', KEYS[3], deadline, id)
+    table.insert(out, id)
+    for j = 1, 5 do table.insert(out, f[j]) end
+    table.insert(out, delivery)
+  end
+end
+return out

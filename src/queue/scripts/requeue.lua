@@ -1,0 +1,10 @@
+-- Hand a running task back (graceful shutdown): it goes to the front of the
+-- pending list at once, and the interrupted run does not count as a retry.
+-- KEYS[1] task key, KEYS[2] active, KEYS[3] pending
+-- ARGV[1] id, ARGV[2] delivery, ARGV[3] wake channel
+if redis.call('HGET', KEYS[1], 'deliveries') ~= ARGV[2] then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[1], 'state', 'pending')
+redis.call('RPUSH', KEYS[3], ARGV[1])
+redis.call('PUBLISH', ARGV[3], 1)
+return 1

@@ -1,0 +1,87 @@
+//! "task:send_verify_email": email a new user a link that verifies the address.
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+use crate::{
+    mail::{Delivered, Email, Mailer},
+    queue::{Handler, Task, TaskError, server::Processed},
+    users::{repo, verify_email},
+};
+
+/// The task's payload, as stored in the outbox.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Payload {
+    pub username: String,
+}
+
+pub struct SendVerifyEmail {
+    pool: PgPool,
+    mailer: Mailer,
+    base_url: String,
+}
+
+impl SendVerifyEmail {
+    pub fn new(pool: PgPool, mailer: Mailer, base_url: String) -> Self {
+        Self {
+            pool,
+            mailer,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    async fn run(&self, task: &Task) -> Result<Processed, TaskError> {
+        let payload: Payload = task.json()?;
+        let user = repo::get(&self.pool, &payload.username)
+            .await?
+            .ok_or_else(|| {
+                TaskError::skip_retry(anyhow::anyhow!(
+                    "user {:?} does not exist",
+                    payload.username
+                ))
+            })?;
+        let code =
+            verify_email::get_or_create_for_task(&self.pool, task.id, &user.username, &user.email)
+                .await?;
+        let link = format!(
+            "{}/v1/verify_email?email_id={}&secret_code={}",
+            self.base_url, code.id, code.secret_code
+        );
+        let email = Email {
+            to: code.email.clone(),
+            subject: "Welcome to Simple Bank".into(),
+            text: format!(
+                "Hello {},\n\nThank you for registering with us!\nPlease open this link to verify your email address:\n{link}\n",
+                user.full_name
+            ),
+            html: format!(
+                "Hello {},<br/>\nThank you for registering with us!<br/>\nPlease <a href=\"{}\">click here</a> to verify your email address.<br/>\n",
+                html_escape(&user.full_name),
+                html_escape(&link)
+            ),
+        };
+        let delivered = self.mailer.send(&email).await?;
+        let processed = Processed::default().with("email", code.email);
+        Ok(match delivered {
+            Delivered::Smtp => processed,
+            // No mail server: the log is how a person finds the link.
+            Delivered::File(path) => processed
+                .with("file", path.display().to_string())
+                .with("link", link),
+        })
+    }
+}
+
+impl Handler for SendVerifyEmail {
+    fn handle<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<Processed, TaskError>> {
+        Box::pin(self.run(task))
+    }
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}

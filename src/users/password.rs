@@ -1,0 +1,65 @@
+//! Password hashing with argon2id. Hashing costs tens of milliseconds of CPU by
+//! design, so it runs on the blocking pool, off the async runtime.
+
+use argon2::{
+    Algorithm, Argon2, Params, PasswordHash, PasswordVerifier, Version,
+    password_hash::{PasswordHasher as _, SaltString, rand_core::OsRng},
+};
+
+use crate::config::SignupConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    #[error("invalid argon2 parameters: {0}")]
+    Params(argon2::Error),
+    #[error("hashing failed: {0}")]
+    Hash(argon2::password_hash::Error),
+    #[error("hashing task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Hashes and verifies passwords with fixed argon2id parameters.
+#[derive(Clone)]
+pub struct PasswordHasher {
+    params: Params,
+}
+
+impl PasswordHasher {
+    pub fn new(cfg: &SignupConfig) -> Result<Self, HashError> {
+        let params = Params::new(
+            cfg.argon2_memory_kib,
+            cfg.argon2_iterations,
+            cfg.argon2_parallelism,
+            None,
+        )
+        .map_err(HashError::Params)?;
+        Ok(Self { params })
+    }
+
+    fn argon2(&self) -> Argon2<'static> {
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
+    }
+
+    /// The PHC string (`$argon2id$v=19$m=...`) of `password` with a fresh salt.
+    pub async fn hash(&self, password: String) -> Result<String, HashError> {
+        let argon2 = self.argon2();
+        tokio::task::spawn_blocking(move || {
+            let salt = SaltString::generate(&mut OsRng);
+            argon2
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(HashError::Hash)
+        })
+        .await?
+    }
+
+    /// Whether `password` matches `phc` (whose own parameters are used).
+    pub async fn verify(&self, password: String, phc: String) -> Result<bool, HashError> {
+        let argon2 = self.argon2();
+        tokio::task::spawn_blocking(move || {
+            let parsed = PasswordHash::new(&phc).map_err(HashError::Hash)?;
+            Ok(argon2.verify_password(password.as_bytes(), &parsed).is_ok())
+        })
+        .await?
+    }
+}

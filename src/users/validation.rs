@@ -1,0 +1,129 @@
+//! Input rules of the sign-up and verification requests (the same as the Go
+//! service's): every violated field is reported, not just the first.
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// One rule a field broke.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+/// Collects violations field by field.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    pub fn check(&mut self, field: &str, result: Result<(), String>) -> &mut Self {
+        if let Err(description) = result {
+            self.0.push(FieldViolation {
+                field: field.to_owned(),
+                description,
+            });
+        }
+        self
+    }
+
+    /// `Ok` when nothing was violated.
+    pub fn finish(self) -> Result<(), Vec<FieldViolation>> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self.0)
+        }
+    }
+}
+
+pub fn length(value: &str, min: usize, max: usize) -> Result<(), String> {
+    let n = value.chars().count();
+    if n < min || n > max {
+        return Err(format!("must contain from {min}-{max} characters"));
+    }
+    Ok(())
+}
+
+pub fn username(value: &str) -> Result<(), String> {
+    length(value, 3, 100)?;
+    if !value
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err("must contain only lowercase letters, digits, or underscore".into());
+    }
+    Ok(())
+}
+
+pub fn full_name(value: &str) -> Result<(), String> {
+    length(value, 3, 100)?;
+    if !value.chars().all(|c| c.is_alphabetic() || c == ' ') {
+        return Err("must contain only letters or spaces".into());
+    }
+    Ok(())
+}
+
+pub fn email(value: &str) -> Result<(), String> {
+    length(value, 3, 200)?;
+    // A bare address only: no display name, no comments.
+    if value
+        .parse::<email_address::EmailAddress>()
+        .map(|a| a.email() == value)
+        != Ok(true)
+    {
+        return Err("is not a valid email address".into());
+    }
+    Ok(())
+}
+
+pub fn password(value: &str) -> Result<(), String> {
+    length(value, 6, 100)
+}
+
+pub fn positive_id(value: i64) -> Result<(), String> {
+    if value < 1 {
+        return Err("must be a positive integer".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames() {
+        assert!(username("alice_1").is_ok());
+        assert!(username("al").is_err());
+        assert!(username("Alice").is_err());
+        assert!(username("al ice").is_err());
+        assert!(username(&"a".repeat(101)).is_err());
+    }
+
+    #[test]
+    fn full_names_accept_unicode_letters() {
+        assert!(full_name("Zoë Ångström").is_ok());
+        assert!(full_name("Nguyễn Văn A").is_ok());
+        assert!(full_name("R2 D2").is_err());
+        assert!(full_name("ab").is_err());
+    }
+
+    #[test]
+    fn emails() {
+        assert!(email("alice@example.com").is_ok());
+        assert!(email("alice").is_err());
+        assert!(email("Alice <alice@example.com>").is_err());
+        assert!(email("a@").is_err());
+    }
+
+    #[test]
+    fn all_violations_are_collected() {
+        let mut v = Violations::default();
+        v.check("username", username("A"))
+            .check("password", password("123"))
+            .check("email", email("a@b.co"));
+        let errs = v.finish().unwrap_err();
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["username", "password"]);
+    }
+}

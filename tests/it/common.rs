@@ -1,0 +1,335 @@
+//! Test support: a fresh database and Redis key prefix per test, the real app
+//! on port 0, and private Redis and SMTP server processes for fault tests.
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Once,
+    time::{Duration, Instant},
+};
+
+use clap::Parser;
+use fred::prelude::*;
+use simplebank::{
+    app::{self, Components, RunningApp},
+    config::Config,
+    queue::{self, QueueClient},
+};
+use sqlx::{Connection, PgConnection, PgPool};
+
+#[derive(Parser)]
+struct TestCli {
+    #[command(flatten)]
+    config: Config,
+}
+
+fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let filter = std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+fn base_url(var: &str) -> String {
+    std::env::var(var)
+        .unwrap_or_else(|_| panic!("{var} is not set: run the tests with `make test`"))
+}
+
+/// A test's own database (migrated) and Redis key prefix, and a config aimed at them.
+pub struct TestEnv {
+    pub cfg: Config,
+    pub db_url: String,
+    pub pool: PgPool,
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        init_logs();
+        let admin_url = base_url("DATABASE_URL");
+        let name = format!("sbtest_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .expect("connect to DATABASE_URL");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        admin.close().await.unwrap();
+        let db_url = format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0);
+
+        let mut cfg = TestCli::try_parse_from(["test"])
+            .expect("default config")
+            .config;
+        cfg.db.database_url = Some(db_url.clone());
+        cfg.db.database_max_connections = 8;
+        cfg.redis.redis_url = base_url("REDIS_URL");
+        cfg.redis.redis_key_prefix = format!("sbtest:{}", uuid::Uuid::new_v4().simple());
+        cfg.http.http_addr = "127.0.0.1:0".parse().unwrap();
+        cfg.http.http_shutdown_grace = Duration::from_secs(5);
+        // Cheap hashing: the cost of the real parameters is a benchmark matter.
+        cfg.signup.argon2_memory_kib = 64;
+        cfg.signup.argon2_iterations = 1;
+        cfg.signup.verify_email_process_in = Duration::ZERO;
+        cfg.worker.worker_retry_base = Duration::from_millis(50);
+        cfg.worker.worker_retry_max = Duration::from_millis(500);
+        cfg.worker.worker_shutdown_grace = Duration::from_millis(500);
+        cfg.mail.mail_dir = std::env::temp_dir().join(format!("{name}-mail"));
+
+        let pool = PgPool::connect(&db_url).await.unwrap();
+        simplebank::db::migrate(&pool).await.unwrap();
+        Self { cfg, db_url, pool }
+    }
+
+    pub async fn start(&self, components: Components) -> TestApp {
+        let app = app::start(&self.cfg, components).await.expect("app starts");
+        let base = app
+            .http_addr
+            .map(|a| format!("http://{a}"))
+            .unwrap_or_default();
+        TestApp {
+            app: Some(app),
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// A queue client on this test's prefix.
+    pub fn queue(&self) -> QueueClient {
+        QueueClient::new(
+            queue::connection::pool(&self.cfg.redis).unwrap(),
+            &self.cfg.redis.redis_key_prefix,
+        )
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    }
+}
+
+/// A running app; stopped (and checked to stop cleanly) by [`TestApp::stop`].
+pub struct TestApp {
+    app: Option<RunningApp>,
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post_json(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let res = self
+            .http
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let res = self.http.get(self.url(path)).send().await.unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    pub async fn stop(mut self) {
+        let app = self.app.take().unwrap();
+        app.shutdown();
+        app.wait().await.expect("app stops within its grace period");
+    }
+}
+
+pub fn user_json(name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "username": name,
+        "full_name": "Test User",
+        "email": format!("{name}@example.com"),
+        "password": "secret123",
+    })
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, limit: Duration) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < limit,
+            "nothing listens on port {port} after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A private redis-server on a loopback port, with an append-only file so a
+/// restart keeps its data. Stopped by PID when dropped.
+pub struct RedisProcess {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl RedisProcess {
+    pub fn start() -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("sbtest-redis-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut r = Self {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+            ])
+            .args(["--appendfsync", "always", "--dir"])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (make test installs it)");
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(10));
+    }
+
+    /// SIGTERM and wait: Redis flushes its append-only file and exits.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A real SMTP server (aiosmtpd) writing what it receives into a Maildir.
+pub struct SmtpProcess {
+    pub port: u16,
+    pub maildir: PathBuf,
+    child: Option<Child>,
+}
+
+impl SmtpProcess {
+    pub fn on_port(port: u16) -> Self {
+        let maildir =
+            std::env::temp_dir().join(format!("sbtest-smtp-{}", uuid::Uuid::new_v4().simple()));
+        let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".dev/venv/bin/python");
+        let child = Command::new(python)
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{port}"),
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+            ])
+            .arg(&maildir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("aiosmtpd in .dev/venv (make test installs it)");
+        wait_for_port(port, Duration::from_secs(15));
+        Self {
+            port,
+            maildir,
+            child: Some(child),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    /// Every message received so far, raw.
+    pub fn messages(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.maildir.join("new")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .collect()
+    }
+}
+
+impl Drop for SmtpProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.maildir);
+    }
+}
+
+/// Raw Redis commands on a test's prefix.
+pub async fn redis_client(url: &str) -> fred::clients::Client {
+    let client = fred::clients::Client::new(
+        fred::types::config::Config::from_url(url).unwrap(),
+        None,
+        None,
+        None,
+    );
+    client.init().await.unwrap();
+    client
+}

@@ -1,0 +1,109 @@
+//! Start-up, health, configuration errors and graceful shutdown of the real binary.
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use simplebank::app::Components;
+
+use crate::common::{TestEnv, eventually, free_port};
+
+const BIN: &str = env!("CARGO_BIN_EXE_simplebank");
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let env = TestEnv::new().await;
+    let app = env.start(Components::ALL).await;
+    let (status, body) = app.get_json("/healthz").await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    let (status, body) = app.get_json("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["postgres"].as_str(), body["redis"].as_str()),
+        (Some("up"), Some("up"))
+    );
+    app.stop().await;
+}
+
+#[test]
+fn a_missing_database_url_is_one_clear_line() {
+    let out = Command::new(BIN)
+        .arg("migrate")
+        .env_remove("DATABASE_URL")
+        .current_dir(std::env::temp_dir()) // no .env here
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("DATABASE_URL is not set"), "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_malformed_url_is_named() {
+    let out = Command::new(BIN)
+        .arg("migrate")
+        .env("REDIS_URL", "http://nope")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("REDIS_URL") && stderr.contains("redis://"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn serve_exits_0_on_sigterm_and_sigint() {
+    let env = TestEnv::new().await;
+    for signal in ["-TERM", "-INT"] {
+        let port = free_port();
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .env("DATABASE_URL", &env.db_url)
+            .env("REDIS_URL", &env.cfg.redis.redis_url)
+            .env("REDIS_KEY_PREFIX", &env.cfg.redis.redis_key_prefix)
+            .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let client = reqwest::Client::new();
+        eventually(Duration::from_secs(20), "serve to answer /healthz", || {
+            let req = client
+                .get(format!("http://127.0.0.1:{port}/healthz"))
+                .send();
+            async move { req.await.ok().filter(|r| r.status() == 200) }
+        })
+        .await;
+        let started = Instant::now();
+        assert!(
+            Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "serve did not exit after {signal}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(
+            status.success(),
+            "serve exited with {status} after {signal}"
+        );
+    }
+}

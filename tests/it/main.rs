@@ -1,0 +1,10 @@
+//! Integration tests against real Postgres and Redis (`make test` starts them).
+//! One binary with modules, so the suite links once.
+
+mod common;
+
+mod api;
+mod lifecycle;
+mod queue;
+mod relay;
+mod verify_email;

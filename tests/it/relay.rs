@@ -1,0 +1,330 @@
+//! The relay: prompt wake-ups, out-of-order commits, concurrent relays,
+//! Redis outages, a crash between Redis and the commit, redelivery, retention.
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use fred::prelude::*;
+use simplebank::app::{Clients, Components};
+use sqlx::Connection;
+use tokio_util::sync::CancellationToken;
+
+use crate::common::{RedisProcess, TestEnv, eventually, user_json};
+
+/// Inserts `n` outbox rows for queue "default" straight in SQL.
+async fn insert_rows(env: &TestEnv, n: i64) {
+    sqlx::query(
+        "INSERT INTO outbox (kind, queue, payload, max_retry, timeout_ms)
+         SELECT 'noop', 'default', jsonb_build_object('n', g), 3, 1000 FROM generate_series(1, $1) g",
+    )
+    .bind(n)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+}
+
+async fn undispatched(env: &TestEnv) -> i64 {
+    env.count("SELECT count(*) FROM outbox WHERE dispatched_at IS NULL")
+        .await
+}
+
+async fn ids(env: &TestEnv) -> Vec<i64> {
+    sqlx::query_scalar("SELECT id FROM outbox ORDER BY id")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn commits_wake_the_relay_in_process_and_across_processes() {
+    let mut env = TestEnv::new().await;
+    // With the poll an hour away, only the wake-ups can deliver in time.
+    env.cfg.relay.relay_poll_interval = Duration::from_secs(3600);
+    let q = env.queue();
+
+    // serve-like: API and relay in one process.
+    let app = env
+        .start(Components {
+            api: true,
+            relay: true,
+            worker: false,
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // past the relay's first drain
+    let t = Instant::now();
+    assert_eq!(
+        app.post_json("/v1/create_user", user_json("ivy")).await.0,
+        200
+    );
+    let id = ids(&env).await[0];
+    eventually(Duration::from_secs(5), "the task in Redis", || async {
+        q.task("critical", id).await.unwrap()
+    })
+    .await;
+    println!("in-process: sign-up to task in Redis {:?}", t.elapsed());
+    app.stop().await;
+
+    // The API in one process, the relay in another: pg_notify + LISTEN.
+    let api = env
+        .start(Components {
+            api: true,
+            relay: false,
+            worker: false,
+        })
+        .await;
+    let relay = env
+        .start(Components {
+            api: false,
+            relay: true,
+            worker: false,
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    assert_eq!(
+        api.post_json("/v1/create_user", user_json("jack")).await.0,
+        200
+    );
+    let id = ids(&env).await[1];
+    eventually(Duration::from_secs(5), "the task in Redis", || async {
+        q.task("critical", id).await.unwrap()
+    })
+    .await;
+    println!(
+        "across processes: sign-up to task in Redis {:?}",
+        t.elapsed()
+    );
+    api.stop().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_row_committed_after_a_later_id_is_still_forwarded() {
+    let env = TestEnv::new().await;
+    let relay = Clients::new(&env.cfg).unwrap().relay(&env.cfg);
+    let q = env.queue();
+    let insert = "INSERT INTO outbox (kind, queue, payload, max_retry, timeout_ms)
+                  VALUES ('noop', 'default', '{}', 0, 1000) RETURNING id";
+    let mut slow = sqlx::PgConnection::connect(&env.db_url).await.unwrap();
+    let mut slow_tx = slow.begin().await.unwrap();
+    let early: i64 = sqlx::query_scalar(insert)
+        .fetch_one(&mut *slow_tx)
+        .await
+        .unwrap();
+    let late: i64 = sqlx::query_scalar(insert)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(early < late);
+
+    assert_eq!(relay.drain(&CancellationToken::new()).await.unwrap(), 1);
+    assert!(q.task("default", late).await.unwrap().is_some());
+    slow_tx.commit().await.unwrap();
+    assert_eq!(relay.drain(&CancellationToken::new()).await.unwrap(), 1);
+    assert!(q.task("default", early).await.unwrap().is_some());
+    assert_eq!(undispatched(&env).await, 0);
+}
+
+#[tokio::test]
+async fn two_relays_forward_10000_rows_exactly_once() {
+    let env = TestEnv::new().await;
+    insert_rows(&env, 10_000).await;
+    let mut cfg = env.cfg.clone();
+    cfg.relay.relay_batch_size = 250;
+    let (a, b) = (
+        Clients::new(&cfg).unwrap().relay(&cfg),
+        Clients::new(&cfg).unwrap().relay(&cfg),
+    );
+    let never = CancellationToken::new();
+    let (na, nb) = tokio::join!(a.drain(&never), b.drain(&never));
+    let (na, nb) = (na.unwrap(), nb.unwrap());
+    println!("relay a forwarded {na}, relay b {nb}");
+    assert_eq!(na + nb, 10_000, "each row forwarded by exactly one relay");
+    assert!(
+        na > 0 && nb > 0,
+        "both relays worked (SKIP LOCKED, no waiting)"
+    );
+    assert_eq!(undispatched(&env).await, 0);
+    let stats = env.queue().stats("default").await.unwrap();
+    assert_eq!(stats.pending, 10_000);
+}
+
+#[tokio::test]
+async fn redis_stopped_and_restarted_mid_stream_loses_nothing() {
+    let mut env = TestEnv::new().await;
+    let mut redis = RedisProcess::start();
+    env.cfg.redis.redis_url = redis.url();
+    env.cfg.redis.redis_command_timeout = Duration::from_millis(500);
+    env.cfg.relay.relay_max_backoff = Duration::from_millis(200);
+    let app = env
+        .start(Components {
+            api: true,
+            relay: true,
+            worker: false,
+        })
+        .await;
+    for round in 0..3 {
+        for i in 0..20 {
+            let name = format!("u{round}_{i}");
+            assert_eq!(
+                app.post_json("/v1/create_user", user_json(&name)).await.0,
+                200
+            );
+        }
+        match round {
+            0 => redis.stop(),
+            1 => redis.restart(),
+            _ => {}
+        }
+    }
+    let q = env.queue();
+    eventually(Duration::from_secs(30), "every row dispatched", || async {
+        (undispatched(&env).await == 0).then_some(())
+    })
+    .await;
+    for id in ids(&env).await {
+        assert!(
+            q.task("critical", id).await.unwrap().is_some(),
+            "task {id} missing"
+        );
+    }
+    assert_eq!(q.stats("critical").await.unwrap().pending, 60);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_relay_killed_between_redis_and_commit_leaves_one_task_per_row() {
+    let env = TestEnv::new().await;
+    insert_rows(&env, 50).await;
+    // Fault injection: marking rows dispatched blocks on an advisory lock the
+    // test holds, so the relay stops right after Redis acknowledged.
+    sqlx::raw_sql(
+        "CREATE FUNCTION hold_mark() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_advisory_lock(4242); PERFORM pg_advisory_unlock(4242); RETURN NEW; END $$;
+         CREATE TRIGGER hold_mark BEFORE UPDATE ON outbox FOR EACH ROW EXECUTE FUNCTION hold_mark();",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let mut lock = sqlx::PgConnection::connect(&env.db_url).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(4242)")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+
+    let relay = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_simplebank"))
+            .arg("relay")
+            .args(args)
+            .env("DATABASE_URL", &env.db_url)
+            .env("REDIS_URL", &env.cfg.redis.redis_url)
+            .env("REDIS_KEY_PREFIX", &env.cfg.redis.redis_key_prefix)
+            .env("RUST_LOG", "warn")
+            .current_dir(std::env::temp_dir())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = relay(&[]);
+    let q = env.queue();
+    eventually(Duration::from_secs(20), "the batch in Redis", || async {
+        (q.stats("default").await.unwrap().pending == 50).then_some(())
+    })
+    .await;
+    child.kill().unwrap(); // SIGKILL, with the claim transaction still open
+    child.wait().unwrap();
+    // A backend blocked on a lock notices its client is gone only when it
+    // next talks to it; end it, as Postgres eventually would, and wait for its
+    // transaction (and row locks) to be gone.
+    let orphans = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+                   AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'";
+    sqlx::query(&orphans.replace("SELECT count(*)", "SELECT pg_terminate_backend(pid)"))
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the killed relay's transaction to end",
+        || async { (env.count(orphans).await == 0).then_some(()) },
+    )
+    .await;
+    sqlx::query("SELECT pg_advisory_unlock(4242)")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    assert_eq!(undispatched(&env).await, 50, "the commit never happened");
+
+    let out = relay(&["--once"]).wait_with_output().unwrap();
+    assert!(out.status.success());
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("forwarded 50 rows"), "{summary}");
+    assert_eq!(undispatched(&env).await, 0);
+    let client = crate::common::redis_client(&env.cfg.redis.redis_url).await;
+    let pending: Vec<i64> = client
+        .lrange(
+            format!("{}:{{default}}:pending", env.cfg.redis.redis_key_prefix),
+            0,
+            -1,
+        )
+        .await
+        .unwrap();
+    let mut unique = pending.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!((pending.len(), unique.len()), (50, 50), "one task per row");
+}
+
+#[tokio::test]
+async fn redeliver_since_restores_what_redis_lost() {
+    let env = TestEnv::new().await;
+    insert_rows(&env, 30).await;
+    let relay = Clients::new(&env.cfg).unwrap().relay(&env.cfg);
+    assert_eq!(relay.drain(&CancellationToken::new()).await.unwrap(), 30);
+    // Rows dispatched long ago are outside the window.
+    sqlx::query("UPDATE outbox SET dispatched_at = now() - interval '1 hour' WHERE id <= (SELECT min(id) + 9 FROM outbox)")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    // Redis loses everything of this test.
+    let client = crate::common::redis_client(&env.cfg.redis.redis_url).await;
+    let k = env.queue().keys("default");
+    let mut lost: Vec<String> = ids(&env).await.into_iter().map(|id| k.task(id)).collect();
+    lost.push(k.pending.clone());
+    let _: () = client.del(lost).await.unwrap();
+    assert_eq!(env.queue().stats("default").await.unwrap().pending, 0);
+
+    assert_eq!(
+        relay
+            .redeliver_since(Duration::from_secs(15 * 60))
+            .await
+            .unwrap(),
+        20
+    );
+    assert_eq!(env.queue().stats("default").await.unwrap().pending, 20);
+    // Running it again changes nothing: the enqueue is idempotent.
+    relay
+        .redeliver_since(Duration::from_secs(15 * 60))
+        .await
+        .unwrap();
+    assert_eq!(env.queue().stats("default").await.unwrap().pending, 20);
+}
+
+#[tokio::test]
+async fn dispatched_rows_past_retention_are_deleted() {
+    let mut env = TestEnv::new().await;
+    env.cfg.relay.outbox_cleanup_batch = 7;
+    insert_rows(&env, 40).await;
+    let relay = Clients::new(&env.cfg).unwrap().relay(&env.cfg);
+    relay.drain(&CancellationToken::new()).await.unwrap();
+    insert_rows(&env, 5).await; // undispatched: never deleted
+    sqlx::query("UPDATE outbox SET dispatched_at = now() - interval '2 days' WHERE id % 2 = 0 AND dispatched_at IS NOT NULL")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(relay.cleanup().await.unwrap(), 20);
+    assert_eq!(env.count("SELECT count(*) FROM outbox").await, 25);
+    assert_eq!(undispatched(&env).await, 5);
+}

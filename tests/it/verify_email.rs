@@ -1,0 +1,338 @@
+//! The verify-email task end to end, against a real SMTP server process.
+
+use std::time::Duration;
+
+use simplebank::app::{Clients, Components};
+
+use crate::common::{SmtpProcess, TestEnv, eventually, free_port, user_json};
+
+/// A received message, decoded: (to, subject, plain text, html).
+fn decode(raw: &str) -> (String, String, String, String) {
+    let m = mail_parser::MessageParser::default()
+        .parse(raw.as_bytes())
+        .expect("a MIME message");
+    let to = m
+        .to()
+        .and_then(|a| a.first())
+        .and_then(|a| a.address())
+        .unwrap_or_default()
+        .to_owned();
+    let text = m.body_text(0).expect("a plain-text part").into_owned();
+    let html = m.body_html(0).expect("an HTML part").into_owned();
+    (to, m.subject().unwrap_or_default().to_owned(), text, html)
+}
+
+/// The verification link of a raw message (from its plain-text part).
+fn link_in(raw: &str) -> String {
+    let text = decode(raw).2;
+    let start = text.find("http://").expect("a link in the message");
+    text[start..].split_whitespace().next().unwrap().to_owned()
+}
+
+fn path_of(link: &str) -> String {
+    link.split_once("/v1/")
+        .map(|(_, rest)| format!("/v1/{rest}"))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sign_up_sends_one_email_whose_link_verifies_the_user() {
+    let mut env = TestEnv::new().await;
+    let smtp = SmtpProcess::on_port(free_port());
+    env.cfg.mail.smtp_url = Some(smtp.url());
+    env.cfg.mail.app_base_url = "http://bank.test:8080".into();
+    let app = env.start(Components::ALL).await;
+    assert_eq!(
+        app.post_json("/v1/create_user", user_json("kate")).await.0,
+        200
+    );
+
+    let message = eventually(Duration::from_secs(20), "the email", || async {
+        smtp.messages().pop()
+    })
+    .await;
+    let (to, subject, _text, html) = decode(&message);
+    assert_eq!(
+        (to.as_str(), subject.as_str()),
+        ("kate@example.com", "Welcome to Simple Bank")
+    );
+    assert!(message.contains("no-reply@simplebank.local"), "{message}");
+    let link = link_in(&message);
+    assert!(
+        html.contains(&format!("href=\"{}\"", link.replace('&', "&amp;"))),
+        "{html}"
+    );
+    assert!(
+        link.starts_with("http://bank.test:8080/v1/verify_email?email_id="),
+        "{link}"
+    );
+    let code = link.rsplit_once("secret_code=").unwrap().1;
+    assert!(code.len() >= 32, "{code}");
+
+    // The ledger records the completed task.
+    eventually(Duration::from_secs(10), "the ledger row", || async {
+        (env.count("SELECT count(*) FROM task_ledger").await == 1).then_some(())
+    })
+    .await;
+
+    let (status, body) = app.get_json(&path_of(&link)).await;
+    assert_eq!(
+        (status, body["is_verified"].as_bool()),
+        (200, Some(true)),
+        "{body}"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM users WHERE is_email_verified")
+            .await,
+        1
+    );
+    // A used link is refused.
+    let (status, body) = app.get_json(&path_of(&link)).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("failed_precondition")),
+        "{body}"
+    );
+    assert_eq!(smtp.messages().len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_task_delivered_twice_sends_one_email() {
+    let mut env = TestEnv::new().await;
+    let smtp = SmtpProcess::on_port(free_port());
+    env.cfg.mail.smtp_url = Some(smtp.url());
+    let app = env.start(Components::ALL).await;
+    assert_eq!(
+        app.post_json("/v1/create_user", user_json("liam")).await.0,
+        200
+    );
+    eventually(Duration::from_secs(20), "the ledger row", || async {
+        (env.count("SELECT count(*) FROM task_ledger").await == 1).then_some(())
+    })
+    .await;
+    let queue = env.queue();
+    let id: i64 = sqlx::query_scalar("SELECT id FROM outbox")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    // Redis forgets the task (as after a restore from an old backup), and the
+    // recovery tool delivers it again.
+    let client = crate::common::redis_client(&env.cfg.redis.redis_url).await;
+    let _: () = fred::prelude::KeysInterface::del(&client, queue.keys("critical").task(id))
+        .await
+        .unwrap();
+    let relay = Clients::new(&env.cfg).unwrap().relay(&env.cfg);
+    assert_eq!(
+        relay
+            .redeliver_since(Duration::from_secs(900))
+            .await
+            .unwrap(),
+        1
+    );
+    eventually(
+        Duration::from_secs(20),
+        "the second delivery to complete",
+        || async {
+            queue
+                .task("critical", id)
+                .await
+                .unwrap()
+                .filter(|t| t.state == "completed")
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        smtp.messages().len(),
+        1,
+        "the ledger skipped the second delivery"
+    );
+    assert_eq!(env.count("SELECT count(*) FROM verify_emails").await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn smtp_down_then_up_the_email_arrives_after_a_retry() {
+    let mut env = TestEnv::new().await;
+    let port = free_port();
+    env.cfg.mail.smtp_url = Some(format!("smtp://127.0.0.1:{port}"));
+    env.cfg.mail.smtp_timeout = Duration::from_secs(2);
+    let app = env.start(Components::ALL).await;
+    assert_eq!(
+        app.post_json("/v1/create_user", user_json("mia")).await.0,
+        200
+    );
+    let queue = env.queue();
+    let id: i64 = sqlx::query_scalar("SELECT id FROM outbox")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    let failed = eventually(Duration::from_secs(20), "a failed attempt", || async {
+        queue
+            .task("critical", id)
+            .await
+            .unwrap()
+            .filter(|t| t.retried >= 1)
+    })
+    .await;
+    assert!(failed.last_error.unwrap().contains("smtp"));
+
+    let smtp = SmtpProcess::on_port(port);
+    let message = eventually(
+        Duration::from_secs(30),
+        "the email after a retry",
+        || async { smtp.messages().pop() },
+    )
+    .await;
+    assert_eq!(decode(&message).0, "mia@example.com");
+    let done = eventually(Duration::from_secs(10), "the task completed", || async {
+        queue
+            .task("critical", id)
+            .await
+            .unwrap()
+            .filter(|t| t.state == "completed")
+    })
+    .await;
+    assert!(done.retried >= 1);
+    // Every attempt used the same verification row, so the link is the one stored.
+    let (vid, code): (i64, String) = sqlx::query_as("SELECT id, secret_code FROM verify_emails")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(link_in(&message).ends_with(&format!("email_id={vid}&secret_code={code}")));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_task_for_a_missing_user_is_archived_without_retries() {
+    let env = TestEnv::new().await;
+    sqlx::query(
+        "INSERT INTO outbox (kind, queue, payload, max_retry, timeout_ms)
+         VALUES ('task:send_verify_email', 'critical', '{\"username\":\"ghost\"}', 10, 5000)",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let app = env
+        .start(Components {
+            api: false,
+            relay: true,
+            worker: true,
+        })
+        .await;
+    let queue = env.queue();
+    let id: i64 = sqlx::query_scalar("SELECT id FROM outbox")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    let info = eventually(Duration::from_secs(20), "the task archived", || async {
+        queue
+            .task("critical", id)
+            .await
+            .unwrap()
+            .filter(|t| t.state == "archived")
+    })
+    .await;
+    assert_eq!(info.retried, 0);
+    assert!(info.last_error.unwrap().contains("does not exist"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_file_mailer_writes_the_message_and_the_link_works() {
+    let env = TestEnv::new().await;
+    let app = env.start(Components::ALL).await;
+    assert_eq!(
+        app.post_json("/v1/create_user", user_json("noah")).await.0,
+        200
+    );
+    let dir = env.cfg.mail.mail_dir.clone();
+    let message = eventually(Duration::from_secs(20), "the .eml file", || async {
+        let entry = std::fs::read_dir(&dir).ok()?.next()?.ok()?;
+        assert_eq!(entry.path().extension().unwrap(), "eml");
+        std::fs::read_to_string(entry.path()).ok()
+    })
+    .await;
+    assert_eq!(decode(&message).0, "noah@example.com");
+    let (status, _) = app.get_json(&path_of(&link_in(&message))).await;
+    assert_eq!(status, 200);
+    let _ = std::fs::remove_dir_all(&dir);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn verify_email_rejects_bad_links() {
+    let env = TestEnv::new().await;
+    sqlx::raw_sql(
+        "INSERT INTO users (username, hashed_password, full_name, email) VALUES ('olga', 'x', 'Olga', 'olga@example.com');
+         INSERT INTO verify_emails (task_id, username, email, secret_code, expired_at) VALUES
+           (1, 'olga', 'olga@example.com', repeat('a', 32), now() + interval '15 minutes'),
+           (2, 'olga', 'olga@example.com', repeat('b', 32), now() - interval '1 minute');",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM verify_emails ORDER BY task_id")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    let app = env
+        .start(Components {
+            api: true,
+            relay: false,
+            worker: false,
+        })
+        .await;
+    let get = |q: String| {
+        let path = format!("/v1/verify_email?{q}");
+        let app = &app;
+        async move { app.get_json(&path).await }
+    };
+    let (a, b) = ("a".repeat(32), "b".repeat(32));
+
+    let (s, body) = get("email_id=abc&secret_code=short".to_owned()).await;
+    assert_eq!(s, 400);
+    let fields: Vec<_> = body["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["email_id", "secret_code"], "{body}");
+    let (s, _) = get(String::new()).await;
+    assert_eq!(s, 400);
+    let (s, body) = get(format!("email_id={}&secret_code={b}", ids[0])).await;
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (404, Some("not_found")),
+        "wrong code: {body}"
+    );
+    let (s, body) = get(format!("email_id=999999&secret_code={a}")).await;
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    let (s, body) = get(format!("email_id={}&secret_code={b}", ids[1])).await;
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (400, Some("failed_precondition")),
+        "expired: {body}"
+    );
+    assert!(body["message"].as_str().unwrap().contains("expired"));
+    assert_eq!(
+        env.count("SELECT count(*) FROM users WHERE is_email_verified")
+            .await,
+        0
+    );
+
+    let (s, body) = get(format!("email_id={}&secret_code={a}", ids[0])).await;
+    assert_eq!((s, body["is_verified"].as_bool()), (200, Some(true)));
+    assert_eq!(
+        env.count("SELECT count(*) FROM users WHERE is_email_verified")
+            .await,
+        1
+    );
+    app.stop().await;
+}
