@@ -138,30 +138,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Runs `components` until SIGINT or SIGTERM, then shuts them down gracefully.
 async fn run_until_signal(cfg: &Config, components: Components) -> anyhow::Result<()> {
-    let running = app::start(cfg, components).await?;
+    // Listen before starting: a signal during start-up (say, a long migration)
+    // ends the process cleanly too, instead of killing it.
+    let mut signal = Box::pin(shutdown_signal()?);
+    let running = tokio::select! {
+        running = app::start(cfg, components) => running?,
+        _ = &mut signal => {
+            tracing::info!("shutdown signal received during start-up");
+            return Ok(());
+        }
+    };
     let stop = running.shutdown_token();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signal.await;
         tracing::info!("shutdown signal received");
         stop.cancel();
     });
     running.wait().await
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on the first SIGINT or SIGTERM; the handlers are installed on call.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+    }
 }

@@ -96,10 +96,14 @@ impl Mailer {
                     chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ"),
                     uuid::Uuid::new_v4().simple()
                 );
-                let path = dir.join(name);
-                let mut file = tokio::fs::File::create(&path).await?;
+                // Written under a hidden name, then renamed: whoever watches
+                // the folder sees an .eml file only once it is complete.
+                let path = dir.join(&name);
+                let partial = dir.join(format!(".{name}.partial"));
+                let mut file = tokio::fs::File::create(&partial).await?;
                 tokio::io::AsyncWriteExt::write_all(&mut file, &message.formatted()).await?;
                 file.sync_all().await?;
+                tokio::fs::rename(&partial, &path).await?;
                 Ok(Delivered::File(path))
             }
         }

@@ -1,14 +1,11 @@
 //! POST /v1/create_user, the error shape, and the OpenAPI document.
 
 use serde_json::json;
-use simplebank::app::Components;
 
-use crate::common::{RedisProcess, TestEnv, eventually, user_json};
+use std::time::Duration;
 
-const API_ONLY: Components = Components {
-    api: true,
-    relay: false,
-    worker: false,
+use crate::common::{
+    API_AND_RELAY, API_ONLY, RedisProcess, TestEnv, eventually, user_json, wait_task,
 };
 
 #[tokio::test]
@@ -245,14 +242,16 @@ async fn malformed_requests_get_json_errors() {
 async fn postgres_unreachable_is_503() {
     let env = TestEnv::new().await;
     let app = env.start(API_ONLY).await;
-    // Point a second app at a port where no Postgres listens; it cannot
+    // Point a second app at a port held by a socket that never answers (a
+    // hung server; holding it keeps parallel tests off the port). It cannot
     // migrate, so serve the router directly.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut cfg = env.cfg.clone();
     cfg.db.database_url = Some(format!(
-        "postgres://x:y@127.0.0.1:{}/none",
-        crate::common::free_port()
+        "postgres://x:y@{}/none",
+        silent.local_addr().unwrap()
     ));
-    cfg.db.database_acquire_timeout = std::time::Duration::from_millis(500);
+    cfg.db.database_acquire_timeout = Duration::from_millis(500);
     let clients = simplebank::app::Clients::new(&cfg).unwrap();
     let state = simplebank::http::AppState {
         pool: clients.pool.clone(),
@@ -272,9 +271,13 @@ async fn postgres_unreachable_is_503() {
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status().as_u16(), 503);
+    let status = res.status().as_u16();
     let body: serde_json::Value = res.json().await.unwrap();
-    assert_eq!(body["code"], "unavailable", "{body}");
+    assert_eq!(
+        (status, &body["code"]),
+        (503, &"unavailable".into()),
+        "{body}"
+    );
     let res = app
         .http
         .get(format!("http://{addr}/readyz"))
@@ -297,16 +300,10 @@ async fn redis_down_does_not_change_the_answer_and_the_task_arrives_later() {
     let mut env = TestEnv::new().await;
     let mut redis = RedisProcess::start();
     env.cfg.redis.redis_url = redis.url();
-    env.cfg.redis.redis_command_timeout = std::time::Duration::from_millis(500);
-    env.cfg.relay.relay_max_backoff = std::time::Duration::from_millis(200);
+    env.cfg.redis.redis_command_timeout = Duration::from_millis(500);
+    env.cfg.relay.relay_max_backoff = Duration::from_millis(200);
     redis.stop();
-    let app = env
-        .start(Components {
-            api: true,
-            relay: true,
-            worker: false,
-        })
-        .await;
+    let app = env.start(API_AND_RELAY).await;
 
     let (status, body) = app.post_json("/v1/create_user", user_json("hank")).await;
     assert_eq!(status, 200, "{body}");
@@ -325,18 +322,18 @@ async fn redis_down_does_not_change_the_answer_and_the_task_arrives_later() {
 
     redis.restart();
     let queue = env.queue();
-    let id: i64 = sqlx::query_scalar("SELECT id FROM outbox")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-    eventually(
-        std::time::Duration::from_secs(20),
-        "the task in Redis",
-        || async { queue.task("critical", id).await.ok().flatten() },
+    let id = env.only_outbox_id().await;
+    wait_task(
+        &queue,
+        "critical",
+        id,
+        Duration::from_secs(20),
+        "in Redis",
+        |_| true,
     )
     .await;
     eventually(
-        std::time::Duration::from_secs(10),
+        Duration::from_secs(10),
         "the row marked dispatched",
         || async {
             (env.count("SELECT count(*) FROM outbox WHERE dispatched_at IS NOT NULL")

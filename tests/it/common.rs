@@ -14,7 +14,7 @@ use fred::prelude::*;
 use simplebank::{
     app::{self, Components, RunningApp},
     config::Config,
-    queue::{self, QueueClient},
+    queue::{self, QueueClient, TaskInfo},
 };
 use sqlx::{Connection, PgConnection, PgPool};
 
@@ -39,6 +39,28 @@ fn base_url(var: &str) -> String {
     std::env::var(var)
         .unwrap_or_else(|_| panic!("{var} is not set: run the tests with `make test`"))
 }
+
+/// The component sets the tests start, besides [`Components::ALL`].
+pub const API_ONLY: Components = Components {
+    api: true,
+    relay: false,
+    worker: false,
+};
+pub const API_AND_RELAY: Components = Components {
+    api: true,
+    relay: true,
+    worker: false,
+};
+pub const RELAY_ONLY: Components = Components {
+    api: false,
+    relay: true,
+    worker: false,
+};
+pub const RELAY_AND_WORKER: Components = Components {
+    api: false,
+    relay: true,
+    worker: true,
+};
 
 /// A test's own database (migrated) and Redis key prefix, and a config aimed at them.
 pub struct TestEnv {
@@ -109,6 +131,37 @@ impl TestEnv {
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
     }
+
+    /// The id of the test's only outbox row (= its task id).
+    pub async fn only_outbox_id(&self) -> i64 {
+        sqlx::query_scalar("SELECT id FROM outbox")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+}
+
+/// Waits (up to `limit`) until task `id` of `queue` exists and passes `ok`.
+pub async fn wait_task(
+    q: &QueueClient,
+    queue: &str,
+    id: i64,
+    limit: Duration,
+    what: &str,
+    ok: impl Fn(&TaskInfo) -> bool,
+) -> TaskInfo {
+    eventually(limit, &format!("task {id}: {what}"), || async {
+        q.task(queue, id).await.ok().flatten().filter(&ok)
+    })
+    .await
+}
+
+/// Waits until task `id` of `queue` is in `state`.
+pub async fn wait_state(q: &QueueClient, queue: &str, id: i64, state: &str) -> TaskInfo {
+    wait_task(q, queue, id, Duration::from_secs(20), state, |t| {
+        t.state == state
+    })
+    .await
 }
 
 /// A running app; stopped (and checked to stop cleanly) by [`TestApp::stop`].
@@ -139,6 +192,11 @@ impl TestApp {
         let res = self.http.get(self.url(path)).send().await.unwrap();
         let status = res.status().as_u16();
         (status, res.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Wakes the app's relay, as a commit in the app would.
+    pub fn wake_relay(&self) {
+        self.app.as_ref().unwrap().waker.wake();
     }
 
     pub async fn stop(mut self) {
@@ -332,4 +390,86 @@ pub async fn redis_client(url: &str) -> fred::clients::Client {
     );
     client.init().await.unwrap();
     client
+}
+
+/// A TCP link to a real server that a test can cut and restore. Cut, the
+/// client sees what it sees when the server goes away: open connections end
+/// and new ones are refused. The server itself keeps running, with the test's
+/// data, for the test to inspect.
+pub struct CuttableLink {
+    pub port: u16,
+    target: std::net::SocketAddr,
+    up: Option<(
+        tokio_util::sync::CancellationToken,
+        tokio::task::JoinHandle<()>,
+    )>,
+}
+
+impl CuttableLink {
+    pub async fn to(target: std::net::SocketAddr) -> Self {
+        let mut link = Self {
+            port: free_port(),
+            target,
+            up: None,
+        };
+        link.restore().await;
+        link
+    }
+
+    /// The Postgres URL `url` with its host and port replaced by this link's.
+    pub fn postgres_url(&self, url: &str) -> String {
+        let mut url = url::Url::parse(url).unwrap();
+        url.set_host(Some("127.0.0.1")).unwrap();
+        url.set_port(Some(self.port)).unwrap();
+        url.into()
+    }
+
+    pub async fn restore(&mut self) {
+        assert!(self.up.is_none(), "already up");
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("rebind the link's port");
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (target, token) = (self.target, stop.clone());
+        let accept = tokio::spawn(async move {
+            let pipes = tokio_util::task::TaskTracker::new();
+            loop {
+                let (mut client, _) = tokio::select! {
+                    _ = token.cancelled() => break,
+                    accepted = listener.accept() => accepted.unwrap(),
+                };
+                let token = token.clone();
+                pipes.spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = token.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    }
+                });
+            }
+            // Both ends of every pipe are dropped (closed) before the cut returns.
+            pipes.close();
+            pipes.wait().await;
+        });
+        self.up = Some((stop, accept));
+    }
+
+    pub async fn cut(&mut self) {
+        let (stop, accept) = self.up.take().expect("link is up");
+        stop.cancel();
+        accept.await.unwrap();
+    }
+}
+
+/// Host and port of a Postgres URL, resolved.
+pub fn postgres_addr(url: &str) -> std::net::SocketAddr {
+    use std::net::ToSocketAddrs;
+    let url = url::Url::parse(url).unwrap();
+    (url.host_str().unwrap(), url.port().unwrap_or(5432))
+        .to_socket_addrs()
+        .unwrap()
+        .next()
+        .unwrap()
 }

@@ -1,13 +1,14 @@
 //! Start-up, health, configuration errors and graceful shutdown of the real binary.
 
 use std::{
+    io::{BufRead, BufReader},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use simplebank::app::Components;
 
-use crate::common::{TestEnv, eventually, free_port};
+use crate::common::{TestEnv, eventually};
 
 const BIN: &str = env!("CARGO_BIN_EXE_simplebank");
 
@@ -63,23 +64,39 @@ fn a_malformed_url_is_named() {
 async fn serve_exits_0_on_sigterm_and_sigint() {
     let env = TestEnv::new().await;
     for signal in ["-TERM", "-INT"] {
-        let port = free_port();
+        // Port 0, and the address read back from serve's log: a port picked
+        // beforehand could be taken by a parallel test's server meanwhile.
         let mut child = Command::new(BIN)
             .arg("serve")
             .env("DATABASE_URL", &env.db_url)
             .env("REDIS_URL", &env.cfg.redis.redis_url)
             .env("REDIS_KEY_PREFIX", &env.cfg.redis.redis_key_prefix)
-            .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .env("HTTP_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "info")
+            .env("LOG_FORMAT", "json")
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        // Reads the log to its end, so serve never blocks on a full pipe.
+        let reader = std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if event["message"] == "start HTTP server" {
+                    let _ = addr_tx.send(event["addr"].as_str().unwrap_or_default().to_owned());
+                }
+            }
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("serve logs the address it listens on");
         let client = reqwest::Client::new();
         eventually(Duration::from_secs(20), "serve to answer /healthz", || {
-            let req = client
-                .get(format!("http://127.0.0.1:{port}/healthz"))
-                .send();
+            let req = client.get(format!("http://{addr}/healthz")).send();
             async move { req.await.ok().filter(|r| r.status() == 200) }
         })
         .await;
@@ -101,6 +118,7 @@ async fn serve_exits_0_on_sigterm_and_sigint() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
+        reader.join().unwrap();
         assert!(
             status.success(),
             "serve exited with {status} after {signal}"

@@ -10,12 +10,12 @@ use std::{
 use chrono::Utc;
 use fred::prelude::*;
 use simplebank::queue::{
-    self, HandlerRegistry, Processed, QueueClient, Task, TaskError, TaskMessage, WorkerServer,
-    WorkerSettings, handler_fn,
+    self, HandlerRegistry, Processed, Task, TaskError, TaskMessage, WorkerServer, WorkerSettings,
+    handler_fn,
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{TestEnv, eventually};
+use crate::common::{TestEnv, eventually, wait_state};
 
 fn msg(id: i64, kind: &str, queue: &str) -> TaskMessage {
     TaskMessage {
@@ -54,20 +54,6 @@ async fn stop_worker((stop, handle): (CancellationToken, tokio::task::JoinHandle
         .await
         .expect("worker stops")
         .unwrap();
-}
-
-async fn wait_state(q: &QueueClient, queue: &str, id: i64, state: &str) -> queue::TaskInfo {
-    eventually(
-        Duration::from_secs(15),
-        &format!("task {id} {state}"),
-        || async {
-            q.task(queue, id)
-                .await
-                .unwrap()
-                .filter(|t| t.state == state)
-        },
-    )
-    .await
 }
 
 #[tokio::test]

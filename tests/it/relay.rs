@@ -7,11 +7,14 @@ use std::{
 };
 
 use fred::prelude::*;
-use simplebank::app::{Clients, Components};
+use simplebank::app::Clients;
 use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{RedisProcess, TestEnv, eventually, user_json};
+use crate::common::{
+    API_AND_RELAY, API_ONLY, CuttableLink, RELAY_ONLY, RedisProcess, TestEnv, eventually,
+    postgres_addr, user_json,
+};
 
 /// Inserts `n` outbox rows for queue "default" straight in SQL.
 async fn insert_rows(env: &TestEnv, n: i64) {
@@ -45,13 +48,7 @@ async fn commits_wake_the_relay_in_process_and_across_processes() {
     let q = env.queue();
 
     // serve-like: API and relay in one process.
-    let app = env
-        .start(Components {
-            api: true,
-            relay: true,
-            worker: false,
-        })
-        .await;
+    let app = env.start(API_AND_RELAY).await;
     tokio::time::sleep(Duration::from_millis(300)).await; // past the relay's first drain
     let t = Instant::now();
     assert_eq!(
@@ -67,20 +64,8 @@ async fn commits_wake_the_relay_in_process_and_across_processes() {
     app.stop().await;
 
     // The API in one process, the relay in another: pg_notify + LISTEN.
-    let api = env
-        .start(Components {
-            api: true,
-            relay: false,
-            worker: false,
-        })
-        .await;
-    let relay = env
-        .start(Components {
-            api: false,
-            relay: true,
-            worker: false,
-        })
-        .await;
+    let api = env.start(API_ONLY).await;
+    let relay = env.start(RELAY_ONLY).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t = Instant::now();
     assert_eq!(
@@ -158,13 +143,7 @@ async fn redis_stopped_and_restarted_mid_stream_loses_nothing() {
     env.cfg.redis.redis_url = redis.url();
     env.cfg.redis.redis_command_timeout = Duration::from_millis(500);
     env.cfg.relay.relay_max_backoff = Duration::from_millis(200);
-    let app = env
-        .start(Components {
-            api: true,
-            relay: true,
-            worker: false,
-        })
-        .await;
+    let app = env.start(API_AND_RELAY).await;
     for round in 0..3 {
         for i in 0..20 {
             let name = format!("u{round}_{i}");
@@ -327,4 +306,83 @@ async fn dispatched_rows_past_retention_are_deleted() {
     assert_eq!(relay.cleanup().await.unwrap(), 20);
     assert_eq!(env.count("SELECT count(*) FROM outbox").await, 25);
     assert_eq!(undispatched(&env).await, 5);
+}
+
+#[tokio::test]
+async fn postgres_down_and_back_loses_nothing_and_the_listener_reconnects() {
+    let mut env = TestEnv::new().await;
+    let mut link = CuttableLink::to(postgres_addr(&env.db_url)).await;
+    // The process reaches Postgres only through the link (pool and LISTEN);
+    // the test keeps its own direct pool.
+    env.cfg.db.database_url = Some(link.postgres_url(&env.db_url));
+    env.cfg.db.database_acquire_timeout = Duration::from_millis(500);
+    env.cfg.relay.relay_max_backoff = Duration::from_millis(200);
+    // With the poll an hour away, only wake-ups and retries deliver.
+    env.cfg.relay.relay_poll_interval = Duration::from_secs(3600);
+    let app = env.start(API_AND_RELAY).await;
+    let q = env.queue();
+    assert_eq!(
+        app.post_json("/v1/create_user", user_json("before"))
+            .await
+            .0,
+        200
+    );
+    // Dispatched, not only in Redis: a cut between Redis's acknowledgement and
+    // the commit would (rightly) leave the row to be forwarded again.
+    eventually(
+        Duration::from_secs(5),
+        "the first row dispatched",
+        || async { (undispatched(&env).await == 0).then_some(()) },
+    )
+    .await;
+
+    link.cut().await;
+    let (status, body) = app.get_json("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["postgres"].as_str().unwrap().starts_with("down"),
+        "{body}"
+    );
+    let (status, body) = app.post_json("/v1/create_user", user_json("during")).await;
+    assert_eq!(status, 503, "{body}");
+    // Rows other processes committed meanwhile wait for the relay, which a
+    // wake-up now sends into its retry-with-backoff loop.
+    insert_rows(&env, 100).await;
+    app.wake_relay();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(undispatched(&env).await, 100);
+
+    link.restore().await;
+    eventually(Duration::from_secs(10), "the backlog forwarded", || async {
+        (undispatched(&env).await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(q.stats("default").await.unwrap().pending, 100);
+    assert_eq!(env.count("SELECT count(*) FROM users").await, 1);
+
+    // LISTEN works again: a row inserted elsewhere, announced only by
+    // pg_notify, is forwarded although the poll is an hour away. Notifications
+    // sent before the listener is back are lost, so announce until it is.
+    insert_rows(&env, 1).await;
+    eventually(
+        Duration::from_secs(10),
+        "a notified row forwarded",
+        || async {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(simplebank::outbox::NOTIFY_CHANNEL)
+                .execute(&env.pool)
+                .await
+                .unwrap();
+            (undispatched(&env).await == 0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(q.stats("default").await.unwrap().pending, 101);
+    assert_eq!(
+        app.post_json("/v1/create_user", user_json("after")).await.0,
+        200
+    );
+    let (status, body) = app.get_json("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    app.stop().await;
 }

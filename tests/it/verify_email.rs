@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use simplebank::app::{Clients, Components};
 
-use crate::common::{SmtpProcess, TestEnv, eventually, free_port, user_json};
+use crate::common::{
+    API_ONLY, RELAY_AND_WORKER, SmtpProcess, TestEnv, eventually, free_port, user_json, wait_state,
+    wait_task,
+};
 
 /// A received message, decoded: (to, subject, plain text, html).
 fn decode(raw: &str) -> (String, String, String, String) {
@@ -112,10 +115,7 @@ async fn a_task_delivered_twice_sends_one_email() {
     })
     .await;
     let queue = env.queue();
-    let id: i64 = sqlx::query_scalar("SELECT id FROM outbox")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
+    let id = env.only_outbox_id().await;
     // Redis forgets the task (as after a restore from an old backup), and the
     // recovery tool delivers it again.
     let client = crate::common::redis_client(&env.cfg.redis.redis_url).await;
@@ -130,18 +130,7 @@ async fn a_task_delivered_twice_sends_one_email() {
             .unwrap(),
         1
     );
-    eventually(
-        Duration::from_secs(20),
-        "the second delivery to complete",
-        || async {
-            queue
-                .task("critical", id)
-                .await
-                .unwrap()
-                .filter(|t| t.state == "completed")
-        },
-    )
-    .await;
+    wait_state(&queue, "critical", id, "completed").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         smtp.messages().len(),
@@ -164,17 +153,15 @@ async fn smtp_down_then_up_the_email_arrives_after_a_retry() {
         200
     );
     let queue = env.queue();
-    let id: i64 = sqlx::query_scalar("SELECT id FROM outbox")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-    let failed = eventually(Duration::from_secs(20), "a failed attempt", || async {
-        queue
-            .task("critical", id)
-            .await
-            .unwrap()
-            .filter(|t| t.retried >= 1)
-    })
+    let id = env.only_outbox_id().await;
+    let failed = wait_task(
+        &queue,
+        "critical",
+        id,
+        Duration::from_secs(20),
+        "a failed attempt",
+        |t| t.retried >= 1,
+    )
     .await;
     assert!(failed.last_error.unwrap().contains("smtp"));
 
@@ -186,14 +173,7 @@ async fn smtp_down_then_up_the_email_arrives_after_a_retry() {
     )
     .await;
     assert_eq!(decode(&message).0, "mia@example.com");
-    let done = eventually(Duration::from_secs(10), "the task completed", || async {
-        queue
-            .task("critical", id)
-            .await
-            .unwrap()
-            .filter(|t| t.state == "completed")
-    })
-    .await;
+    let done = wait_state(&queue, "critical", id, "completed").await;
     assert!(done.retried >= 1);
     // Every attempt used the same verification row, so the link is the one stored.
     let (vid, code): (i64, String) = sqlx::query_as("SELECT id, secret_code FROM verify_emails")
@@ -214,26 +194,10 @@ async fn a_task_for_a_missing_user_is_archived_without_retries() {
     .execute(&env.pool)
     .await
     .unwrap();
-    let app = env
-        .start(Components {
-            api: false,
-            relay: true,
-            worker: true,
-        })
-        .await;
+    let app = env.start(RELAY_AND_WORKER).await;
     let queue = env.queue();
-    let id: i64 = sqlx::query_scalar("SELECT id FROM outbox")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-    let info = eventually(Duration::from_secs(20), "the task archived", || async {
-        queue
-            .task("critical", id)
-            .await
-            .unwrap()
-            .filter(|t| t.state == "archived")
-    })
-    .await;
+    let id = env.only_outbox_id().await;
+    let info = wait_state(&queue, "critical", id, "archived").await;
     assert_eq!(info.retried, 0);
     assert!(info.last_error.unwrap().contains("does not exist"));
     app.stop().await;
@@ -249,9 +213,11 @@ async fn the_file_mailer_writes_the_message_and_the_link_works() {
     );
     let dir = env.cfg.mail.mail_dir.clone();
     let message = eventually(Duration::from_secs(20), "the .eml file", || async {
-        let entry = std::fs::read_dir(&dir).ok()?.next()?.ok()?;
-        assert_eq!(entry.path().extension().unwrap(), "eml");
-        std::fs::read_to_string(entry.path()).ok()
+        let eml = std::fs::read_dir(&dir)
+            .ok()?
+            .filter_map(|e| Some(e.ok()?.path()))
+            .find(|p| p.extension().is_some_and(|x| x == "eml"))?;
+        std::fs::read_to_string(eml).ok()
     })
     .await;
     assert_eq!(decode(&message).0, "noah@example.com");
@@ -277,13 +243,7 @@ async fn verify_email_rejects_bad_links() {
         .fetch_all(&env.pool)
         .await
         .unwrap();
-    let app = env
-        .start(Components {
-            api: true,
-            relay: false,
-            worker: false,
-        })
-        .await;
+    let app = env.start(API_ONLY).await;
     let get = |q: String| {
         let path = format!("/v1/verify_email?{q}");
         let app = &app;
