@@ -6,7 +6,7 @@ SERVICES := scripts/dev-services.sh
 # Exports DATABASE_URL and REDIS_URL of the running services.
 WITH_ENV = eval "$$($(SERVICES) env | sed 's/^/export /')" &&
 
-.PHONY: run test services services-down fmt lint sqlx-prepare
+.PHONY: run test bench services services-down fmt lint sqlx-prepare
 
 ## run: services, then the API + relay + worker on HTTP_ADDR (default :8080)
 run: services
@@ -16,6 +16,10 @@ run: services
 test: services
 	$(WITH_ENV) scripts/drop-test-databases.sh
 	$(WITH_ENV) cargo test --all-targets -- --test-threads=8
+
+## bench: the benchmark harness, release build (see BENCHMARKS.md; minutes, not in CI)
+bench:
+	scripts/bench.sh
 
 services:
 	$(SERVICES) up

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# bench.sh - the benchmark harness (examples/bench.rs) against the dev services.
+#
+# Usage: scripts/bench.sh [harness options]   e.g. --only worker,latency
+#        (`make bench` runs it with none; see BENCHMARKS.md for what it measures)
+#
+# Starts Postgres and Redis with dev-services.sh, makes sure the load tools are
+# there (wrk, redis-benchmark, pgbench; apt-get installs them when run as root),
+# builds the service and the harness in release mode and runs the harness. It
+# is not part of `make test`: figures are read against the machine's limits,
+# never asserted in a timed test.
+
+set -euo pipefail
+cd "$(dirname -- "${BASH_SOURCE[0]}")/.."
+
+need() { # command package
+  command -v "$1" >/dev/null && return 0
+  if [[ $(id -u) -eq 0 ]]; then
+    timeout 600 apt-get install -y -q "$2" >/dev/null
+  else
+    echo "bench: $1 not found; install it (sudo apt-get install -y $2)" >&2
+    exit 1
+  fi
+}
+need wrk wrk
+need redis-benchmark redis-tools
+need pgbench postgresql-client
+
+scripts/dev-services.sh up >/dev/null
+eval "$(scripts/dev-services.sh env | sed 's/^/export /')"
+cargo build --release --bin simplebank --example bench
+mkdir -p target/bench
+exec target/release/examples/bench --bin target/release/simplebank \
+  --out target/bench/results.md "$@"
