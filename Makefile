@@ -14,7 +14,7 @@ run: services
 
 ## test: services, then the whole test suite against them
 test: services
-	$(WITH_ENV) scripts/drop-test-databases.sh
+	$(WITH_ENV) scripts/clean-test-data.sh
 	$(WITH_ENV) cargo test --all-targets -- --test-threads=8
 
 ## bench: the benchmark harness, release build (see BENCHMARKS.md; minutes, not in CI)

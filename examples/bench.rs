@@ -25,8 +25,9 @@ use anyhow::{Context, bail, ensure};
 use clap::{Parser, ValueEnum};
 use fred::prelude::*;
 use simplebank::{
+    app::Clients,
     config::{Config, RedisConfig},
-    outbox::{relay::Relay, wake::RelayWaker, write::NewTask},
+    outbox::{wake::RelayWaker, write::NewTask},
     queue::{
         self, HandlerRegistry, Processed, QueueClient, TaskMessage, WorkerServer, WorkerSettings,
         handler_fn,
@@ -77,6 +78,10 @@ struct Args {
     latency_rate: u64,
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     latency_for: Duration,
+    /// Load at the same rate before the measured window, not counted: pools
+    /// opening their connections are start-up, not steady state.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    latency_warmup: Duration,
     /// Length of each HTTP and pgbench run.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     load_for: Duration,
@@ -134,6 +139,8 @@ impl Row {
 /// The scratch database, the Redis DB and the settings every part shares.
 struct Bench {
     args: Args,
+    /// The service's settings aimed at the scratch database and Redis DB.
+    cfg: Config,
     db_url: String,
     pool: PgPool,
     redis_cfg: RedisConfig,
@@ -213,8 +220,12 @@ impl Bench {
         );
         redis.init().await?;
         let queue = QueueClient::new(queue::connection::pool(&redis_cfg)?, PREFIX);
+        let mut cfg = args.cfg.clone();
+        cfg.db.database_url = Some(db_url.clone());
+        cfg.redis = redis_cfg.clone();
         Ok(Self {
             args,
+            cfg,
             db_url,
             pool,
             redis_cfg,
@@ -232,7 +243,26 @@ impl Bench {
             .await?;
         sqlx::raw_sql("VACUUM ANALYZE").execute(&self.pool).await?;
         self.flush_redis().await?;
-        Ok(())
+        self.settle().await
+    }
+
+    /// Lets the previous part's disk work finish (a checkpoint, Redis
+    /// rewriting its append-only file), so it does not slow the next part.
+    async fn settle(&self) -> anyhow::Result<()> {
+        sqlx::raw_sql("CHECKPOINT").execute(&self.pool).await?;
+        for _ in 0..600 {
+            let info: String = self
+                .redis
+                .custom(fred::cmd!("INFO"), vec!["persistence"])
+                .await?;
+            if !info.contains("aof_rewrite_in_progress:1")
+                && !info.contains("rdb_bgsave_in_progress:1")
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("Redis still rewriting its files after 60 s")
     }
 
     /// Empties Redis DB 15, the harness's own.
@@ -259,7 +289,7 @@ impl Bench {
         sqlx::raw_sql("VACUUM ANALYZE outbox")
             .execute(&self.pool)
             .await?;
-        Ok(())
+        self.settle().await
     }
 
     /// 1. `relay --once` over the backlog, beside the same claim-and-mark SQL
@@ -271,11 +301,15 @@ impl Bench {
 
         self.backlog(n).await?;
         let mut conn = self.pool.acquire().await?;
+        // As on the relay's own pool (outbox::relay::pool).
+        sqlx::raw_sql("SET synchronous_commit = off")
+            .execute(&mut *conn)
+            .await?;
         let started = Instant::now();
         let mut marked = 0i64;
         while started.elapsed() < PART_LIMIT {
+            // The relay's own transaction, statement for statement.
             let mut tx = conn.begin().await?;
-            // The relay's own statement, fetching the same columns.
             let ids: Vec<i64> = sqlx::query(include_str!("../sql/outbox/claim.sql"))
                 .bind(i64::from(batch))
                 .fetch_all(&mut *tx)
@@ -406,8 +440,12 @@ impl Bench {
     ///    the in-process wake-up, the relay, Redis, the worker.
     async fn latency(&self) -> anyhow::Result<Vec<Row>> {
         let rate = self.args.latency_rate;
-        let total = rate * self.args.latency_for.as_secs();
-        println!("latency: {rate}/s for {:?}", self.args.latency_for);
+        let warmup = rate * self.args.latency_warmup.as_secs();
+        let total = warmup + rate * self.args.latency_for.as_secs();
+        println!(
+            "latency: {rate}/s for {:?} after {:?} of warm-up",
+            self.args.latency_for, self.args.latency_warmup
+        );
         let committed = Arc::new(Mutex::new(HashMap::<i64, Instant>::with_capacity(
             total as usize,
         )));
@@ -425,8 +463,8 @@ impl Bench {
         );
         let stop = CancellationToken::new();
         let waker = RelayWaker::new();
-        let relay_cfg = self.args.cfg.relay.clone();
-        let relay = Relay::new(self.pool.clone(), self.queue.clone(), relay_cfg).run(
+        // As `serve` builds it: on a pool of its own.
+        let relay = Clients::new(&self.cfg)?.relay(&self.cfg)?.run(
             waker.clone(),
             self.db_url.clone(),
             stop.clone(),
@@ -439,10 +477,13 @@ impl Bench {
         // A create_user without the HTTP and the hashing: the same transaction.
         let in_flight = Arc::new(tokio::sync::Semaphore::new(64));
         let mut tick = tokio::time::interval(Duration::from_secs(1) / rate as u32);
-        let offered = Instant::now();
+        let mut offered = Instant::now();
         let mut writers = tokio::task::JoinSet::new();
         for i in 0..total {
             tick.tick().await;
+            if i == warmup {
+                offered = Instant::now();
+            }
             let permit = in_flight.clone().acquire_owned().await?;
             let (pool, waker, committed) = (self.pool.clone(), waker.clone(), committed.clone());
             writers.spawn(async move {
@@ -464,7 +505,9 @@ impl Bench {
                     process_in: Duration::ZERO,
                 };
                 let (_, id) = repo::create_with_task(&pool, &user, &task).await?;
-                committed.lock().unwrap().insert(id, Instant::now());
+                if i >= warmup {
+                    committed.lock().unwrap().insert(id, Instant::now());
+                }
                 waker.wake();
                 anyhow::Ok(())
             });
@@ -472,7 +515,7 @@ impl Bench {
         while let Some(r) = writers.join_next().await {
             r??;
         }
-        let achieved = total as f64 / offered.elapsed().as_secs_f64();
+        let achieved = (total - warmup) as f64 / offered.elapsed().as_secs_f64();
         let drained = Instant::now();
         while started_at.lock().unwrap().len() < total as usize {
             ensure!(
@@ -486,8 +529,9 @@ impl Bench {
         relay.await?;
         worker.await?;
 
-        let committed = committed.lock().unwrap();
-        let started_at = started_at.lock().unwrap();
+        let committed = std::mem::take(&mut *committed.lock().unwrap());
+        let started_at = std::mem::take(&mut *started_at.lock().unwrap());
+        self.print_split(&committed, &started_at, offered).await?;
         let seconds = self.args.latency_for.as_secs() as usize + 1;
         let mut by_second: Vec<Duration> = vec![Duration::ZERO; seconds];
         let mut lat: Vec<Duration> = committed
@@ -620,6 +664,48 @@ impl Bench {
             Row::new("5. peak RSS, serve under 4 (MiB)", mib(rss))
                 .target("< 100 MiB", rss < 100 * 1024),
         ])
+    }
+
+    /// Splits the latency at the task's arrival in Redis (its `enqueued_at`,
+    /// Redis's clock in whole ms, the same machine's clock): the relay's part
+    /// before, the worker's after.
+    async fn print_split(
+        &self,
+        committed: &HashMap<i64, Instant>,
+        started: &HashMap<i64, Instant>,
+        offered: Instant,
+    ) -> anyhow::Result<()> {
+        let wall_at_offered = std::time::SystemTime::now() - offered.elapsed();
+        let wall_ms = |at: Instant| {
+            (wall_at_offered + at.duration_since(offered))
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+        };
+        let keys = self.queue.keys("critical");
+        let pipe = self.redis.pipeline();
+        let ids: Vec<i64> = committed.keys().copied().collect();
+        for &id in &ids {
+            let _: () = pipe.hget(keys.task(id), "enqueued_at").await?;
+        }
+        let enqueued: Vec<Option<i64>> = pipe.all().await?;
+        let (mut relay, mut worker): (Vec<f64>, Vec<f64>) = ids
+            .iter()
+            .zip(enqueued)
+            .filter_map(|(id, at)| {
+                let at = at? as f64;
+                Some((at - wall_ms(committed[id]), wall_ms(started[id]) - at))
+            })
+            .unzip();
+        for (name, v) in [
+            ("relay (commit -> in Redis)", &mut relay),
+            ("worker (in Redis -> handler)", &mut worker),
+        ] {
+            v.sort_by(f64::total_cmp);
+            if let (Some(p50), Some(p99)) = (v.get(v.len() / 2), v.get(v.len() * 99 / 100)) {
+                println!("  {name}, ms: p50 {p50:.1}, p99 {p99:.1}");
+            }
+        }
+        Ok(())
     }
 
     fn worker_server(

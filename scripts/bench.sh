@@ -28,6 +28,8 @@ need pgbench postgresql-client
 
 scripts/dev-services.sh up >/dev/null
 eval "$(scripts/dev-services.sh env | sed 's/^/export /')"
+# Leftovers of test runs (databases, Redis keys) keep the servers busy.
+scripts/clean-test-data.sh
 cargo build --release --bin simplebank --example bench
 mkdir -p target/bench
 exec target/release/examples/bench --bin target/release/simplebank \

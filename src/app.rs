@@ -12,7 +12,10 @@ use crate::{
     config::Config,
     db, http,
     mail::Mailer,
-    outbox::{relay::Relay, wake::RelayWaker},
+    outbox::{
+        relay::{self, Relay},
+        wake::RelayWaker,
+    },
     queue::{self, QueueClient, WorkerServer, WorkerSettings},
     tasks,
     users::password::PasswordHasher,
@@ -52,8 +55,10 @@ impl Clients {
         })
     }
 
-    pub fn relay(&self, cfg: &Config) -> Relay {
-        Relay::new(self.pool.clone(), self.queue.clone(), cfg.relay.clone())
+    /// The relay, on a pool of its own (see [`relay::pool`]).
+    pub fn relay(&self, cfg: &Config) -> anyhow::Result<Relay> {
+        let pool = relay::pool(&cfg.db, cfg.database_url()?, &cfg.relay)?;
+        Ok(Relay::new(pool, self.queue.clone(), cfg.relay.clone()))
     }
 }
 
@@ -119,7 +124,7 @@ pub async fn start(cfg: &Config, components: Components) -> anyhow::Result<Runni
             .unwrap_or(cfg.database_url()?.to_owned());
         tracker.spawn(
             clients
-                .relay(cfg)
+                .relay(cfg)?
                 .run(waker.clone(), listen_url, shutdown.clone()),
         );
     }

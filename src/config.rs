@@ -155,6 +155,10 @@ pub struct RelayConfig {
     /// Outbox rows claimed and forwarded per batch.
     #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 500, global = true)]
     pub relay_batch_size: u32,
+    /// Batches one relay keeps in flight while draining a backlog: while one
+    /// waits on Redis, the next is claimed in Postgres.
+    #[arg(long, env = "RELAY_PARALLEL_BATCHES", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16), global = true)]
+    pub relay_parallel_batches: u32,
     /// Safety-net poll when no wake-up arrives (lost notification, dropped listener).
     #[arg(long, env = "RELAY_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration, global = true)]
     pub relay_poll_interval: Duration,

@@ -106,7 +106,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             redeliver_since,
         } => {
             let clients = Clients::new(&cfg)?;
-            let relay = clients.relay(&cfg);
+            let relay = clients.relay(&cfg)?;
             let started = Instant::now();
             let forwarded = relay.drain(&CancellationToken::new()).await?;
             let redelivered = match redeliver_since {

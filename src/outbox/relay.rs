@@ -13,13 +13,16 @@
 
 use std::time::{Duration, Instant};
 
-use sqlx::{PgPool, postgres::PgListener};
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgListener, PgPoolOptions},
+};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{NOTIFY_CHANNEL, OutboxRow, wake::RelayWaker};
 use crate::{
-    config::RelayConfig,
+    config::{DbConfig, RelayConfig},
     queue::{QueueClient, QueueError, TaskMessage},
 };
 
@@ -42,6 +45,26 @@ impl RelayError {
             Self::Redis(_) => "redis",
         }
     }
+}
+
+/// The relay's own pool, one connection per batch in flight, so that however
+/// busy the API keeps the shared pool, the relay never waits behind it.
+///
+/// Its commits are asynchronous (`synchronous_commit = off`): marking rows
+/// dispatched need not wait for the WAL flush, because a mark lost in a
+/// Postgres crash only means the rows are forwarded again, and the idempotent
+/// enqueue keeps one task per row. Nothing else is written on this pool but
+/// retention deletes, which a crash merely postpones. Connections are not
+/// pinged before use: a dead one fails one batch, which is retried.
+pub fn pool(db: &DbConfig, url: &str, relay: &RelayConfig) -> Result<PgPool, sqlx::Error> {
+    let options = url
+        .parse::<PgConnectOptions>()?
+        .options([("synchronous_commit", "off")]);
+    Ok(PgPoolOptions::new()
+        .max_connections(relay.relay_parallel_batches.max(1))
+        .acquire_timeout(db.database_acquire_timeout)
+        .test_before_acquire(false)
+        .connect_lazy_with(options))
 }
 
 /// Forwards outbox rows; see the module doc.
@@ -81,8 +104,27 @@ impl Relay {
         Ok(ids.len())
     }
 
-    /// Forwards batches until none is left (or `shutdown`, after the current batch).
+    /// Forwards batches until none is left (or `shutdown`, after the current
+    /// batches), keeping `RELAY_PARALLEL_BATCHES` in flight: a batch waiting on
+    /// Redis leaves Postgres idle and the other way round, so overlapping them
+    /// nearly doubles the drain rate. SKIP LOCKED keeps them apart.
     pub async fn drain(&self, shutdown: &CancellationToken) -> Result<u64, RelayError> {
+        // The usual case, a few fresh rows, takes one batch; only a full batch
+        // (a backlog) is worth the lanes.
+        let first = self.forward_batch().await?;
+        if first < self.cfg.relay_batch_size as usize || shutdown.is_cancelled() {
+            return Ok(first as u64);
+        }
+        let lanes = (0..self.cfg.relay_parallel_batches.max(1)).map(|_| self.drain_lane(shutdown));
+        let rest: u64 = futures::future::try_join_all(lanes)
+            .await?
+            .into_iter()
+            .sum();
+        Ok(first as u64 + rest)
+    }
+
+    /// One sequence of batches, until a batch comes back short.
+    async fn drain_lane(&self, shutdown: &CancellationToken) -> Result<u64, RelayError> {
         let mut total = 0;
         while !shutdown.is_cancelled() {
             let n = self.forward_batch().await?;

@@ -259,17 +259,18 @@ impl Inner {
                     }
                 }
             };
-            if tasks.is_empty() {
-                drop(permits);
+            // Fewer tasks than free slots: the queues are empty now, so wait
+            // for a wake-up (an enqueue publishes one) instead of asking again.
+            let drained = tasks.len() < permits.len();
+            for (task, permit) in tasks.into_iter().zip(permits) {
+                handlers.spawn(self.clone().run_task(task, permit, abort.clone()));
+            }
+            if drained {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = self.fetch_wake.notified() => {}
                     _ = tokio::time::sleep(SAFETY_POLL) => {}
                 }
-                continue;
-            }
-            for (task, permit) in tasks.into_iter().zip(permits) {
-                handlers.spawn(self.clone().run_task(task, permit, abort.clone()));
             }
         }
     }
@@ -306,18 +307,27 @@ impl Inner {
                 .zip(&counts)
                 .filter(|(_, c)| **c > 0)
                 .map(|((q, _), c)| self.dequeue_from(q, *c));
-            let mut short = false;
-            for (got, want) in futures::future::try_join_all(draws)
+            let mut emptied = vec![false; queues.len()];
+            let drawn = counts.iter().enumerate().filter(|(_, c)| **c > 0);
+            for (got, (i, want)) in futures::future::try_join_all(draws)
                 .await?
                 .into_iter()
-                .zip(counts.iter().filter(|c| **c > 0))
+                .zip(drawn)
             {
-                short |= got.len() < *want;
+                emptied[i] = got.len() < *want;
                 tasks.extend(got);
             }
-            if !short || tasks.len() == n {
-                return Ok(tasks);
+            // Slots left go to the queues that still had tasks; a queue that
+            // came back short is empty, and asking it again costs a round trip.
+            for ((queue, _), emptied) in queues.iter().zip(emptied) {
+                if tasks.len() == n {
+                    break;
+                }
+                if !emptied {
+                    tasks.extend(self.dequeue_from(queue, n - tasks.len()).await?);
+                }
             }
+            return Ok(tasks);
         }
         for (queue, _) in queues {
             if tasks.len() == n {

@@ -88,7 +88,7 @@ async fn commits_wake_the_relay_in_process_and_across_processes() {
 #[tokio::test]
 async fn a_row_committed_after_a_later_id_is_still_forwarded() {
     let env = TestEnv::new().await;
-    let relay = Clients::new(&env.cfg).unwrap().relay(&env.cfg);
+    let relay = Clients::new(&env.cfg).unwrap().relay(&env.cfg).unwrap();
     let q = env.queue();
     let insert = "INSERT INTO outbox (kind, queue, payload, max_retry, timeout_ms)
                   VALUES ('noop', 'default', '{}', 0, 1000) RETURNING id";
@@ -119,8 +119,8 @@ async fn two_relays_forward_10000_rows_exactly_once() {
     let mut cfg = env.cfg.clone();
     cfg.relay.relay_batch_size = 250;
     let (a, b) = (
-        Clients::new(&cfg).unwrap().relay(&cfg),
-        Clients::new(&cfg).unwrap().relay(&cfg),
+        Clients::new(&cfg).unwrap().relay(&cfg).unwrap(),
+        Clients::new(&cfg).unwrap().relay(&cfg).unwrap(),
     );
     let never = CancellationToken::new();
     let (na, nb) = tokio::join!(a.drain(&never), b.drain(&never));
@@ -260,7 +260,7 @@ async fn a_relay_killed_between_redis_and_commit_leaves_one_task_per_row() {
 async fn redeliver_since_restores_what_redis_lost() {
     let env = TestEnv::new().await;
     insert_rows(&env, 30).await;
-    let relay = Clients::new(&env.cfg).unwrap().relay(&env.cfg);
+    let relay = Clients::new(&env.cfg).unwrap().relay(&env.cfg).unwrap();
     assert_eq!(relay.drain(&CancellationToken::new()).await.unwrap(), 30);
     // Rows dispatched long ago are outside the window.
     sqlx::query("UPDATE outbox SET dispatched_at = now() - interval '1 hour' WHERE id <= (SELECT min(id) + 9 FROM outbox)")
@@ -296,7 +296,7 @@ async fn dispatched_rows_past_retention_are_deleted() {
     let mut env = TestEnv::new().await;
     env.cfg.relay.outbox_cleanup_batch = 7;
     insert_rows(&env, 40).await;
-    let relay = Clients::new(&env.cfg).unwrap().relay(&env.cfg);
+    let relay = Clients::new(&env.cfg).unwrap().relay(&env.cfg).unwrap();
     relay.drain(&CancellationToken::new()).await.unwrap();
     insert_rows(&env, 5).await; // undispatched: never deleted
     sqlx::query("UPDATE outbox SET dispatched_at = now() - interval '2 days' WHERE id % 2 = 0 AND dispatched_at IS NOT NULL")

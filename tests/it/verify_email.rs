@@ -122,7 +122,7 @@ async fn a_task_delivered_twice_sends_one_email() {
     let _: () = fred::prelude::KeysInterface::del(&client, queue.keys("critical").task(id))
         .await
         .unwrap();
-    let relay = Clients::new(&env.cfg).unwrap().relay(&env.cfg);
+    let relay = Clients::new(&env.cfg).unwrap().relay(&env.cfg).unwrap();
     assert_eq!(
         relay
             .redeliver_since(Duration::from_secs(900))
