@@ -8,6 +8,7 @@
 //!
 //! Lifecycle: scheduled -> pending -> active -> completed | retry -> pending ... | archived.
 
+mod ack;
 pub mod client;
 pub mod connection;
 pub mod keys;

@@ -1,7 +1,7 @@
 //! The worker server: takes tasks from Redis under a lease, runs their
 //! handlers, and records the outcome.
 //!
-//! Four loops, all stopped by one `CancellationToken`:
+//! Five loops, all stopped by one `CancellationToken`:
 //! - fetch: whenever a slot is free, takes tasks from the queues by weight (or
 //!   strict priority). When the queues are empty it blocks on a wake-up
 //!   published by the enqueue scripts, with a 1 s safety poll, so an idle worker
@@ -10,6 +10,7 @@
 //!   expired leases; it sleeps exactly until the next due time.
 //! - lease: extends the leases of the tasks this process runs.
 //! - wake: turns messages on the queues' wake channels into local wake-ups.
+//! - ack: acknowledges completed runs in batches (see [`super::ack`]).
 //!
 //! At shutdown, running tasks get `shutdown_grace` to finish; the rest are
 //! handed back to the front of their pending list at once.
@@ -28,7 +29,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
-use super::{QueueClient, QueueError, TaskError, scripts, task::Task};
+use super::{QueueClient, QueueError, TaskError, ack::Acker, scripts, task::Task};
 use crate::config::WorkerConfig;
 
 /// Most tasks moved between sets by one forward script call.
@@ -197,12 +198,18 @@ impl WorkerServer {
         // Interrupts handlers still running after the grace period.
         let abort = CancellationToken::new();
 
+        let (acker, ack_loop) = Acker::start(
+            inner.client.clone(),
+            inner.settings.done_retention,
+            background.clone(),
+        );
+        loops.spawn(ack_loop);
         loops.spawn(inner.clone().wake_loop(background.clone()));
         loops.spawn(inner.clone().lease_loop(background.clone()));
         loops.spawn(inner.clone().forward_loop(shutdown.clone()));
         inner
             .clone()
-            .fetch_loop(shutdown.clone(), &handlers, &abort)
+            .fetch_loop(shutdown.clone(), &handlers, &abort, &acker)
             .await;
 
         handlers.close();
@@ -227,6 +234,7 @@ impl Inner {
         shutdown: CancellationToken,
         handlers: &TaskTracker,
         abort: &CancellationToken,
+        acker: &Acker,
     ) {
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         let mut failing = false;
@@ -263,7 +271,10 @@ impl Inner {
             // for a wake-up (an enqueue publishes one) instead of asking again.
             let drained = tasks.len() < permits.len();
             for (task, permit) in tasks.into_iter().zip(permits) {
-                handlers.spawn(self.clone().run_task(task, permit, abort.clone()));
+                handlers.spawn(
+                    self.clone()
+                        .run_task(task, permit, abort.clone(), acker.clone()),
+                );
             }
             if drained {
                 tokio::select! {
@@ -373,6 +384,7 @@ impl Inner {
         task: Task,
         _slot: OwnedSemaphorePermit,
         abort: CancellationToken,
+        acker: Acker,
     ) {
         let span = tracing::info_span!("task", task_id = task.id, r#type = %task.kind, queue = %task.queue, attempt = task.attempt);
         async {
@@ -391,7 +403,7 @@ impl Inner {
                     },
                 },
             };
-            if let Err(e) = self.record(&task, outcome, started.elapsed()).await {
+            if let Err(e) = self.record(&task, outcome, started.elapsed(), &acker).await {
                 // The lease will expire and the task will run again elsewhere.
                 tracing::error!(error = %e, "could not record the outcome of the task");
             }
@@ -409,6 +421,7 @@ impl Inner {
         task: &Task,
         outcome: Outcome,
         took: Duration,
+        acker: &Acker,
     ) -> Result<(), QueueError> {
         let keys = self.client.keys(&task.queue);
         let scripts = self.client.scripts();
@@ -419,19 +432,9 @@ impl Inner {
         };
         match outcome {
             Outcome::Done(processed) => {
-                let ok: i64 = scripts::run(
-                    pool,
-                    &scripts.complete,
-                    vec![keys.task(task.id), keys.active],
-                    vec![
-                        id,
-                        task.delivery.clone(),
-                        self.settings.done_retention.as_millis().to_string(),
-                    ],
-                )
-                .await?;
+                let ok = acker.complete(&task.queue, task.id, &task.delivery).await?;
                 tracing::info!(r#type = %task.kind, payload = %task.payload, took_ms = took.as_millis() as u64, fields = %processed, "processed task");
-                if ok == 0 {
+                if !ok {
                     lost("acknowledged");
                 }
             }

@@ -1,16 +1,27 @@
--- A run succeeded: the task leaves the active set. Its hash stays, stripped of
+-- Runs succeeded: each task leaves the active set. Its hash stays, stripped of
 -- the payload, for the retention time, so that enqueuing the same id again (a relay
 -- re-forwarding after a crash) stays a no-op.
--- KEYS[1] task key, KEYS[2] active
--- ARGV[1] id, ARGV[2] delivery, ARGV[3] retention_ms (0: delete at once)
--- Returns 1, or 0 when the lease was lost (the task was handed to someone else).
-if redis.call('HGET', KEYS[1], 'deliveries') ~= ARGV[2] then return 0 end
-redis.call('ZREM', KEYS[2], ARGV[1])
-if tonumber(ARGV[3]) > 0 then
-  redis.call('HSET', KEYS[1], 'state', 'completed')
-  redis.call('HDEL', KEYS[1], 'payload')
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-else
-  redis.call('DEL', KEYS[1])
+-- KEYS[1] task key prefix, KEYS[2] active
+-- ARGV[1] retention_ms (0: delete at once), then 2 per task: id, delivery
+-- Returns one flag per task: 1, or 0 when the lease was lost (the task was
+-- handed to someone else, who will acknowledge it).
+local retention = tonumber(ARGV[1])
+local flags = {}
+for i = 2, #ARGV, 2 do
+  local id = ARGV[i]
+  local key = KEYS[1] .. id
+  if redis.call('HGET', key, 'deliveries') ~= ARGV[i + 1] then
+    table.insert(flags, 0)
+  else
+    redis.call('ZREM', KEYS[2], id)
+    if retention > 0 then
+      redis.call('HSET', key, 'state', 'completed')
+      redis.call('HDEL', key, 'payload')
+      redis.call('PEXPIRE', key, retention)
+    else
+      redis.call('DEL', key)
+    end
+    table.insert(flags, 1)
+  end
 end
-return 1
+return flags
