@@ -15,12 +15,25 @@ use tokio_util::sync::CancellationToken;
 use super::NOTIFY_CHANNEL;
 
 /// Cheap to clone; call [`RelayWaker::wake`] after committing outbox rows.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct RelayWaker {
     /// The relay of this process waits on it.
     pub(crate) local: Arc<Notify>,
     /// The pg_notify sender waits on it.
     remote: Arc<Notify>,
+    /// Sent as the notification's payload, so that the relay of this process,
+    /// already woken directly, can ignore its own process's notifications.
+    pub(crate) origin: Arc<str>,
+}
+
+impl Default for RelayWaker {
+    fn default() -> Self {
+        Self {
+            local: Arc::default(),
+            remote: Arc::default(),
+            origin: uuid::Uuid::new_v4().simple().to_string().into(),
+        }
+    }
 }
 
 impl RelayWaker {
@@ -44,8 +57,9 @@ impl RelayWaker {
                 _ = shutdown.cancelled() => return,
                 _ = self.remote.notified() => {}
             }
-            if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
+            if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(NOTIFY_CHANNEL)
+                .bind(&*self.origin)
                 .execute(&pool)
                 .await
             {
