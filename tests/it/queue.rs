@@ -413,3 +413,33 @@ async fn a_killed_worker_loses_nothing() {
     );
     assert_eq!(info.retried, 1);
 }
+
+#[tokio::test]
+async fn a_task_longer_than_its_lease_keeps_it_and_runs_once() {
+    let env = TestEnv::new().await;
+    let runs = Arc::new(Mutex::new(0u32));
+    let counter = runs.clone();
+    let mut registry = HandlerRegistry::default();
+    registry.register(
+        "slow",
+        handler_fn(move |_t: Task| {
+            *counter.lock().unwrap() += 1;
+            async {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                Ok(Processed::default())
+            }
+        }),
+    );
+    // A 300 ms lease, extended every 100 ms: were it not extended, the lease
+    // would expire and the task would be handed out again to a free slot.
+    let worker = start_worker(&env, registry, |s| {
+        s.lease = Duration::from_millis(300);
+        s.concurrency = 4;
+    });
+    let q = env.queue();
+    q.enqueue(&[msg(9, "slow", "default")]).await.unwrap();
+    let done = wait_state(&q, "default", 9, "completed").await;
+    stop_worker(worker).await;
+    assert_eq!(*runs.lock().unwrap(), 1, "ran once");
+    assert_eq!(done.retried, 0);
+}
