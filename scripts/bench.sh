@@ -13,18 +13,21 @@
 set -euo pipefail
 cd "$(dirname -- "${BASH_SOURCE[0]}")/.."
 
-need() { # command package
-  command -v "$1" >/dev/null && return 0
+updated=
+need() { # "check command" package
+  bash -c "$1" >/dev/null 2>&1 && return 0
   if [[ $(id -u) -eq 0 ]]; then
+    [[ -n $updated ]] || { timeout 600 apt-get update -q >/dev/null; updated=1; }
     timeout 600 apt-get install -y -q "$2" >/dev/null
   else
-    echo "bench: $1 not found; install it (sudo apt-get install -y $2)" >&2
+    echo "bench: '$1' failed; install $2 (sudo apt-get install -y $2)" >&2
     exit 1
   fi
 }
-need wrk wrk
-need redis-benchmark redis-tools
-need pgbench postgresql-client
+need "command -v wrk" wrk
+need "command -v redis-benchmark" redis-tools
+# Debian's /usr/bin/pgbench is a wrapper; the program comes with the server.
+need "pgbench --version" postgresql
 
 scripts/dev-services.sh up >/dev/null
 eval "$(scripts/dev-services.sh env | sed 's/^/export /')"

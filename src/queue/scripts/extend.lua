@@ -1,10 +1,11 @@
 -- Extend the leases of the tasks this worker still runs.
 -- KEYS[1] task key prefix, KEYS[2] active
 -- ARGV[1] lease_ms, then pairs: id, delivery
--- Returns the ids whose lease was lost: handed out again (another delivery),
--- or put back to pending after the lease expired. A task this worker finished
--- since it listed its leases (completed, retry, archived, or already deleted)
--- is neither extended nor reported.
+-- Returns the ids whose lease was lost: their delivery number moved on, because
+-- the lease expired (forward.lua fences the worker off that way) or the task
+-- was handed out again. A task this worker itself finished or handed back
+-- since it listed its leases keeps our delivery number: neither extended nor
+-- reported.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local deadline = now + tonumber(ARGV[1])
@@ -15,7 +16,7 @@ for i = 2, #ARGV, 2 do
   local ours = f[1] == ARGV[i + 1]
   if ours and f[2] == 'active' and redis.call('ZSCORE', KEYS[2], id) then
     redis.call('ZADD', KEYS[2], 'XX', deadline, id)
-  elseif f[1] and (not ours or f[2] == 'pending' or f[2] == 'scheduled') then
+  elseif f[1] and not ours then
     table.insert(lost, id)
   end
 end
