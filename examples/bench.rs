@@ -193,6 +193,18 @@ async fn main() -> anyhow::Result<()> {
 impl Bench {
     async fn setup(args: Args) -> anyhow::Result<Self> {
         let admin_url = args.cfg.database_url()?.to_owned();
+        // Load goes to this machine only.
+        for url in [&admin_url, &args.cfg.redis.redis_url] {
+            let (host, _) = url_host_port(url)?;
+            ensure!(
+                host == "localhost"
+                    || host
+                        .trim_matches(['[', ']'])
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback()),
+                "the harness runs against loopback only; {host} is not"
+            );
+        }
         let mut admin = PgConnection::connect(&admin_url)
             .await
             .context("connecting to DATABASE_URL")?;
