@@ -5,7 +5,7 @@ use std::{process::ExitCode, time::Duration, time::Instant};
 use clap::{Parser, Subcommand};
 use simplebank::{
     app::{self, Clients, Components},
-    config::{Config, parse_duration},
+    config::{Config, LogFormat, parse_duration},
     db, telemetry,
 };
 use tokio_util::sync::CancellationToken;
@@ -54,6 +54,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let cli = Cli::parse();
+    let json_logs = cli.config.log.log_format == LogFormat::Json;
     if let Err(e) = telemetry::init(&cli.config.log) {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;
@@ -68,8 +69,13 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "exiting");
-            eprintln!("error: {e:#}");
+            // One line: in the log stream where that is JSON for a collector,
+            // else plainly on stderr for the person at the terminal.
+            if json_logs {
+                tracing::error!(error = format!("{e:#}"), "exiting");
+            } else {
+                eprintln!("error: {e:#}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -1,6 +1,6 @@
 -- Rows another relay holds are skipped, not waited for; ids commit out of
 -- order, so every undispatched row is a candidate, not just those above a mark.
-SELECT id, kind, queue, payload, max_retry, timeout_ms, process_at
+SELECT id, kind, queue, payload::text AS "payload!", max_retry, timeout_ms, process_at
 FROM outbox
 WHERE dispatched_at IS NULL
 ORDER BY id

@@ -19,7 +19,9 @@ pub struct OutboxRow {
     pub id: i64,
     pub kind: String,
     pub queue: String,
-    pub payload: serde_json::Value,
+    /// JSON text: read as text, it goes to Redis without being parsed and
+    /// printed again.
+    pub payload: String,
     pub max_retry: i32,
     pub timeout_ms: i64,
     pub process_at: DateTime<Utc>,
@@ -31,7 +33,7 @@ impl From<OutboxRow> for TaskMessage {
             id: r.id,
             kind: r.kind,
             queue: r.queue,
-            payload: r.payload.to_string(),
+            payload: r.payload,
             max_retry: r.max_retry.max(0) as u32,
             timeout: std::time::Duration::from_millis(r.timeout_ms.max(1) as u64),
             process_at: r.process_at,

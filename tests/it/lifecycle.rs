@@ -32,6 +32,7 @@ fn a_missing_database_url_is_one_clear_line() {
     let out = Command::new(BIN)
         .arg("migrate")
         .env_remove("DATABASE_URL")
+        .env_remove("LOG_FORMAT")
         .current_dir(std::env::temp_dir()) // no .env here
         .output()
         .unwrap();
@@ -41,6 +42,16 @@ fn a_missing_database_url_is_one_clear_line() {
     assert!(
         !stderr.contains("panicked") && !stderr.contains("backtrace"),
         "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines = stdout
+        .lines()
+        .chain(stderr.lines())
+        .filter(|l| !l.trim().is_empty());
+    assert_eq!(
+        lines.count(),
+        1,
+        "one line, not a log line and its echo:\n{stdout}{stderr}"
     );
 }
 

@@ -7,12 +7,12 @@ use std::{
 };
 
 use fred::prelude::*;
-use simplebank::app::Clients;
+use simplebank::{app::Clients, queue::QueueClient};
 use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{
-    API_AND_RELAY, API_ONLY, CuttableLink, RELAY_ONLY, RedisProcess, TestEnv, eventually,
+    API_AND_RELAY, API_ONLY, CuttableLink, RELAY_ONLY, RedisProcess, TestApp, TestEnv, eventually,
     postgres_addr, user_json,
 };
 
@@ -40,46 +40,74 @@ async fn ids(env: &TestEnv) -> Vec<i64> {
         .unwrap()
 }
 
+/// Sign-ups per process layout in the wake-up test; the median of their
+/// latencies is what is checked, so one scheduling hiccup on a busy machine
+/// does not decide the outcome.
+const WAKE_SAMPLES: usize = 5;
+/// The happy path's bound from commit to task in Redis. The relay's poll is an
+/// hour away in that test, so only a wake-up can meet it; the benchmark
+/// harness measures the actual figure (milliseconds).
+const WAKE_BOUND: Duration = Duration::from_millis(100);
+
+/// Signs `name` up through `api` and returns how long after the commit (the
+/// 200 answer) the task appeared in Redis, watched every millisecond.
+async fn commit_to_redis(env: &TestEnv, q: &QueueClient, api: &TestApp, name: &str) -> Duration {
+    assert_eq!(
+        api.post_json("/v1/create_user", user_json(name)).await.0,
+        200
+    );
+    let committed = Instant::now();
+    let id: i64 = sqlx::query_scalar("SELECT id FROM outbox WHERE payload->>'username' = $1")
+        .bind(name)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    loop {
+        if q.task("critical", id).await.unwrap().is_some() {
+            return committed.elapsed();
+        }
+        assert!(
+            committed.elapsed() < Duration::from_secs(5),
+            "task {id} of {name} did not reach Redis within 5 s: no wake-up"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// The median of `WAKE_SAMPLES` sign-ups through `api`.
+async fn median_commit_to_redis(env: &TestEnv, api: &TestApp, layout: &str) -> Duration {
+    let q = env.queue();
+    q.ping().await.unwrap(); // connected before the clock starts
+    let mut took = Vec::with_capacity(WAKE_SAMPLES);
+    for i in 0..WAKE_SAMPLES {
+        took.push(commit_to_redis(env, &q, api, &format!("{layout}_{i}")).await);
+    }
+    println!("{layout}: commit to task in Redis {took:?}");
+    took.sort();
+    took[WAKE_SAMPLES / 2]
+}
+
 #[tokio::test]
 async fn commits_wake_the_relay_in_process_and_across_processes() {
     let mut env = TestEnv::new().await;
     // With the poll an hour away, only the wake-ups can deliver in time.
     env.cfg.relay.relay_poll_interval = Duration::from_secs(3600);
-    let q = env.queue();
 
-    // serve-like: API and relay in one process.
+    // serve-like: API and relay in one process (the in-process signal).
     let app = env.start(API_AND_RELAY).await;
     tokio::time::sleep(Duration::from_millis(300)).await; // past the relay's first drain
-    let t = Instant::now();
-    assert_eq!(
-        app.post_json("/v1/create_user", user_json("ivy")).await.0,
-        200
-    );
-    let id = ids(&env).await[0];
-    eventually(Duration::from_secs(5), "the task in Redis", || async {
-        q.task("critical", id).await.unwrap()
-    })
-    .await;
-    println!("in-process: sign-up to task in Redis {:?}", t.elapsed());
+    let median = median_commit_to_redis(&env, &app, "inproc").await;
+    assert!(median < WAKE_BOUND, "in-process wake-up: median {median:?}");
     app.stop().await;
 
     // The API in one process, the relay in another: pg_notify + LISTEN.
     let api = env.start(API_ONLY).await;
     let relay = env.start(RELAY_ONLY).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let t = Instant::now();
-    assert_eq!(
-        api.post_json("/v1/create_user", user_json("jack")).await.0,
-        200
-    );
-    let id = ids(&env).await[1];
-    eventually(Duration::from_secs(5), "the task in Redis", || async {
-        q.task("critical", id).await.unwrap()
-    })
-    .await;
-    println!(
-        "across processes: sign-up to task in Redis {:?}",
-        t.elapsed()
+    let median = median_commit_to_redis(&env, &api, "remote").await;
+    assert!(
+        median < WAKE_BOUND,
+        "wake-up across processes: median {median:?}"
     );
     api.stop().await;
     relay.stop().await;
