@@ -82,9 +82,7 @@ pub async fn start(cfg: &Config, components: Components) -> anyhow::Result<Runni
     let mut http_addr = None;
 
     if components.api {
-        db::migrate(&clients.pool)
-            .await
-            .context("migrating the database")?;
+        db::migrate(&clients.pool).await?;
         let state = http::AppState {
             pool: clients.pool.clone(),
             queue: clients.queue.clone(),

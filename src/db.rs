@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
 use sqlx::{Connection, PgPool, migrate::Migrator, postgres::PgPoolOptions};
 
 use crate::config::DbConfig;
@@ -38,7 +39,15 @@ pub fn pool(cfg: &DbConfig, url: &str) -> anyhow::Result<PgPool> {
 /// Applies pending migrations. Safe to run from several processes at once:
 /// sqlx serialises them with an advisory lock.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    MIGRATOR.run(pool).await?;
+    MIGRATOR.run(pool).await.with_context(|| {
+        // sqlx's pool time-out does not say where it tried to connect.
+        let at = pool.connect_options();
+        format!(
+            "migrating the database at {}:{}",
+            at.get_host(),
+            at.get_port()
+        )
+    })?;
     tracing::info!("db migrated successfully");
     Ok(())
 }

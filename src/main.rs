@@ -2,6 +2,7 @@
 
 use std::{process::ExitCode, time::Duration, time::Instant};
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use simplebank::{
     app::{self, Clients, Components},
@@ -71,14 +72,34 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line: in the log stream where that is JSON for a collector,
             // else plainly on stderr for the person at the terminal.
+            let e = error_chain(&e);
             if json_logs {
-                tracing::error!(error = format!("{e:#}"), "exiting");
+                tracing::error!(error = e, "exiting");
             } else {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {e}");
             }
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line. Many errors print their source as
+/// part of their own message (sqlx's do), so a cause already contained in
+/// the message before it is left out rather than repeated.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    let mut previous = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if !previous.contains(&msg) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&msg);
+        }
+        previous = msg;
+    }
+    line
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -114,9 +135,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let clients = Clients::new(&cfg)?;
             let relay = clients.relay(&cfg)?;
             let started = Instant::now();
-            let forwarded = relay.drain(&CancellationToken::new()).await?;
+            // A failed batch rolls back: what was not forwarded stays in the
+            // outbox for the next run, which the message says.
+            let forwarded = relay
+                .drain(&CancellationToken::new())
+                .await
+                .context("forwarding stopped; the rest stays in the outbox")?;
             let redelivered = match redeliver_since {
-                Some(window) => relay.redeliver_since(window).await?,
+                Some(window) => relay
+                    .redeliver_since(window)
+                    .await
+                    .context("redelivery stopped; run it again")?,
                 None => 0,
             };
             let took = started.elapsed();

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::common::{
     API_AND_RELAY, API_ONLY, CuttableLink, RELAY_ONLY, RedisProcess, TestApp, TestEnv, eventually,
-    postgres_addr, user_json,
+    free_port, postgres_addr, user_json,
 };
 
 /// Inserts `n` outbox rows for queue "default" straight in SQL.
@@ -221,21 +221,11 @@ async fn a_relay_killed_between_redis_and_commit_leaves_one_task_per_row() {
         .await
         .unwrap();
 
-    let relay = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_simplebank"))
-            .arg("relay")
-            .args(args)
-            .env("DATABASE_URL", &env.db_url)
-            .env("REDIS_URL", &env.cfg.redis.redis_url)
-            .env("REDIS_KEY_PREFIX", &env.cfg.redis.redis_key_prefix)
-            .env("RUST_LOG", "warn")
-            .current_dir(std::env::temp_dir())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let mut child = relay(&[]);
+    let mut child = relay_command(&env, &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let q = env.queue();
     eventually(Duration::from_secs(20), "the batch in Redis", || async {
         (q.stats("default").await.unwrap().pending == 50).then_some(())
@@ -264,24 +254,76 @@ async fn a_relay_killed_between_redis_and_commit_leaves_one_task_per_row() {
         .unwrap();
     assert_eq!(undispatched(&env).await, 50, "the commit never happened");
 
-    let out = relay(&["--once"]).wait_with_output().unwrap();
+    let out = relay_command(&env, &["--once"]).output().unwrap();
     assert!(out.status.success());
     let summary = String::from_utf8_lossy(&out.stdout);
     assert!(summary.contains("forwarded 50 rows"), "{summary}");
     assert_eq!(undispatched(&env).await, 0);
+    assert_one_pending_task_per_row(&env, 50).await;
+
+    // The recovery command re-sends what it dispatched; Redis still has it all,
+    // so the idempotent enqueue leaves one task per row still.
+    let out = relay_command(&env, &["--once", "--redeliver-since", "15m"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        summary.contains("forwarded 0 rows, redelivered 50"),
+        "{summary}"
+    );
+    assert_one_pending_task_per_row(&env, 50).await;
+}
+
+/// The `simplebank relay` binary aimed at this test's database and prefix.
+fn relay_command(env: &TestEnv, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_simplebank"));
+    cmd.arg("relay")
+        .args(args)
+        .env("DATABASE_URL", &env.db_url)
+        .env("REDIS_URL", &env.cfg.redis.redis_url)
+        .env("REDIS_KEY_PREFIX", &env.cfg.redis.redis_key_prefix)
+        .env("RUST_LOG", "warn")
+        .env_remove("LOG_FORMAT")
+        .current_dir(std::env::temp_dir())
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Redis's pending list of queue "default" holds `n` ids, none twice.
+async fn assert_one_pending_task_per_row(env: &TestEnv, n: usize) {
     let client = crate::common::redis_client(&env.cfg.redis.redis_url).await;
     let pending: Vec<i64> = client
-        .lrange(
-            format!("{}:{{default}}:pending", env.cfg.redis.redis_key_prefix),
-            0,
-            -1,
-        )
+        .lrange(env.queue().keys("default").pending, 0, -1)
         .await
         .unwrap();
     let mut unique = pending.clone();
     unique.sort();
     unique.dedup();
-    assert_eq!((pending.len(), unique.len()), (50, 50), "one task per row");
+    assert_eq!((pending.len(), unique.len()), (n, n), "one task per row");
+}
+
+#[tokio::test]
+async fn relay_once_that_cannot_reach_redis_fails_clearly_and_changes_nothing() {
+    let env = TestEnv::new().await;
+    insert_rows(&env, 10).await;
+    let started = Instant::now();
+    let out = relay_command(&env, &["--once"])
+        .env("REDIS_URL", format!("redis://127.0.0.1:{}/0", free_port()))
+        .env("REDIS_CONNECT_TIMEOUT", "300ms")
+        .env("REDIS_COMMAND_TIMEOUT", "500ms")
+        .output()
+        .unwrap();
+    println!("relay --once gave up after {:?}", started.elapsed());
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "no summary for a run that failed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("redis"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert_eq!(undispatched(&env).await, 10, "nothing marked dispatched");
 }
 
 #[tokio::test]
