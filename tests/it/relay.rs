@@ -202,6 +202,36 @@ async fn redis_stopped_and_restarted_mid_stream_loses_nothing() {
 }
 
 #[tokio::test]
+async fn a_redis_outage_is_logged_once_not_once_per_retry() {
+    let env = TestEnv::new().await;
+    let mut redis = RedisProcess::start();
+    redis.stop();
+    insert_rows(&env, 5).await;
+    let mut child = relay_command(&env, &[])
+        .env("REDIS_URL", redis.url())
+        .env("REDIS_COMMAND_TIMEOUT", "200ms")
+        .env("RELAY_MAX_BACKOFF", "100ms")
+        .env("RUST_LOG", "simplebank=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Two seconds of a retry every 300 ms or so.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(undispatched(&env).await, 5);
+    redis.restart();
+    eventually(Duration::from_secs(20), "the rows forwarded", || async {
+        (undispatched(&env).await == 0).then_some(())
+    })
+    .await;
+    child.kill().unwrap(); // its log lines are written whole, line by line
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(log.matches("relay cannot forward").count(), 1, "{log}");
+    assert_eq!(log.matches("relay recovered").count(), 1, "{log}");
+}
+
+#[tokio::test]
 async fn a_relay_killed_between_redis_and_commit_leaves_one_task_per_row() {
     let env = TestEnv::new().await;
     insert_rows(&env, 50).await;
