@@ -27,7 +27,7 @@ use fred::prelude::*;
 use simplebank::{
     app::Clients,
     config::{Config, RedisConfig},
-    outbox::{wake::RelayWaker, write::NewTask},
+    outbox::{relay, wake::RelayWaker, write::NewTask},
     queue::{
         self, HandlerRegistry, Processed, QueueClient, TaskMessage, WorkerServer, WorkerSettings,
         handler_fn,
@@ -756,11 +756,8 @@ impl Bench {
         let started = Instant::now();
         let mut marked = 0i64;
         while started.elapsed() < PART_LIMIT {
-            let mut tx = conn.begin().await?;
-            // As on the relay's own pool (outbox::relay::pool).
-            sqlx::raw_sql("SET LOCAL synchronous_commit = off")
-                .execute(&mut *tx)
-                .await?;
+            // The relay's own BEGIN: asynchronous commit, in the same round trip.
+            let mut tx = conn.begin_with(relay::BEGIN_BATCH).await?;
             let ids: Vec<i64> = sqlx::query(include_str!("../sql/outbox/claim.sql"))
                 .bind(i64::from(batch))
                 .fetch_all(&mut *tx)

@@ -12,10 +12,7 @@ use crate::{
     config::Config,
     db, http,
     mail::Mailer,
-    outbox::{
-        relay::{self, Relay},
-        wake::RelayWaker,
-    },
+    outbox::{relay::Relay, wake::RelayWaker},
     queue::{self, QueueClient, WorkerServer, WorkerSettings},
     tasks,
     users::password::PasswordHasher,
@@ -47,7 +44,11 @@ pub struct Clients {
 impl Clients {
     /// Neither connects eagerly: the process starts while either is down.
     pub fn new(cfg: &Config) -> anyhow::Result<Self> {
-        let pool = db::pool(&cfg.db, cfg.database_url()?)?;
+        let pool = db::pool(
+            &cfg.db,
+            cfg.database_url()?,
+            cfg.db.database_max_connections,
+        )?;
         let redis = queue::connection::pool(&cfg.redis).context("REDIS_URL")?;
         Ok(Self {
             pool,
@@ -55,9 +56,15 @@ impl Clients {
         })
     }
 
-    /// The relay, on a pool of its own (see [`relay::pool`]).
+    /// The relay, on a pool of its own: one connection per batch in flight, so
+    /// that however busy the API keeps the shared pool, the relay never waits
+    /// behind it.
     pub fn relay(&self, cfg: &Config) -> anyhow::Result<Relay> {
-        let pool = relay::pool(&cfg.db, cfg.database_url()?, &cfg.relay)?;
+        let pool = db::pool(
+            &cfg.db,
+            cfg.database_url()?,
+            cfg.relay.relay_parallel_batches,
+        )?;
         Ok(Relay::new(pool, self.queue.clone(), cfg.relay.clone()))
     }
 }

@@ -13,16 +13,17 @@ pub static MIGRATOR: Migrator = sqlx::migrate!();
 /// A connection idle longer than this is pinged before it is handed out.
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
-/// A lazily connecting pool: the process starts even while Postgres is down, and
-/// requests that need it answer 503 until it is back.
+/// A lazily connecting pool of up to `max_connections`: the process starts even
+/// while Postgres is down, and requests that need it answer 503 until it is
+/// back.
 ///
 /// A connection is checked with a ping only when it sat idle for a while
 /// (when a restart or a dropped link may have killed it unnoticed). Under
 /// load connections go straight back to work, and a ping per request would
 /// be one more round trip beside the four of a sign-up.
-pub fn pool(cfg: &DbConfig, url: &str) -> anyhow::Result<PgPool> {
+pub fn pool(cfg: &DbConfig, url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     Ok(PgPoolOptions::new()
-        .max_connections(cfg.database_max_connections)
+        .max_connections(max_connections.max(1))
         .acquire_timeout(cfg.database_acquire_timeout)
         .test_before_acquire(false)
         .before_acquire(|conn, meta| {

@@ -13,16 +13,13 @@
 
 use std::time::{Duration, Instant};
 
-use sqlx::{
-    PgPool,
-    postgres::{PgConnectOptions, PgListener, PgPoolOptions},
-};
+use sqlx::{PgPool, postgres::PgListener};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{NOTIFY_CHANNEL, OutboxRow, wake::RelayWaker};
 use crate::{
-    config::{DbConfig, RelayConfig},
+    config::RelayConfig,
     queue::{QueueClient, QueueError, TaskMessage},
 };
 
@@ -47,25 +44,13 @@ impl RelayError {
     }
 }
 
-/// The relay's own pool, one connection per batch in flight, so that however
-/// busy the API keeps the shared pool, the relay never waits behind it.
-///
-/// Its commits are asynchronous (`synchronous_commit = off`): marking rows
+/// How a batch's transaction begins. Its commit is asynchronous: marking rows
 /// dispatched need not wait for the WAL flush, because a mark lost in a
 /// Postgres crash only means the rows are forwarded again, and the idempotent
-/// enqueue keeps one task per row. Nothing else is written on this pool but
-/// retention deletes, which a crash merely postpones. Connections are not
-/// pinged before use: a dead one fails one batch, which is retried.
-pub fn pool(db: &DbConfig, url: &str, relay: &RelayConfig) -> Result<PgPool, sqlx::Error> {
-    let options = url
-        .parse::<PgConnectOptions>()?
-        .options([("synchronous_commit", "off")]);
-    Ok(PgPoolOptions::new()
-        .max_connections(relay.relay_parallel_batches.max(1))
-        .acquire_timeout(db.database_acquire_timeout)
-        .test_before_acquire(false)
-        .connect_lazy_with(options))
-}
+/// enqueue keeps one task per row. Set per transaction, in the same round trip
+/// as BEGIN, rather than as a connection option, which poolers such as
+/// PgBouncer refuse.
+pub const BEGIN_BATCH: &str = "BEGIN; SET LOCAL synchronous_commit = off";
 
 /// Forwards outbox rows; see the module doc.
 #[derive(Clone)]
@@ -82,7 +67,7 @@ impl Relay {
 
     /// Claims, enqueues and marks one batch; returns how many rows it forwarded.
     pub async fn forward_batch(&self) -> Result<usize, RelayError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with(BEGIN_BATCH).await?;
         let rows = sqlx::query_file_as!(
             OutboxRow,
             "sql/outbox/claim.sql",
