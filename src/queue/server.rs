@@ -292,6 +292,9 @@ impl Inner {
     async fn dequeue(&self, n: usize) -> Result<Vec<Task>, QueueError> {
         let queues = &self.settings.queues;
         let mut tasks = Vec::with_capacity(n);
+        // Queues that came back short from the weighted draw: they are empty,
+        // and asking them again costs a round trip.
+        let mut emptied = vec![false; queues.len()];
         if !self.settings.strict_priority && queues.len() > 1 {
             let total: u32 = queues.iter().map(|(_, w)| w).sum();
             let mut counts = vec![0usize; queues.len()];
@@ -318,7 +321,6 @@ impl Inner {
                 .zip(&counts)
                 .filter(|(_, c)| **c > 0)
                 .map(|((q, _), c)| self.dequeue_from(q, *c));
-            let mut emptied = vec![false; queues.len()];
             let drawn = counts.iter().enumerate().filter(|(_, c)| **c > 0);
             for (got, (i, want)) in futures::future::try_join_all(draws)
                 .await?
@@ -328,23 +330,16 @@ impl Inner {
                 emptied[i] = got.len() < *want;
                 tasks.extend(got);
             }
-            // Slots left go to the queues that still had tasks; a queue that
-            // came back short is empty, and asking it again costs a round trip.
-            for ((queue, _), emptied) in queues.iter().zip(emptied) {
-                if tasks.len() == n {
-                    break;
-                }
-                if !emptied {
-                    tasks.extend(self.dequeue_from(queue, n - tasks.len()).await?);
-                }
-            }
-            return Ok(tasks);
         }
-        for (queue, _) in queues {
+        // Strict priority, and the slots the weighted draw left: the queues in
+        // priority order.
+        for ((queue, _), emptied) in queues.iter().zip(emptied) {
             if tasks.len() == n {
                 break;
             }
-            tasks.extend(self.dequeue_from(queue, n - tasks.len()).await?);
+            if !emptied {
+                tasks.extend(self.dequeue_from(queue, n - tasks.len()).await?);
+            }
         }
         Ok(tasks)
     }

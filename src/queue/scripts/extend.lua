@@ -14,7 +14,9 @@ for i = 2, #ARGV, 2 do
   local id = ARGV[i]
   local f = redis.call('HMGET', KEYS[1] .. id, 'deliveries', 'state')
   local ours = f[1] == ARGV[i + 1]
-  if ours and f[2] == 'active' and redis.call('ZSCORE', KEYS[2], id) then
+  -- Active with our delivery number means in the active set; XX would not
+  -- add it back anyway.
+  if ours and f[2] == 'active' then
     redis.call('ZADD', KEYS[2], 'XX', deadline, id)
   elseif f[1] and not ours then
     table.insert(lost, id)
