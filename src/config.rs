@@ -176,7 +176,8 @@ pub struct RelayConfig {
         global = true
     )]
     pub outbox_cleanup_batch: u32,
-    /// Shortest time between two post-commit pg_notify calls of one process.
+    /// Shortest time between two post-commit pg_notify calls of one process
+    /// (sent only by processes that serve the API without a relay of their own).
     #[arg(long, env = "RELAY_NOTIFY_COALESCE", default_value = "5ms", value_parser = parse_duration, global = true)]
     pub relay_notify_coalesce: Duration,
 }
