@@ -88,6 +88,9 @@ struct Args {
     /// Length of each HTTP and pgbench run.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     load_for: Duration,
+    /// Alternating pgbench and wrk runs in part 4; the medians are compared.
+    #[arg(long, default_value_t = 3)]
+    http_rounds: u32,
     /// Connections of wrk and clients of pgbench.
     #[arg(long, default_value_t = 32)]
     clients: u32,
@@ -102,6 +105,14 @@ enum Part {
     Worker,
     Latency,
     Http,
+}
+
+/// One wrk run against `serve`.
+struct WrkRun {
+    rps: f64,
+    p99: String,
+    users: i64,
+    rss_kib: u64,
 }
 
 /// One line of the results table.
@@ -579,14 +590,58 @@ impl Bench {
     /// 4. POST /v1/create_user on a real `serve` under wrk, beside pgbench's
     ///    rate for the same transaction; plus the cost of the default hashing.
     async fn http(&self) -> anyhow::Result<Vec<Row>> {
-        let secs = self.args.load_for.as_secs().to_string();
-        let clients = self.args.clients.to_string();
-
         let script = std::env::temp_dir().join("simplebank-bench-create-user.sql");
         std::fs::write(&script, PGBENCH_CREATE_USER)?;
+        let lua = std::env::temp_dir().join("simplebank-bench-create-user.lua");
+        std::fs::write(&lua, WRK_CREATE_USER)?;
+        // pgbench's rate on this disk moves by a third from one run to the
+        // next; rounds that alternate the two, and the median of each side,
+        // keep one lucky or unlucky run from deciding the ratio.
+        let (mut pg, mut ours, mut rss) = (Vec::new(), Vec::new(), 0);
+        for round in 1..=self.args.http_rounds.max(1) {
+            self.reset().await?;
+            let tps = self.pgbench_create_user(&script)?;
+            self.reset().await?;
+            let run = self.wrk_create_user(&lua).await?;
+            println!(
+                "http round {round}: pgbench {tps:.0} tx/s; wrk {:.0} req/s, p99 {}, {} users created",
+                run.rps, run.p99, run.users
+            );
+            pg.push(tps);
+            rss = rss.max(run.rss_kib);
+            ours.push(run);
+        }
+        let pg = median(&mut pg);
+        ours.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+        let mid = &ours[ours.len() / 2];
+        let (rps, p99) = (mid.rps, mid.p99.clone());
+
+        let hashes = self.default_hashes_per_second().await?;
+        Ok(vec![
+            Row::new(
+                "4. POST /v1/create_user, cheap argon2 (req/s, p99)",
+                format!("{} , p99 {p99}", per_s(rps)),
+            )
+            .limit(
+                format!("{} pgbench same tx (medians of {})", per_s(pg), ours.len()),
+                rps / pg,
+            )
+            .target(">= 0.7 of pgbench", rps / pg >= 0.7),
+            Row::new(
+                "4. default argon2id hashing (hashes/s/core)",
+                format!("{hashes:.1}"),
+            ),
+            Row::new("5. peak RSS, serve under 4 (MiB)", mib(rss))
+                .target("< 100 MiB", rss < 100 * 1024),
+        ])
+    }
+
+    /// pgbench running the sign-up transaction; its tx/s.
+    fn pgbench_create_user(&self, script: &std::path::Path) -> anyhow::Result<f64> {
         let out = Command::new("pgbench")
-            .args(["-n", "-j", "2", "-c", &clients, "-T", &secs, "-f"])
-            .arg(&script)
+            .args(["-n", "-j", "2", "-c", &self.args.clients.to_string()])
+            .args(["-T", &self.args.load_for.as_secs().to_string(), "-f"])
+            .arg(script)
             .arg(&self.db_url)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -595,12 +650,12 @@ impl Bench {
         let out = wait_bounded(out, self.args.load_for + TOOL_SLACK)?;
         let text = String::from_utf8_lossy(&out.stdout);
         ensure!(out.status.success(), "pgbench failed: {text}");
-        let pg = find_number(&text, "tps = ").context("tps in pgbench's output")?;
-        println!("http: pgbench create-user transaction {pg:.0} tx/s");
-        self.reset().await?;
+        find_number(&text, "tps = ").context("tps in pgbench's output")
+    }
 
-        let lua = std::env::temp_dir().join("simplebank-bench-create-user.lua");
-        std::fs::write(&lua, WRK_CREATE_USER)?;
+    /// A release `serve` under wrk posting distinct valid sign-ups.
+    async fn wrk_create_user(&self, lua: &std::path::Path) -> anyhow::Result<WrkRun> {
+        let clients = self.args.clients.to_string();
         let mail_dir = std::env::temp_dir().join("simplebank-bench-mail");
         let mut serve = self
             .command("serve")
@@ -622,17 +677,10 @@ impl Bench {
             let addr = http_addr_from_log(&mut serve)?;
             wait_ready(&addr).await?;
             let out = Command::new("wrk")
-                .args([
-                    "-t",
-                    "2",
-                    "-c",
-                    &clients,
-                    "-d",
-                    &format!("{secs}s"),
-                    "--latency",
-                    "-s",
-                ])
-                .arg(&lua)
+                .args(["-t", "2", "-c", &clients])
+                .args(["-d", &format!("{}s", self.args.load_for.as_secs())])
+                .args(["--latency", "-s"])
+                .arg(lua)
                 .arg(format!("http://{addr}/v1/create_user"))
                 .stdout(Stdio::piped())
                 .spawn()
@@ -646,37 +694,23 @@ impl Bench {
         .await;
         stop(&mut serve);
         let _ = std::fs::remove_dir_all(&mail_dir);
-        let (text, rss) = result?;
-        let rps = find_number(&text, "Requests/sec:").context("wrk's Requests/sec")?;
-        let p99 = text
-            .lines()
-            .find(|l| l.trim_start().starts_with("99%"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .unwrap_or("?")
-            .to_owned();
+        let (text, rss_kib) = result?;
         if let Some(bad) = find_number(&text, "Non-2xx or 3xx responses:") {
             bail!("wrk saw {bad} non-2xx responses: the run is not valid");
         }
-        let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
-            .fetch_one(&self.pool)
-            .await?;
-        println!("  wrk: {rps:.0} req/s, p99 {p99}, {users} users created");
-
-        let hashes = self.default_hashes_per_second().await?;
-        Ok(vec![
-            Row::new(
-                "4. POST /v1/create_user, cheap argon2 (req/s, p99)",
-                format!("{} , p99 {p99}", per_s(rps)),
-            )
-            .limit(format!("{} pgbench same tx", per_s(pg)), rps / pg)
-            .target(">= 0.7 of pgbench", rps / pg >= 0.7),
-            Row::new(
-                "4. default argon2id hashing (hashes/s/core)",
-                format!("{hashes:.1}"),
-            ),
-            Row::new("5. peak RSS, serve under 4 (MiB)", mib(rss))
-                .target("< 100 MiB", rss < 100 * 1024),
-        ])
+        Ok(WrkRun {
+            rps: find_number(&text, "Requests/sec:").context("wrk's Requests/sec")?,
+            p99: text
+                .lines()
+                .find(|l| l.trim_start().starts_with("99%"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .unwrap_or("?")
+                .to_owned(),
+            users: sqlx::query_scalar("SELECT count(*) FROM users")
+                .fetch_one(&self.pool)
+                .await?,
+            rss_kib,
+        })
     }
 
     /// Splits the latency at the task's arrival in Redis (its `enqueued_at`,
@@ -853,10 +887,12 @@ fn http_addr_from_log(serve: &mut Child) -> anyhow::Result<String> {
     let stdout = BufReader::new(serve.stdout.take().context("serve's stdout")?);
     let (tx, rx) = std::sync::mpsc::channel();
     // Reads the log to its end so serve never blocks on a full pipe.
+    // Only the line that can hold the address is parsed: the harness should
+    // take as little of the machine as it can from the service it measures.
     std::thread::spawn(move || {
         for line in stdout.lines().map_while(Result::ok) {
-            if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
-                && event["message"] == "start HTTP server"
+            if line.contains("start HTTP server")
+                && let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
             {
                 let _ = tx.send(event["addr"].as_str().unwrap_or_default().to_owned());
             }
@@ -952,6 +988,12 @@ fn machine() -> String {
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("machine: {cores} cores, {cpu}")
+}
+
+/// The middle value (the upper one of an even count).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn per_s(v: f64) -> String {
