@@ -20,7 +20,7 @@ use axum::{
 };
 use sqlx::PgPool;
 use tower_http::{
-    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
     trace::TraceLayer,
 };
 use tracing::Span;
@@ -83,8 +83,20 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
                 })
                 .on_failure(()),
         )
-        .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(X_REQUEST_ID, RandomRequestId))
         .with_state(state)
+}
+
+/// A random (v4) UUID per request, from the thread's CSPRNG: `Uuid::new_v4`
+/// would make a getrandom system call for every request.
+#[derive(Clone, Copy)]
+struct RandomRequestId;
+
+impl MakeRequestId for RandomRequestId {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        let id = uuid::Builder::from_random_bytes(rand::Rng::random(&mut rand::rng())).into_uuid();
+        Some(RequestId::new(id.to_string().parse().ok()?))
+    }
 }
 
 /// Makes the request id available to [`ApiError`]'s response body.

@@ -3,8 +3,9 @@
 
 use argon2::{
     Algorithm, Argon2, Params, PasswordHash, PasswordVerifier, Version,
-    password_hash::{PasswordHasher as _, SaltString, rand_core::OsRng},
+    password_hash::{PasswordHasher as _, SaltString},
 };
+use rand::Rng;
 
 use crate::config::SignupConfig;
 
@@ -44,7 +45,10 @@ impl PasswordHasher {
     pub async fn hash(&self, password: String) -> Result<String, HashError> {
         let argon2 = self.argon2();
         tokio::task::spawn_blocking(move || {
-            let salt = SaltString::generate(&mut OsRng);
+            // A salt must be unique, not secret: the thread's CSPRNG (seeded
+            // from the OS) serves, without a getrandom call per sign-up.
+            let salt = SaltString::encode_b64(&rand::rng().random::<[u8; 16]>())
+                .map_err(HashError::Hash)?;
             argon2
                 .hash_password(password.as_bytes(), &salt)
                 .map(|h| h.to_string())

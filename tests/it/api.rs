@@ -106,6 +106,8 @@ async fn a_failure_after_the_user_insert_leaves_neither_row() {
         .unwrap();
     assert_eq!(res.status().as_u16(), 500);
     let header_id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let parsed = uuid::Uuid::parse_str(&header_id).expect("the request id is a UUID");
+    assert_eq!(parsed.get_version_num(), 4, "{header_id}");
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["code"], "internal");
     assert_eq!(body["request_id"], header_id.as_str());
