@@ -114,15 +114,11 @@ pub async fn start(cfg: &Config, components: Components) -> anyhow::Result<Runni
             }
             tracing::info!("HTTP server stopped");
         });
-        // Relays elsewhere are told only by processes without one of their own
-        // (see outbox::wake).
-        if !components.relay {
-            tracker.spawn(waker.clone().run_notifier(
-                clients.pool.clone(),
-                cfg.relay.relay_notify_coalesce,
-                shutdown.clone(),
-            ));
-        }
+        tracker.spawn(waker.clone().run_notifier(
+            clients.pool.clone(),
+            cfg.relay.relay_notify_coalesce,
+            shutdown.clone(),
+        ));
     }
 
     if components.relay {

@@ -176,8 +176,7 @@ pub struct RelayConfig {
         global = true
     )]
     pub outbox_cleanup_batch: u32,
-    /// Shortest time between two post-commit pg_notify calls of one process
-    /// (sent only by processes that serve the API without a relay of their own).
+    /// Shortest time between two post-commit pg_notify calls of one process.
     #[arg(long, env = "RELAY_NOTIFY_COALESCE", default_value = "5ms", value_parser = parse_duration, global = true)]
     pub relay_notify_coalesce: Duration,
 }

@@ -173,6 +173,7 @@ impl Relay {
         let notified = std::sync::Arc::new(Notify::new());
         let listener = tokio::spawn(listen(
             listen_url,
+            waker.origin.clone(),
             notified.clone(),
             self.cfg.relay_max_backoff,
             shutdown.clone(),
@@ -231,6 +232,7 @@ impl Relay {
 /// since notifications may have been missed meanwhile).
 async fn listen(
     url: String,
+    own_origin: std::sync::Arc<str>,
     wake: std::sync::Arc<Notify>,
     max_backoff: Duration,
     shutdown: CancellationToken,
@@ -275,6 +277,8 @@ async fn listen(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             msg = l.try_recv() => match msg {
+                // This process's own commits woke the relay directly already.
+                Ok(Some(n)) if n.payload() == &*own_origin => {}
                 Ok(Some(_)) => wake.notify_one(),
                 // The connection dropped; the next try_recv reconnects.
                 Ok(None) => wake.notify_one(),

@@ -3,12 +3,8 @@
 //! A NOTIFY inside the sign-up transaction would serialize every commit on
 //! Postgres's global notify lock (measured here: about half the commit rate).
 //! So the writer wakes relays after its commit instead: the relay of its own
-//! process directly, and, in a process without a relay of its own, relays of
-//! other processes with one `pg_notify` sent from a background task, coalesced
-//! to at most one per `RELAY_NOTIFY_COALESCE`. A process that runs a relay
-//! does not notify: its own relay forwards its rows at once, and waking the
-//! others would only send them looking for rows already taken (measured under
-//! load: 200 notifications a second, a transaction each).
+//! process directly, and relays of other processes with one `pg_notify` sent
+//! from a background task, coalesced to at most one per `RELAY_NOTIFY_COALESCE`.
 
 use std::{sync::Arc, time::Duration};
 
@@ -19,12 +15,25 @@ use tokio_util::sync::CancellationToken;
 use super::NOTIFY_CHANNEL;
 
 /// Cheap to clone; call [`RelayWaker::wake`] after committing outbox rows.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct RelayWaker {
     /// The relay of this process waits on it.
     pub(crate) local: Arc<Notify>,
-    /// The pg_notify sender, if the process runs one, waits on it.
+    /// The pg_notify sender waits on it.
     remote: Arc<Notify>,
+    /// Sent as the notification's payload, so that the relay of this process,
+    /// already woken directly, can ignore its own process's notifications.
+    pub(crate) origin: Arc<str>,
+}
+
+impl Default for RelayWaker {
+    fn default() -> Self {
+        Self {
+            local: Arc::default(),
+            remote: Arc::default(),
+            origin: uuid::Uuid::new_v4().simple().to_string().into(),
+        }
+    }
 }
 
 impl RelayWaker {
@@ -32,7 +41,7 @@ impl RelayWaker {
         Self::default()
     }
 
-    /// Wakes the local relay and the pg_notify sender (whichever runs). Never
+    /// Wakes the local relay and schedules one coalesced pg_notify. Never
     /// blocks: `Notify` keeps one pending permit, so a burst of commits costs
     /// one wake-up.
     pub fn wake(&self) {
@@ -48,8 +57,9 @@ impl RelayWaker {
                 _ = shutdown.cancelled() => return,
                 _ = self.remote.notified() => {}
             }
-            if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
+            if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(NOTIFY_CHANNEL)
+                .bind(&*self.origin)
                 .execute(&pool)
                 .await
             {
