@@ -29,7 +29,7 @@ use simplebank::{
     config::{Config, RedisConfig},
     outbox::{relay, wake::RelayWaker, write::NewTask},
     queue::{
-        self, HandlerRegistry, Processed, QueueClient, TaskMessage, WorkerServer, WorkerSettings,
+        self, Broker, HandlerRegistry, Processed, TaskMessage, WorkerServer, WorkerSettings,
         handler_fn,
     },
     users::{
@@ -159,7 +159,7 @@ struct Bench {
     pool: PgPool,
     redis_cfg: RedisConfig,
     redis: fred::clients::Client,
-    queue: QueueClient,
+    queue: Broker,
 }
 
 #[tokio::main]
@@ -205,7 +205,7 @@ impl Bench {
     async fn setup(args: Args) -> anyhow::Result<Self> {
         let admin_url = args.cfg.database_url()?.to_owned();
         // Load goes to this machine only.
-        for url in [&admin_url, &args.cfg.redis.redis_url] {
+        for url in [&admin_url, &args.cfg.redis.url] {
             let (host, _) = url_host_port(url)?;
             ensure!(
                 host == "localhost"
@@ -234,20 +234,20 @@ impl Bench {
         simplebank::db::migrate(&pool).await?;
 
         let redis_cfg = RedisConfig {
-            redis_url: with_path(&args.cfg.redis.redis_url, &REDIS_DB.to_string())?,
-            redis_key_prefix: PREFIX.into(),
+            url: with_path(&args.cfg.redis.url, &REDIS_DB.to_string())?,
+            key_prefix: PREFIX.into(),
             ..args.cfg.redis.clone()
         };
         let redis = fred::clients::Client::new(
-            fred::types::config::Config::from_url(&redis_cfg.redis_url)?,
+            fred::types::config::Config::from_url(&redis_cfg.url)?,
             None,
             None,
             None,
         );
         redis.init().await?;
-        let queue = QueueClient::new(queue::connection::pool(&redis_cfg)?, PREFIX);
+        let queue = Broker::new(queue::connection::pool(&redis_cfg)?, PREFIX);
         let mut cfg = args.cfg.clone();
-        cfg.db.database_url = Some(db_url.clone());
+        cfg.db.url = Some(db_url.clone());
         cfg.redis = redis_cfg.clone();
         Ok(Self {
             args,
@@ -324,11 +324,11 @@ impl Bench {
     ///    with no Redis in between.
     async fn relay(&self) -> anyhow::Result<Vec<Row>> {
         let n = self.args.relay_rows;
-        let batch = self.args.cfg.relay.relay_batch_size;
+        let batch = self.args.cfg.relay.batch_size;
         println!("relay: {n} rows, batches of {batch}");
 
         // The limit runs as many lanes as the relay keeps batches in flight.
-        let lanes = self.args.cfg.relay.relay_parallel_batches.max(1);
+        let lanes = self.args.cfg.relay.parallel_batches.max(1);
         self.backlog(n).await?;
         let started = Instant::now();
         let marked: i64 =
@@ -774,7 +774,7 @@ impl Bench {
         let mut cmd = Command::new(&self.args.bin);
         cmd.arg(subcommand)
             .env("DATABASE_URL", &self.db_url)
-            .env("REDIS_URL", &self.redis_cfg.redis_url)
+            .env("REDIS_URL", &self.redis_cfg.url)
             .env("REDIS_KEY_PREFIX", PREFIX)
             .env("RUST_LOG", "warn")
             .current_dir(std::env::temp_dir())
@@ -827,7 +827,7 @@ impl Bench {
 
     /// redis-benchmark's LPUSH rate on the dev Redis, plain or pipelined 64 deep.
     fn redis_benchmark(&self, pipelined: bool) -> anyhow::Result<f64> {
-        let url = url_host_port(&self.redis_cfg.redis_url)?;
+        let url = url_host_port(&self.redis_cfg.url)?;
         let mut cmd = Command::new("redis-benchmark");
         cmd.args(["-h", &url.0, "-p", &url.1.to_string()]).args([
             "--dbnum",

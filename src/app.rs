@@ -13,7 +13,7 @@ use crate::{
     db, http,
     mail::Mailer,
     outbox::{relay::Relay, wake::RelayWaker},
-    queue::{self, QueueClient, WorkerServer, WorkerSettings},
+    queue::{self, Broker, WorkerServer, WorkerSettings},
     tasks,
     users::password::PasswordHasher,
 };
@@ -38,21 +38,17 @@ impl Components {
 #[derive(Clone)]
 pub struct Clients {
     pub pool: PgPool,
-    pub queue: QueueClient,
+    pub queue: Broker,
 }
 
 impl Clients {
     /// Neither connects eagerly: the process starts while either is down.
     pub fn new(cfg: &Config) -> anyhow::Result<Self> {
-        let pool = db::pool(
-            &cfg.db,
-            cfg.database_url()?,
-            cfg.db.database_max_connections,
-        )?;
+        let pool = db::pool(&cfg.db, cfg.database_url()?, cfg.db.max_connections)?;
         let redis = queue::connection::pool(&cfg.redis).context("REDIS_URL")?;
         Ok(Self {
             pool,
-            queue: QueueClient::new(redis, &cfg.redis.redis_key_prefix),
+            queue: Broker::new(redis, &cfg.redis.key_prefix),
         })
     }
 
@@ -60,11 +56,7 @@ impl Clients {
     /// that however busy the API keeps the shared pool, the relay never waits
     /// behind it.
     pub fn relay(&self, cfg: &Config) -> anyhow::Result<Relay> {
-        let pool = db::pool(
-            &cfg.db,
-            cfg.database_url()?,
-            cfg.relay.relay_parallel_batches,
-        )?;
+        let pool = db::pool(&cfg.db, cfg.database_url()?, cfg.relay.parallel_batches)?;
         Ok(Relay::new(pool, self.queue.clone(), cfg.relay.clone()))
     }
 }
@@ -97,12 +89,12 @@ pub async fn start(cfg: &Config, components: Components) -> anyhow::Result<Runni
             signup: cfg.signup.clone(),
             waker: waker.clone(),
         };
-        let listener = tokio::net::TcpListener::bind(cfg.http.http_addr)
+        let listener = tokio::net::TcpListener::bind(cfg.http.addr)
             .await
-            .with_context(|| format!("binding HTTP_ADDR {}", cfg.http.http_addr))?;
+            .with_context(|| format!("binding HTTP_ADDR {}", cfg.http.addr))?;
         let addr = listener.local_addr()?;
         http_addr = Some(addr);
-        let router = http::router(state, cfg.http.http_body_limit);
+        let router = http::router(state, cfg.http.body_limit);
         let stop = shutdown.clone();
         tracker.spawn(async move {
             tracing::info!(%addr, "start HTTP server");
@@ -116,7 +108,7 @@ pub async fn start(cfg: &Config, components: Components) -> anyhow::Result<Runni
         });
         tracker.spawn(waker.clone().run_notifier(
             clients.pool.clone(),
-            cfg.relay.relay_notify_coalesce,
+            cfg.relay.notify_coalesce,
             shutdown.clone(),
         ));
     }
@@ -124,7 +116,7 @@ pub async fn start(cfg: &Config, components: Components) -> anyhow::Result<Runni
     if components.relay {
         let listen_url = cfg
             .db
-            .database_listen_url
+            .listen_url
             .clone()
             .unwrap_or(cfg.database_url()?.to_owned());
         tracker.spawn(
@@ -154,11 +146,7 @@ pub async fn start(cfg: &Config, components: Components) -> anyhow::Result<Runni
         waker,
         shutdown,
         tracker,
-        grace: cfg
-            .http
-            .http_shutdown_grace
-            .max(cfg.worker.worker_shutdown_grace)
-            + Duration::from_secs(5),
+        grace: cfg.http.shutdown_grace.max(cfg.worker.shutdown_grace) + Duration::from_secs(5),
     })
 }
 

@@ -32,63 +32,81 @@ pub struct Config {
 #[command(next_help_heading = "Postgres")]
 pub struct DbConfig {
     /// Postgres URL (postgres://user:password@host:port/db).
-    #[arg(long, env = "DATABASE_URL", global = true, value_parser = parse_postgres_url)]
-    pub database_url: Option<String>,
+    #[arg(id = "database_url", value_name = "DATABASE_URL", long = "database-url", env = "DATABASE_URL", global = true, value_parser = parse_postgres_url)]
+    pub url: Option<String>,
     /// Size of the connection pool.
     #[arg(
-        long,
+        id = "database_max_connections",
+        value_name = "DATABASE_MAX_CONNECTIONS",
+        long = "database-max-connections",
         env = "DATABASE_MAX_CONNECTIONS",
         default_value_t = 16,
         global = true
     )]
-    pub database_max_connections: u32,
+    pub max_connections: u32,
     /// How long to wait for a pooled connection before answering 503.
-    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = parse_duration, global = true)]
-    pub database_acquire_timeout: Duration,
+    #[arg(id = "database_acquire_timeout", value_name = "DATABASE_ACQUIRE_TIMEOUT", long = "database-acquire-timeout", env = "DATABASE_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = parse_duration, global = true)]
+    pub acquire_timeout: Duration,
     /// A direct (not transaction-pooled) URL for the relay's LISTEN connection.
     /// LISTEN does not survive transaction-mode poolers such as PgBouncer.
     /// Defaults to DATABASE_URL.
-    #[arg(long, env = "DATABASE_LISTEN_URL", global = true, value_parser = parse_postgres_url)]
-    pub database_listen_url: Option<String>,
+    #[arg(id = "database_listen_url", value_name = "DATABASE_LISTEN_URL", long = "database-listen-url", env = "DATABASE_LISTEN_URL", global = true, value_parser = parse_postgres_url)]
+    pub listen_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Redis")]
 pub struct RedisConfig {
     /// Redis URL: redis:// or rediss:// (TLS), with optional user, password and DB number.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/0", global = true, value_parser = parse_redis_url)]
-    pub redis_url: String,
+    #[arg(id = "redis_url", value_name = "REDIS_URL", long = "redis-url", env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/0", global = true, value_parser = parse_redis_url)]
+    pub url: String,
     /// Connections in the Redis pool.
-    #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 4, global = true)]
-    pub redis_pool_size: usize,
+    #[arg(
+        id = "redis_pool_size",
+        value_name = "REDIS_POOL_SIZE",
+        long = "redis-pool-size",
+        env = "REDIS_POOL_SIZE",
+        default_value_t = 4,
+        global = true
+    )]
+    pub pool_size: usize,
     /// Timeout for establishing a Redis connection.
-    #[arg(long, env = "REDIS_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration, global = true)]
-    pub redis_connect_timeout: Duration,
+    #[arg(id = "redis_connect_timeout", value_name = "REDIS_CONNECT_TIMEOUT", long = "redis-connect-timeout", env = "REDIS_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub connect_timeout: Duration,
     /// Timeout for one Redis command.
-    #[arg(long, env = "REDIS_COMMAND_TIMEOUT", default_value = "3s", value_parser = parse_duration, global = true)]
-    pub redis_command_timeout: Duration,
+    #[arg(id = "redis_command_timeout", value_name = "REDIS_COMMAND_TIMEOUT", long = "redis-command-timeout", env = "REDIS_COMMAND_TIMEOUT", default_value = "3s", value_parser = parse_duration, global = true)]
+    pub command_timeout: Duration,
     /// Prefix of every Redis key and channel this service uses.
     #[arg(
-        long,
+        id = "redis_key_prefix",
+        value_name = "REDIS_KEY_PREFIX",
+        long = "redis-key-prefix",
         env = "REDIS_KEY_PREFIX",
         default_value = "simplebank",
         global = true
     )]
-    pub redis_key_prefix: String,
+    pub key_prefix: String,
 }
 
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "HTTP")]
 pub struct HttpConfig {
     /// Address the HTTP API listens on.
-    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080", global = true)]
-    pub http_addr: SocketAddr,
+    #[arg(
+        id = "http_addr",
+        value_name = "HTTP_ADDR",
+        long = "http-addr",
+        env = "HTTP_ADDR",
+        default_value = "0.0.0.0:8080",
+        global = true
+    )]
+    pub addr: SocketAddr,
     /// Largest request body accepted, in bytes (larger answers 413).
-    #[arg(long, env = "HTTP_BODY_LIMIT", default_value_t = 64 * 1024, global = true)]
-    pub http_body_limit: usize,
+    #[arg(id = "http_body_limit", value_name = "HTTP_BODY_LIMIT", long = "http-body-limit", env = "HTTP_BODY_LIMIT", default_value_t = 64 * 1024, global = true)]
+    pub body_limit: usize,
     /// How long in-flight requests may take to finish at shutdown.
-    #[arg(long, env = "HTTP_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration, global = true)]
-    pub http_shutdown_grace: Duration,
+    #[arg(id = "http_shutdown_grace", value_name = "HTTP_SHUTDOWN_GRACE", long = "http-shutdown-grace", env = "HTTP_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -101,11 +119,18 @@ pub enum LogFormat {
 #[command(next_help_heading = "Logging")]
 pub struct LogConfig {
     /// Log line format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
-    pub log_format: LogFormat,
+    #[arg(id = "log_format", value_name = "LOG_FORMAT", long = "log-format", env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
+    pub format: LogFormat,
     /// Log filter, in tracing's EnvFilter syntax.
-    #[arg(long, env = "RUST_LOG", default_value = "info", global = true)]
-    pub log_filter: String,
+    #[arg(
+        id = "log_filter",
+        value_name = "LOG_FILTER",
+        long = "log-filter",
+        env = "RUST_LOG",
+        default_value = "info",
+        global = true
+    )]
+    pub filter: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -153,18 +178,25 @@ pub struct SignupConfig {
 #[command(next_help_heading = "Relay")]
 pub struct RelayConfig {
     /// Outbox rows claimed and forwarded per batch.
-    #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 500, global = true)]
-    pub relay_batch_size: u32,
+    #[arg(
+        id = "relay_batch_size",
+        value_name = "RELAY_BATCH_SIZE",
+        long = "relay-batch-size",
+        env = "RELAY_BATCH_SIZE",
+        default_value_t = 500,
+        global = true
+    )]
+    pub batch_size: u32,
     /// Batches one relay keeps in flight while draining a backlog: while one
     /// waits on Redis, the next is claimed in Postgres.
-    #[arg(long, env = "RELAY_PARALLEL_BATCHES", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16), global = true)]
-    pub relay_parallel_batches: u32,
+    #[arg(id = "relay_parallel_batches", value_name = "RELAY_PARALLEL_BATCHES", long = "relay-parallel-batches", env = "RELAY_PARALLEL_BATCHES", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16), global = true)]
+    pub parallel_batches: u32,
     /// Safety-net poll when no wake-up arrives (lost notification, dropped listener).
-    #[arg(long, env = "RELAY_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration, global = true)]
-    pub relay_poll_interval: Duration,
+    #[arg(id = "relay_poll_interval", value_name = "RELAY_POLL_INTERVAL", long = "relay-poll-interval", env = "RELAY_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration, global = true)]
+    pub poll_interval: Duration,
     /// Longest pause between retries while Redis or Postgres is down.
-    #[arg(long, env = "RELAY_MAX_BACKOFF", default_value = "5s", value_parser = parse_duration, global = true)]
-    pub relay_max_backoff: Duration,
+    #[arg(id = "relay_max_backoff", value_name = "RELAY_MAX_BACKOFF", long = "relay-max-backoff", env = "RELAY_MAX_BACKOFF", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub max_backoff: Duration,
     /// How long dispatched rows are kept (the source for --redeliver-since).
     #[arg(long, env = "OUTBOX_RETENTION", default_value = "24h", value_parser = parse_duration, global = true)]
     pub outbox_retention: Duration,
@@ -177,42 +209,50 @@ pub struct RelayConfig {
     )]
     pub outbox_cleanup_batch: u32,
     /// Shortest time between two post-commit pg_notify calls of one process.
-    #[arg(long, env = "RELAY_NOTIFY_COALESCE", default_value = "5ms", value_parser = parse_duration, global = true)]
-    pub relay_notify_coalesce: Duration,
+    #[arg(id = "relay_notify_coalesce", value_name = "RELAY_NOTIFY_COALESCE", long = "relay-notify-coalesce", env = "RELAY_NOTIFY_COALESCE", default_value = "5ms", value_parser = parse_duration, global = true)]
+    pub notify_coalesce: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Worker")]
 pub struct WorkerConfig {
     /// Tasks run at once by one worker process.
-    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 16, global = true)]
-    pub worker_concurrency: usize,
+    #[arg(
+        id = "worker_concurrency",
+        value_name = "WORKER_CONCURRENCY",
+        long = "worker-concurrency",
+        env = "WORKER_CONCURRENCY",
+        default_value_t = 16,
+        global = true
+    )]
+    pub concurrency: usize,
     /// Queues and their weights, e.g. "critical=10,default=5".
-    #[arg(long, env = "WORKER_QUEUES", default_value = "critical=10,default=5", value_parser = parse_queues, global = true)]
-    pub worker_queues: QueueWeights,
+    #[arg(id = "worker_queues", value_name = "WORKER_QUEUES", long = "worker-queues", env = "WORKER_QUEUES", default_value = "critical=10,default=5", value_parser = parse_queues, global = true)]
+    pub queues: QueueWeights,
     /// Serve queues in strict priority order (highest weight first) instead of by weight.
     #[arg(
-        long,
+        id = "worker_strict_priority",
+        long = "worker-strict-priority",
         env = "WORKER_STRICT_PRIORITY",
         default_value_t = false,
         global = true
     )]
-    pub worker_strict_priority: bool,
+    pub strict_priority: bool,
     /// Lease of a running task; the worker extends it, and others take the task once it expires.
-    #[arg(long, env = "WORKER_LEASE", default_value = "30s", value_parser = parse_duration, global = true)]
-    pub worker_lease: Duration,
+    #[arg(id = "worker_lease", value_name = "WORKER_LEASE", long = "worker-lease", env = "WORKER_LEASE", default_value = "30s", value_parser = parse_duration, global = true)]
+    pub lease: Duration,
     /// First retry delay; each further retry doubles it (with jitter).
-    #[arg(long, env = "WORKER_RETRY_BASE", default_value = "1s", value_parser = parse_duration, global = true)]
-    pub worker_retry_base: Duration,
+    #[arg(id = "worker_retry_base", value_name = "WORKER_RETRY_BASE", long = "worker-retry-base", env = "WORKER_RETRY_BASE", default_value = "1s", value_parser = parse_duration, global = true)]
+    pub retry_base: Duration,
     /// Longest retry delay.
-    #[arg(long, env = "WORKER_RETRY_MAX", default_value = "10m", value_parser = parse_duration, global = true)]
-    pub worker_retry_max: Duration,
+    #[arg(id = "worker_retry_max", value_name = "WORKER_RETRY_MAX", long = "worker-retry-max", env = "WORKER_RETRY_MAX", default_value = "10m", value_parser = parse_duration, global = true)]
+    pub retry_max: Duration,
     /// How long running tasks may take to finish at shutdown before they are handed back.
-    #[arg(long, env = "WORKER_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration, global = true)]
-    pub worker_shutdown_grace: Duration,
+    #[arg(id = "worker_shutdown_grace", value_name = "WORKER_SHUTDOWN_GRACE", long = "worker-shutdown-grace", env = "WORKER_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub shutdown_grace: Duration,
     /// How long a completed task's id is remembered in Redis, so a repeated enqueue is a no-op.
-    #[arg(long, env = "WORKER_DONE_RETENTION", default_value = "1h", value_parser = parse_duration, global = true)]
-    pub worker_done_retention: Duration,
+    #[arg(id = "worker_done_retention", value_name = "WORKER_DONE_RETENTION", long = "worker-done-retention", env = "WORKER_DONE_RETENTION", default_value = "1h", value_parser = parse_duration, global = true)]
+    pub done_retention: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -226,24 +266,35 @@ pub struct MailConfig {
     #[arg(long, env = "SMTP_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
     pub smtp_timeout: Duration,
     /// Folder of the file mailer.
-    #[arg(long, env = "MAIL_DIR", default_value = ".dev/mail", global = true)]
-    pub mail_dir: PathBuf,
+    #[arg(
+        id = "mail_dir",
+        value_name = "MAIL_DIR",
+        long = "mail-dir",
+        env = "MAIL_DIR",
+        default_value = ".dev/mail",
+        global = true
+    )]
+    pub dir: PathBuf,
     /// Sender name.
     #[arg(
-        long,
+        id = "mail_from_name",
+        value_name = "MAIL_FROM_NAME",
+        long = "mail-from-name",
         env = "MAIL_FROM_NAME",
         default_value = "Simple Bank",
         global = true
     )]
-    pub mail_from_name: String,
+    pub from_name: String,
     /// Sender address.
     #[arg(
-        long,
+        id = "mail_from_address",
+        value_name = "MAIL_FROM_ADDRESS",
+        long = "mail-from-address",
         env = "MAIL_FROM_ADDRESS",
         default_value = "no-reply@simplebank.local",
         global = true
     )]
-    pub mail_from_address: String,
+    pub from_address: String,
     /// Base URL of the links in emails.
     #[arg(
         long,
@@ -271,7 +322,7 @@ impl Config {
     /// DATABASE_URL, which every command needs; a clear error when it is missing.
     pub fn database_url(&self) -> anyhow::Result<&str> {
         self.db
-            .database_url
+            .url
             .as_deref()
             .ok_or_else(|| anyhow::anyhow!("DATABASE_URL is not set (see .env.example)"))
     }

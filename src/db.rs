@@ -24,7 +24,7 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 pub fn pool(cfg: &DbConfig, url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     Ok(PgPoolOptions::new()
         .max_connections(max_connections.max(1))
-        .acquire_timeout(cfg.database_acquire_timeout)
+        .acquire_timeout(cfg.acquire_timeout)
         .test_before_acquire(false)
         .before_acquire(|conn, meta| {
             Box::pin(async move {

@@ -15,6 +15,8 @@ pub mod db;
 pub mod http;
 /// Outgoing email: the `Mailer` trait, SMTP and file mailers.
 pub mod mail;
+/// Living through an outage: log once when it begins and once when it ends, back off between.
+pub mod outage;
 /// The transactional outbox: the write side and the relay to Redis.
 pub mod outbox;
 /// The Redis task queue: enqueue, the worker server, leases, retries.

@@ -55,7 +55,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let cli = Cli::parse();
-    let json_logs = cli.config.log.log_format == LogFormat::Json;
+    let json_logs = cli.config.log.format == LogFormat::Json;
     if let Err(e) = telemetry::init(&cli.config.log) {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;
@@ -159,7 +159,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => db::migrate(&Clients::new(&cfg)?.pool).await,
         Command::Queues => {
             let clients = Clients::new(&cfg)?;
-            for (queue, weight) in cfg.worker.worker_queues.by_priority() {
+            for (queue, weight) in cfg.worker.queues.by_priority() {
                 let s = clients.queue.stats(&queue).await?;
                 println!(
                     "{queue} (weight {weight}): pending {} active {} scheduled {} retry {} archived {}",

@@ -7,10 +7,10 @@ use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt, util::SubscriberI
 use crate::config::{LogConfig, LogFormat};
 
 pub fn init(cfg: &LogConfig) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(&cfg.log_filter)
+    let filter = EnvFilter::try_new(&cfg.filter)
         .map_err(|e| anyhow::anyhow!("RUST_LOG is not a valid filter: {e}"))?;
     let registry = tracing_subscriber::registry().with(filter);
-    match cfg.log_format {
+    match cfg.format {
         LogFormat::Pretty => registry.with(fmt::layer().compact()).try_init()?,
         LogFormat::Json => registry
             .with(

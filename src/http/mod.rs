@@ -28,8 +28,7 @@ use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    config::SignupConfig, outbox::wake::RelayWaker, queue::QueueClient,
-    users::password::PasswordHasher,
+    config::SignupConfig, outbox::wake::RelayWaker, queue::Broker, users::password::PasswordHasher,
 };
 use error::{ApiError, REQUEST_ID};
 
@@ -37,7 +36,7 @@ use error::{ApiError, REQUEST_ID};
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
-    pub queue: QueueClient,
+    pub queue: Broker,
     pub hasher: PasswordHasher,
     pub signup: SignupConfig,
     pub waker: RelayWaker,

@@ -6,9 +6,8 @@ use utoipa::ToSchema;
 
 use super::{AppState, error::ApiError, error::ErrorBody, extract::ApiJson};
 use crate::{
-    outbox::write::NewTask,
-    tasks::{self, send_verify_email::Payload},
-    users::{User, repo, validation, validation::Violations},
+    tasks::send_verify_email,
+    users::{User, repo, validation::SignUp},
 };
 
 #[derive(Deserialize, ToSchema)]
@@ -49,30 +48,14 @@ pub async fn create_user(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<CreateUserRequest>,
 ) -> Result<Json<CreateUserResponse>, ApiError> {
-    let mut v = Violations::default();
-    v.check("username", validation::username(&req.username))
-        .check("full_name", validation::full_name(&req.full_name))
-        .check("email", validation::email(&req.email))
-        .check("password", validation::password(&req.password));
-    v.finish().map_err(ApiError::invalid)?;
-
-    let hashed = state.hasher.hash(req.password).await?;
-    let signup = &state.signup;
-    let task = NewTask {
-        kind: tasks::SEND_VERIFY_EMAIL,
-        queue: signup.verify_email_queue.clone(),
-        payload: serde_json::to_value(Payload {
-            username: req.username.clone(),
-        })
-        .map_err(anyhow::Error::from)?,
-        max_retry: signup.verify_email_max_retry,
-        timeout: signup.verify_email_timeout,
-        process_in: signup.verify_email_process_in,
-    };
+    let signup = SignUp::parse(req.username, req.full_name, req.email, req.password)
+        .map_err(ApiError::invalid)?;
+    let hashed = state.hasher.hash(signup.password).await?;
+    let task = send_verify_email::task(&state.signup, &signup.username);
     let new_user = repo::NewUser {
-        username: &req.username,
-        full_name: &req.full_name,
-        email: &req.email,
+        username: &signup.username,
+        full_name: &signup.full_name,
+        email: &signup.email,
         hashed_password: &hashed,
     };
     let (user, task_id) = repo::create_with_task(&state.pool, &new_user, &task).await?;

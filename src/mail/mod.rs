@@ -57,10 +57,7 @@ pub enum Delivered {
 
 impl Mailer {
     pub fn from_config(cfg: &MailConfig) -> Result<Self, MailError> {
-        let from = Mailbox::new(
-            Some(cfg.mail_from_name.clone()),
-            cfg.mail_from_address.parse()?,
-        );
+        let from = Mailbox::new(Some(cfg.from_name.clone()), cfg.from_address.parse()?);
         let transport = match &cfg.smtp_url {
             Some(url) => Transport::Smtp(
                 AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
@@ -68,7 +65,7 @@ impl Mailer {
                     .timeout(Some(cfg.smtp_timeout))
                     .build(),
             ),
-            None => Transport::File(cfg.mail_dir.clone()),
+            None => Transport::File(cfg.dir.clone()),
         };
         Ok(Self { from, transport })
     }

@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 use super::{NOTIFY_CHANNEL, OutboxRow, wake::RelayWaker};
 use crate::{
     config::RelayConfig,
-    queue::{QueueClient, QueueError, TaskMessage},
+    outage::Outage,
+    queue::{Broker, QueueError, TaskMessage},
 };
 
 /// How often the loop deletes dispatched rows older than the retention.
@@ -56,12 +57,12 @@ pub const BEGIN_BATCH: &str = "BEGIN; SET LOCAL synchronous_commit = off";
 #[derive(Clone)]
 pub struct Relay {
     pool: PgPool,
-    queue: QueueClient,
+    queue: Broker,
     cfg: RelayConfig,
 }
 
 impl Relay {
-    pub fn new(pool: PgPool, queue: QueueClient, cfg: RelayConfig) -> Self {
+    pub fn new(pool: PgPool, queue: Broker, cfg: RelayConfig) -> Self {
         Self { pool, queue, cfg }
     }
 
@@ -71,7 +72,7 @@ impl Relay {
         let rows = sqlx::query_file_as!(
             OutboxRow,
             "sql/outbox/claim.sql",
-            i64::from(self.cfg.relay_batch_size)
+            i64::from(self.cfg.batch_size)
         )
         .fetch_all(&mut *tx)
         .await?;
@@ -97,10 +98,10 @@ impl Relay {
         // The usual case, a few fresh rows, takes one batch; only a full batch
         // (a backlog) is worth the lanes.
         let first = self.forward_batch().await?;
-        if first < self.cfg.relay_batch_size as usize || shutdown.is_cancelled() {
+        if first < self.cfg.batch_size as usize || shutdown.is_cancelled() {
             return Ok(first as u64);
         }
-        let lanes = (0..self.cfg.relay_parallel_batches.max(1)).map(|_| self.drain_lane(shutdown));
+        let lanes = (0..self.cfg.parallel_batches.max(1)).map(|_| self.drain_lane(shutdown));
         let rest: u64 = futures::future::try_join_all(lanes)
             .await?
             .into_iter()
@@ -114,7 +115,7 @@ impl Relay {
         while !shutdown.is_cancelled() {
             let n = self.forward_batch().await?;
             total += n as u64;
-            if n < self.cfg.relay_batch_size as usize {
+            if n < self.cfg.batch_size as usize {
                 break;
             }
         }
@@ -133,7 +134,7 @@ impl Relay {
                 "sql/outbox/dispatched_since.sql",
                 window.as_secs_f64(),
                 after,
-                i64::from(self.cfg.relay_batch_size)
+                i64::from(self.cfg.batch_size)
             )
             .fetch_all(&self.pool)
             .await?;
@@ -175,34 +176,29 @@ impl Relay {
             listen_url,
             waker.origin.clone(),
             notified.clone(),
-            self.cfg.relay_max_backoff,
+            self.cfg.max_backoff,
             shutdown.clone(),
         ));
-        let mut failing: Option<&'static str> = None;
-        let mut backoff = Duration::from_millis(50);
+        let mut outage = Outage::new(
+            "relay cannot forward; retrying with backoff",
+            "relay recovered: forwarding again",
+            Duration::from_millis(50),
+            self.cfg.max_backoff,
+        );
         let mut last_cleanup: Option<Instant> = None;
         loop {
             match self.drain(&shutdown).await {
                 Ok(n) => {
-                    if let Some(side) = failing.take() {
-                        tracing::info!(side, "relay recovered: forwarding again");
-                    }
-                    backoff = Duration::from_millis(50);
+                    outage.up();
                     if n > 0 {
                         tracing::debug!(forwarded = n, "forwarded outbox rows");
                     }
                 }
                 Err(e) => {
-                    if failing != Some(e.side()) {
-                        tracing::warn!(error = %e, "relay cannot forward; retrying with backoff");
-                        failing = Some(e.side());
+                    if outage.pause(e.side(), &e, &shutdown).await {
+                        continue;
                     }
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(self.cfg.relay_max_backoff);
-                    continue;
+                    break;
                 }
             }
             if last_cleanup.is_none_or(|t| t.elapsed() >= CLEANUP_EVERY) {
@@ -219,7 +215,7 @@ impl Relay {
                 _ = shutdown.cancelled() => break,
                 _ = waker.local.notified() => {}
                 _ = notified.notified() => {}
-                _ = tokio::time::sleep(self.cfg.relay_poll_interval) => {}
+                _ = tokio::time::sleep(self.cfg.poll_interval) => {}
             }
         }
         let _ = listener.await;
@@ -237,9 +233,13 @@ async fn listen(
     max_backoff: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(100);
     let mut listener: Option<PgListener> = None;
-    let mut failing = false;
+    let mut outage = Outage::new(
+        "relay listener cannot reach postgres; polling meanwhile",
+        "relay listener connected again",
+        Duration::from_millis(100),
+        max_backoff,
+    );
     loop {
         let l = match listener.as_mut() {
             Some(l) => l,
@@ -251,25 +251,15 @@ async fn listen(
                 };
                 match connected.await {
                     Ok(l) => {
-                        if failing {
-                            tracing::info!("relay listener connected again");
-                            failing = false;
-                        }
-                        backoff = Duration::from_millis(100);
+                        outage.up();
                         wake.notify_one();
                         listener.insert(l)
                     }
                     Err(e) => {
-                        if !failing {
-                            tracing::warn!(error = %e, "relay listener cannot connect; polling meanwhile");
-                            failing = true;
+                        if outage.pause("postgres", &e, &shutdown).await {
+                            continue;
                         }
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return,
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(max_backoff);
-                        continue;
+                        return;
                     }
                 }
             }
@@ -283,10 +273,8 @@ async fn listen(
                 // The connection dropped; the next try_recv reconnects.
                 Ok(None) => wake.notify_one(),
                 Err(e) => {
-                    if !failing {
-                        tracing::warn!(error = %e, "relay listener lost its connection; polling meanwhile");
-                        failing = true;
-                    }
+                    // Reconnect at once; failures to do so back off.
+                    outage.down("postgres", &e);
                     listener = None;
                 }
             },

@@ -11,7 +11,7 @@ use std::{collections::HashMap, time::Duration};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{QueueClient, QueueError, scripts};
+use super::{AckOutcome, Broker, Delivery, QueueError};
 
 /// Most tasks acknowledged by one script call.
 const MAX_BATCH: usize = 256;
@@ -19,9 +19,8 @@ const MAX_BATCH: usize = 256;
 struct Ack {
     queue: String,
     id: i64,
-    delivery: String,
-    /// Whether the lease was still ours (false: another worker has the task).
-    reply: oneshot::Sender<Result<bool, QueueError>>,
+    delivery: Delivery,
+    reply: oneshot::Sender<Result<AckOutcome, QueueError>>,
 }
 
 /// Hands acknowledgements to the batching loop; cheap to clone.
@@ -31,27 +30,32 @@ pub(crate) struct Acker {
 }
 
 impl Acker {
-    /// Starts the batching loop on `client`; it runs until `stop`.
+    /// Starts the batching loop on `broker`; it runs until `stop`.
     pub fn start(
-        client: QueueClient,
+        broker: Broker,
         retention: Duration,
         stop: CancellationToken,
     ) -> (Self, impl Future<Output = ()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Self { tx }, run(client, retention, rx, stop))
+        (Self { tx }, run(broker, retention, rx, stop))
     }
 
-    /// Marks a run completed; returns false when the lease was lost.
-    pub async fn complete(&self, queue: &str, id: i64, delivery: &str) -> Result<bool, QueueError> {
+    /// Marks a run completed.
+    pub async fn complete(
+        &self,
+        queue: &str,
+        id: i64,
+        delivery: Delivery,
+    ) -> Result<AckOutcome, QueueError> {
         let (reply, answer) = oneshot::channel();
         let ack = Ack {
             queue: queue.to_owned(),
             id,
-            delivery: delivery.to_owned(),
+            delivery,
             reply,
         };
         let stopped = || {
-            QueueError(fred::error::Error::new(
+            QueueError::Redis(fred::error::Error::new(
                 fred::error::ErrorKind::Canceled,
                 "the acknowledgement loop has stopped",
             ))
@@ -62,12 +66,11 @@ impl Acker {
 }
 
 async fn run(
-    client: QueueClient,
+    broker: Broker,
     retention: Duration,
     mut rx: mpsc::UnboundedReceiver<Ack>,
     stop: CancellationToken,
 ) {
-    let retention_ms = retention.as_millis().to_string();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         tokio::select! {
@@ -79,29 +82,16 @@ async fn run(
             by_queue.entry(ack.queue.clone()).or_default().push(ack);
         }
         for (queue, acks) in by_queue {
-            let keys = client.keys(&queue);
-            let mut args = Vec::with_capacity(1 + 2 * acks.len());
-            args.push(retention_ms.clone());
-            for ack in &acks {
-                args.push(ack.id.to_string());
-                args.push(ack.delivery.clone());
-            }
-            let flags: Result<Vec<i64>, _> = scripts::run(
-                client.pool(),
-                &client.scripts().complete,
-                vec![keys.task_prefix, keys.active],
-                args,
-            )
-            .await;
-            match flags {
-                Ok(flags) => {
-                    for (ack, flag) in acks.into_iter().zip(flags) {
-                        let _ = ack.reply.send(Ok(flag == 1));
+            let runs: Vec<_> = acks.iter().map(|a| (a.id, a.delivery)).collect();
+            match broker.complete(&queue, retention, &runs).await {
+                Ok(outcomes) => {
+                    for (ack, outcome) in acks.into_iter().zip(outcomes) {
+                        let _ = ack.reply.send(Ok(outcome));
                     }
                 }
                 Err(e) => {
                     for ack in acks {
-                        let _ = ack.reply.send(Err(QueueError(e.clone())));
+                        let _ = ack.reply.send(Err(e.clone()));
                     }
                 }
             }

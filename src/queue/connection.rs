@@ -11,17 +11,17 @@ use fred::{
 use crate::config::RedisConfig;
 
 fn builder(cfg: &RedisConfig) -> Result<Builder, fred::error::Error> {
-    let mut config = FredConfig::from_url(&cfg.redis_url)?;
+    let mut config = FredConfig::from_url(&cfg.url)?;
     // Start even when Redis is down; the reconnect policy takes over.
     config.fail_fast = false;
     let mut builder = Builder::from_config(config);
     builder
         .with_connection_config(|c| {
-            c.connection_timeout = cfg.redis_connect_timeout;
-            c.internal_command_timeout = cfg.redis_command_timeout;
+            c.connection_timeout = cfg.connect_timeout;
+            c.internal_command_timeout = cfg.command_timeout;
         })
         .with_performance_config(|p| {
-            p.default_command_timeout = cfg.redis_command_timeout;
+            p.default_command_timeout = cfg.command_timeout;
         })
         .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
     Ok(builder)
@@ -29,7 +29,7 @@ fn builder(cfg: &RedisConfig) -> Result<Builder, fred::error::Error> {
 
 /// A connected (or connecting) pool of `REDIS_POOL_SIZE` connections.
 pub fn pool(cfg: &RedisConfig) -> Result<Pool, fred::error::Error> {
-    let pool = builder(cfg)?.build_pool(cfg.redis_pool_size.max(1))?;
+    let pool = builder(cfg)?.build_pool(cfg.pool_size.max(1))?;
     pool.connect();
     Ok(pool)
 }

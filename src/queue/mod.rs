@@ -1,29 +1,45 @@
 //! A reliable task queue on Redis.
 //!
-//! Producers enqueue [`TaskMessage`]s with [`QueueClient`]; a [`WorkerServer`]
-//! takes them under a lease, runs the handler registered for their kind, and
-//! acknowledges, retries with backoff, or archives them. All state changes are
-//! Lua scripts (see `scripts/`), each touching the keys of one queue
-//! ([`keys`]), so each change is atomic.
+//! Producers enqueue [`TaskMessage`]s through the [`Broker`]; a [`WorkerServer`]
+//! takes them under a lease, runs the [`Handler`] registered for their kind,
+//! and acknowledges, retries with backoff, or archives them. Every Redis
+//! operation lives in [`broker`]; the worker's files only orchestrate:
+//! [`server`] (fetching and recording outcomes), [`handler`] (the handler
+//! interface), `maintenance` (forwarding due tasks, keeping leases, wake-ups)
+//! and `ack` (batched acknowledgements).
 //!
 //! Lifecycle: scheduled -> pending -> active -> completed | retry -> pending ... | archived.
 
 mod ack;
-pub mod client;
+pub mod broker;
 pub mod connection;
-pub mod keys;
-mod scripts;
+pub mod handler;
+mod maintenance;
 pub mod server;
 pub mod task;
 
-pub use client::{QueueClient, QueueStats, TaskInfo};
-pub use server::{Handler, HandlerRegistry, Processed, WorkerServer, WorkerSettings, handler_fn};
-pub use task::{Task, TaskMessage};
+pub use broker::{AckOutcome, Broker, FailOutcome, Forwarded, QueueStats, RequeueOutcome};
+pub use handler::{Handler, HandlerRegistry, Processed, handler_fn};
+pub use server::{WorkerServer, WorkerSettings};
+pub use task::{Delivery, Task, TaskInfo, TaskMessage, TaskState};
 
-/// A failure talking to Redis.
-#[derive(Debug, thiserror::Error)]
-#[error("redis: {0}")]
-pub struct QueueError(#[from] pub fred::error::Error);
+/// A failure of a queue operation.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum QueueError {
+    /// Redis could not be reached, or refused the command.
+    #[error("redis: {0}")]
+    Redis(#[from] fred::error::Error),
+    /// A script (or a read) answered something of the wrong shape: the scripts
+    /// and this build do not match, or the data was changed by hand.
+    #[error("redis: unexpected reply from {script}: {detail}")]
+    Reply {
+        script: &'static str,
+        detail: String,
+    },
+    /// Tasks in this state have no index to list them from.
+    #[error("tasks in state {0} cannot be listed")]
+    NotListable(TaskState),
+}
 
 /// Why a handler run failed, and whether to try again.
 ///

@@ -1,7 +1,7 @@
-//! What travels through the queue: the message a producer enqueues, and the
-//! task a handler is given.
+//! What travels through the queue: the message a producer enqueues, the task a
+//! handler is given, and what Redis holds of a task.
 
-use std::time::Duration;
+use std::{fmt, str::FromStr, time::Duration};
 
 use chrono::{DateTime, Utc};
 
@@ -20,6 +20,19 @@ pub struct TaskMessage {
     pub process_at: DateTime<Utc>,
 }
 
+/// Numbers one hand-out of a task. Every call that changes a running task
+/// (acknowledge, fail, hand back, extend the lease) quotes it, and Redis
+/// refuses the call once the number moved on, so a worker whose lease expired
+/// cannot touch the run a later worker holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Delivery(pub u64);
+
+impl fmt::Display for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// A task handed to a handler.
 #[derive(Debug, Clone)]
 pub struct Task {
@@ -31,8 +44,8 @@ pub struct Task {
     pub attempt: u32,
     pub max_retry: u32,
     pub timeout: Duration,
-    /// Numbers this hand-out of the task; fences off a worker whose lease expired.
-    pub(crate) delivery: String,
+    /// This hand-out of the task; see [`Delivery`].
+    pub delivery: Delivery,
 }
 
 impl Task {
@@ -41,5 +54,94 @@ impl Task {
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, super::TaskError> {
         serde_json::from_str(&self.payload)
             .map_err(|e| super::TaskError::skip_retry(anyhow::anyhow!("invalid payload: {e}")))
+    }
+}
+
+/// Where a task is in its life:
+/// scheduled -> pending -> active -> completed | retry -> pending ... | archived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    /// Waiting for its process_at.
+    Scheduled,
+    /// Ready to run.
+    Pending,
+    /// Being run under a lease.
+    Active,
+    /// Failed; waiting for its next attempt.
+    Retry,
+    /// Will not run again: retries used up, or told to skip them.
+    Archived,
+    /// Ran successfully; remembered for the retention time.
+    Completed,
+}
+
+impl TaskState {
+    pub const ALL: [Self; 6] = [
+        Self::Scheduled,
+        Self::Pending,
+        Self::Active,
+        Self::Retry,
+        Self::Archived,
+        Self::Completed,
+    ];
+
+    /// The name Redis stores and the CLI shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scheduled => "scheduled",
+            Self::Pending => "pending",
+            Self::Active => "active",
+            Self::Retry => "retry",
+            Self::Archived => "archived",
+            Self::Completed => "completed",
+        }
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TaskState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| format!("unknown task state {s:?}"))
+    }
+}
+
+/// One task as Redis holds it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TaskInfo {
+    pub id: i64,
+    pub queue: String,
+    pub state: TaskState,
+    pub kind: String,
+    /// Absent once the task completed (the payload is dropped then).
+    pub payload: Option<String>,
+    pub retried: u32,
+    pub max_retry: u32,
+    pub last_error: Option<String>,
+    pub last_failed_at: Option<DateTime<Utc>>,
+    /// When the task reached Redis (Redis's clock).
+    pub enqueued_at: Option<DateTime<Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_round_trip_through_their_names() {
+        for state in TaskState::ALL {
+            assert_eq!(state.as_str().parse::<TaskState>(), Ok(state));
+        }
+        assert!("done".parse::<TaskState>().is_err());
     }
 }

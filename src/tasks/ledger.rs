@@ -15,7 +15,7 @@
 use futures::future::BoxFuture;
 use sqlx::{PgConnection, PgPool};
 
-use crate::queue::{Handler, Task, TaskError, server::Processed};
+use crate::queue::{Handler, Processed, Task, TaskError};
 
 /// Whether task `task_id` already completed.
 pub async fn is_done(pool: &PgPool, task_id: i64) -> Result<bool, sqlx::Error> {

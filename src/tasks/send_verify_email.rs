@@ -5,8 +5,10 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
 use crate::{
+    config::SignupConfig,
     mail::{Delivered, Email, Mailer},
-    queue::{Handler, Task, TaskError, server::Processed},
+    outbox::write::NewTask,
+    queue::{Handler, Processed, Task, TaskError},
     users::{repo, verify_email},
 };
 
@@ -14,6 +16,21 @@ use crate::{
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Payload {
     pub username: String,
+}
+
+/// The task that emails new user `username`, as the sign-up settings shape
+/// it (queue, retries, timeout, delay); inserted in the sign-up transaction.
+pub fn task(cfg: &SignupConfig, username: &str) -> NewTask {
+    NewTask {
+        kind: super::SEND_VERIFY_EMAIL,
+        queue: cfg.verify_email_queue.clone(),
+        payload: serde_json::json!(Payload {
+            username: username.to_owned(),
+        }),
+        max_retry: cfg.verify_email_max_retry,
+        timeout: cfg.verify_email_timeout,
+        process_in: cfg.verify_email_process_in,
+    }
 }
 
 pub struct SendVerifyEmail {

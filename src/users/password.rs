@@ -2,7 +2,7 @@
 //! design, so it runs on the blocking pool, off the async runtime.
 
 use argon2::{
-    Algorithm, Argon2, Params, PasswordHash, PasswordVerifier, Version,
+    Algorithm, Argon2, Params, Version,
     password_hash::{PasswordHasher as _, SaltString},
 };
 use rand::Rng;
@@ -19,7 +19,7 @@ pub enum HashError {
     Join(#[from] tokio::task::JoinError),
 }
 
-/// Hashes and verifies passwords with fixed argon2id parameters.
+/// Hashes passwords with fixed argon2id parameters.
 #[derive(Clone)]
 pub struct PasswordHasher {
     params: Params,
@@ -53,16 +53,6 @@ impl PasswordHasher {
                 .hash_password(password.as_bytes(), &salt)
                 .map(|h| h.to_string())
                 .map_err(HashError::Hash)
-        })
-        .await?
-    }
-
-    /// Whether `password` matches `phc` (whose own parameters are used).
-    pub async fn verify(&self, password: String, phc: String) -> Result<bool, HashError> {
-        let argon2 = self.argon2();
-        tokio::task::spawn_blocking(move || {
-            let parsed = PasswordHash::new(&phc).map_err(HashError::Hash)?;
-            Ok(argon2.verify_password(password.as_bytes(), &parsed).is_ok())
         })
         .await?
     }

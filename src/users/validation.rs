@@ -1,5 +1,7 @@
 //! Input rules of the sign-up and verification requests (the same as the Go
-//! service's): every violated field is reported, not just the first.
+//! service's): every violated field is reported, not just the first. A request
+//! that passes becomes a [`SignUp`], so code past this point cannot be handed
+//! unchecked input.
 
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -33,6 +35,38 @@ impl Violations {
         } else {
             Err(self.0)
         }
+    }
+}
+
+/// A sign-up whose every field passed its rules.
+#[derive(Debug, Clone)]
+pub struct SignUp {
+    pub username: String,
+    pub full_name: String,
+    pub email: String,
+    pub password: String,
+}
+
+impl SignUp {
+    /// Checks every field; all violations at once, or the parsed sign-up.
+    pub fn parse(
+        username: String,
+        full_name: String,
+        email: String,
+        password: String,
+    ) -> Result<Self, Vec<FieldViolation>> {
+        let mut v = Violations::default();
+        v.check("username", self::username(&username))
+            .check("full_name", self::full_name(&full_name))
+            .check("email", self::email(&email))
+            .check("password", self::password(&password));
+        v.finish()?;
+        Ok(Self {
+            username,
+            full_name,
+            email,
+            password,
+        })
     }
 }
 
@@ -117,13 +151,18 @@ mod tests {
     }
 
     #[test]
-    fn all_violations_are_collected() {
-        let mut v = Violations::default();
-        v.check("username", username("A"))
-            .check("password", password("123"))
-            .check("email", email("a@b.co"));
-        let errs = v.finish().unwrap_err();
+    fn a_sign_up_reports_every_violation_at_once() {
+        let errs =
+            SignUp::parse("A".into(), "Alice".into(), "a@b.co".into(), "123".into()).unwrap_err();
         let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["username", "password"]);
+        let ok = SignUp::parse(
+            "alice".into(),
+            "Alice".into(),
+            "alice@example.com".into(),
+            "secret123".into(),
+        )
+        .unwrap();
+        assert_eq!(ok.username, "alice");
     }
 }

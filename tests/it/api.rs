@@ -179,7 +179,7 @@ async fn each_invalid_field_is_reported() {
 #[tokio::test]
 async fn malformed_requests_get_json_errors() {
     let mut env = TestEnv::new().await;
-    env.cfg.http.http_body_limit = 1024;
+    env.cfg.http.body_limit = 1024;
     let app = env.start(API_ONLY).await;
     let post = |body: String, ctype: &'static str| {
         let req = app
@@ -249,11 +249,11 @@ async fn postgres_unreachable_is_503() {
     // migrate, so serve the router directly.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut cfg = env.cfg.clone();
-    cfg.db.database_url = Some(format!(
+    cfg.db.url = Some(format!(
         "postgres://x:y@{}/none",
         silent.local_addr().unwrap()
     ));
-    cfg.db.database_acquire_timeout = Duration::from_millis(500);
+    cfg.db.acquire_timeout = Duration::from_millis(500);
     let clients = simplebank::app::Clients::new(&cfg).unwrap();
     let state = simplebank::http::AppState {
         pool: clients.pool.clone(),
@@ -301,9 +301,9 @@ async fn postgres_unreachable_is_503() {
 async fn redis_down_does_not_change_the_answer_and_the_task_arrives_later() {
     let mut env = TestEnv::new().await;
     let mut redis = RedisProcess::start();
-    env.cfg.redis.redis_url = redis.url();
-    env.cfg.redis.redis_command_timeout = Duration::from_millis(500);
-    env.cfg.relay.relay_max_backoff = Duration::from_millis(200);
+    env.cfg.redis.url = redis.url();
+    env.cfg.redis.command_timeout = Duration::from_millis(500);
+    env.cfg.relay.max_backoff = Duration::from_millis(200);
     redis.stop();
     let app = env.start(API_AND_RELAY).await;
 

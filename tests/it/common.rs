@@ -14,7 +14,7 @@ use fred::prelude::*;
 use simplebank::{
     app::{self, Components, RunningApp},
     config::Config,
-    queue::{self, QueueClient, TaskInfo},
+    queue::{self, Broker, TaskInfo, TaskState},
 };
 use sqlx::{Connection, PgConnection, PgPool};
 
@@ -87,20 +87,20 @@ impl TestEnv {
         let mut cfg = TestCli::try_parse_from(["test"])
             .expect("default config")
             .config;
-        cfg.db.database_url = Some(db_url.clone());
-        cfg.db.database_max_connections = 8;
-        cfg.redis.redis_url = base_url("REDIS_URL");
-        cfg.redis.redis_key_prefix = format!("sbtest:{}", uuid::Uuid::new_v4().simple());
-        cfg.http.http_addr = "127.0.0.1:0".parse().unwrap();
-        cfg.http.http_shutdown_grace = Duration::from_secs(5);
+        cfg.db.url = Some(db_url.clone());
+        cfg.db.max_connections = 8;
+        cfg.redis.url = base_url("REDIS_URL");
+        cfg.redis.key_prefix = format!("sbtest:{}", uuid::Uuid::new_v4().simple());
+        cfg.http.addr = "127.0.0.1:0".parse().unwrap();
+        cfg.http.shutdown_grace = Duration::from_secs(5);
         // Cheap hashing: the cost of the real parameters is a benchmark matter.
         cfg.signup.argon2_memory_kib = 64;
         cfg.signup.argon2_iterations = 1;
         cfg.signup.verify_email_process_in = Duration::ZERO;
-        cfg.worker.worker_retry_base = Duration::from_millis(50);
-        cfg.worker.worker_retry_max = Duration::from_millis(500);
-        cfg.worker.worker_shutdown_grace = Duration::from_millis(500);
-        cfg.mail.mail_dir = std::env::temp_dir().join(format!("{name}-mail"));
+        cfg.worker.retry_base = Duration::from_millis(50);
+        cfg.worker.retry_max = Duration::from_millis(500);
+        cfg.worker.shutdown_grace = Duration::from_millis(500);
+        cfg.mail.dir = std::env::temp_dir().join(format!("{name}-mail"));
 
         let pool = PgPool::connect(&db_url).await.unwrap();
         simplebank::db::migrate(&pool).await.unwrap();
@@ -121,10 +121,10 @@ impl TestEnv {
     }
 
     /// A queue client on this test's prefix.
-    pub fn queue(&self) -> QueueClient {
-        QueueClient::new(
+    pub fn queue(&self) -> Broker {
+        Broker::new(
             queue::connection::pool(&self.cfg.redis).unwrap(),
-            &self.cfg.redis.redis_key_prefix,
+            &self.cfg.redis.key_prefix,
         )
     }
 
@@ -143,7 +143,7 @@ impl TestEnv {
 
 /// Waits (up to `limit`) until task `id` of `queue` exists and passes `ok`.
 pub async fn wait_task(
-    q: &QueueClient,
+    q: &Broker,
     queue: &str,
     id: i64,
     limit: Duration,
@@ -157,8 +157,8 @@ pub async fn wait_task(
 }
 
 /// Waits until task `id` of `queue` is in `state`.
-pub async fn wait_state(q: &QueueClient, queue: &str, id: i64, state: &str) -> TaskInfo {
-    wait_task(q, queue, id, Duration::from_secs(20), state, |t| {
+pub async fn wait_state(q: &Broker, queue: &str, id: i64, state: TaskState) -> TaskInfo {
+    wait_task(q, queue, id, Duration::from_secs(20), state.as_str(), |t| {
         t.state == state
     })
     .await

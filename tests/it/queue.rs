@@ -10,8 +10,8 @@ use std::{
 use chrono::Utc;
 use fred::prelude::*;
 use simplebank::queue::{
-    self, HandlerRegistry, Processed, Task, TaskError, TaskMessage, WorkerServer, WorkerSettings,
-    handler_fn,
+    self, HandlerRegistry, Processed, Task, TaskError, TaskMessage, TaskState, WorkerServer,
+    WorkerSettings, handler_fn,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -178,7 +178,7 @@ async fn a_delayed_task_waits_for_its_time() {
     q.enqueue(&[m.clone()]).await.unwrap();
     assert_eq!(
         q.task("default", 7).await.unwrap().unwrap().state,
-        "scheduled"
+        TaskState::Scheduled
     );
     let at = eventually(
         Duration::from_secs(10),
@@ -219,11 +219,12 @@ async fn failures_retry_with_backoff_then_archive_with_the_error() {
     let mut m = msg(9, "flaky", "default");
     m.max_retry = 2;
     q.enqueue(&[m]).await.unwrap();
-    let info = wait_state(&q, "default", 9, "archived").await;
+    let info = wait_state(&q, "default", 9, TaskState::Archived).await;
     stop_worker(worker).await;
     assert_eq!(info.retried, 2);
     assert_eq!(info.last_error.as_deref(), Some("boom on attempt 3"));
-    assert_eq!(q.archived_ids("default").await.unwrap(), [9]);
+    let archived = q.list("default", TaskState::Archived, 0, 10).await.unwrap();
+    assert_eq!(archived.iter().map(|t| t.id).collect::<Vec<_>>(), [9]);
     let calls = calls.lock().unwrap();
     let attempts: Vec<_> = calls.iter().map(|c| c.0).collect();
     assert_eq!(attempts, [1, 2, 3]);
@@ -270,22 +271,22 @@ async fn skip_retry_unknown_kinds_panics_and_timeouts() {
     .await
     .unwrap();
 
-    let skipped = wait_state(&q, "default", 1, "archived").await;
+    let skipped = wait_state(&q, "default", 1, TaskState::Archived).await;
     assert_eq!(
         (skipped.retried, skipped.last_error.as_deref()),
         (0, Some("hopeless"))
     );
-    let panicked = wait_state(&q, "default", 2, "completed").await;
+    let panicked = wait_state(&q, "default", 2, TaskState::Completed).await;
     assert_eq!(
         panicked.retried, 1,
         "the panic counted as one failed attempt"
     );
-    let unknown = wait_state(&q, "default", 3, "archived").await;
+    let unknown = wait_state(&q, "default", 3, TaskState::Archived).await;
     assert!(
         unknown.last_error.unwrap().contains("no handler"),
         "unknown kind archived with a clear error"
     );
-    let timed_out = wait_state(&q, "default", 4, "archived").await;
+    let timed_out = wait_state(&q, "default", 4, TaskState::Archived).await;
     assert!(timed_out.last_error.unwrap().contains("timed out"));
     stop_worker(worker).await;
 }
@@ -311,14 +312,14 @@ async fn graceful_shutdown_hands_running_tasks_back() {
     });
     let q = env.queue();
     q.enqueue(&[msg(5, "forever", "default")]).await.unwrap();
-    wait_state(&q, "default", 5, "active").await;
+    wait_state(&q, "default", 5, TaskState::Active).await;
     let t = Instant::now();
     stop_worker(worker).await;
     assert!(t.elapsed() < Duration::from_secs(5));
     let info = q.task("default", 5).await.unwrap().unwrap();
     assert_eq!(
-        (info.state.as_str(), info.retried),
-        ("pending", 0),
+        (info.state, info.retried),
+        (TaskState::Pending, 0),
         "handed back without counting a retry"
     );
     let stats = q.stats("default").await.unwrap();
@@ -335,8 +336,8 @@ async fn child_worker_for_kill_test() {
         return;
     };
     let mut env = TestEnv::new().await;
-    env.cfg.redis.redis_key_prefix = prefix.clone();
-    let client = crate::common::redis_client(&env.cfg.redis.redis_url).await;
+    env.cfg.redis.key_prefix = prefix.clone();
+    let client = crate::common::redis_client(&env.cfg.redis.url).await;
     let mut registry = HandlerRegistry::default();
     registry.register(
         "slow",
@@ -359,7 +360,7 @@ async fn child_worker_for_kill_test() {
 #[tokio::test]
 async fn a_killed_worker_loses_nothing() {
     let env = TestEnv::new().await;
-    let prefix = env.cfg.redis.redis_key_prefix.clone();
+    let prefix = env.cfg.redis.key_prefix.clone();
     let q = env.queue();
     q.enqueue(&[msg(11, "slow", "default")]).await.unwrap();
 
@@ -375,7 +376,7 @@ async fn a_killed_worker_loses_nothing() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let client = crate::common::redis_client(&env.cfg.redis.redis_url).await;
+    let client = crate::common::redis_client(&env.cfg.redis.url).await;
     eventually(
         Duration::from_secs(30),
         "the child to start the task",
@@ -390,7 +391,7 @@ async fn a_killed_worker_loses_nothing() {
     child.wait().unwrap();
     assert_eq!(
         q.task("default", 11).await.unwrap().unwrap().state,
-        "active"
+        TaskState::Active
     );
 
     let runs = Arc::new(Mutex::new(HashMap::new()));
@@ -404,7 +405,7 @@ async fn a_killed_worker_loses_nothing() {
         }),
     );
     let worker = start_worker(&env, registry, |_| {});
-    let info = wait_state(&q, "default", 11, "completed").await;
+    let info = wait_state(&q, "default", 11, TaskState::Completed).await;
     stop_worker(worker).await;
     assert_eq!(
         runs.lock().unwrap().get(&11),
@@ -438,7 +439,7 @@ async fn a_task_longer_than_its_lease_keeps_it_and_runs_once() {
     });
     let q = env.queue();
     q.enqueue(&[msg(9, "slow", "default")]).await.unwrap();
-    let done = wait_state(&q, "default", 9, "completed").await;
+    let done = wait_state(&q, "default", 9, TaskState::Completed).await;
     stop_worker(worker).await;
     assert_eq!(*runs.lock().unwrap(), 1, "ran once");
     assert_eq!(done.retried, 0);

@@ -7,7 +7,7 @@ use std::{
 };
 
 use fred::prelude::*;
-use simplebank::{app::Clients, queue::QueueClient};
+use simplebank::{app::Clients, queue::Broker};
 use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 
@@ -51,7 +51,7 @@ const WAKE_BOUND: Duration = Duration::from_millis(100);
 
 /// Signs `name` up through `api` and returns how long after the commit (the
 /// 200 answer) the task appeared in Redis, watched every millisecond.
-async fn commit_to_redis(env: &TestEnv, q: &QueueClient, api: &TestApp, name: &str) -> Duration {
+async fn commit_to_redis(env: &TestEnv, q: &Broker, api: &TestApp, name: &str) -> Duration {
     assert_eq!(
         api.post_json("/v1/create_user", user_json(name)).await.0,
         200
@@ -91,7 +91,7 @@ async fn median_commit_to_redis(env: &TestEnv, api: &TestApp, layout: &str) -> D
 async fn commits_wake_the_relay_in_process_and_across_processes() {
     let mut env = TestEnv::new().await;
     // With the poll an hour away, only the wake-ups can deliver in time.
-    env.cfg.relay.relay_poll_interval = Duration::from_secs(3600);
+    env.cfg.relay.poll_interval = Duration::from_secs(3600);
 
     // serve-like: API and relay in one process (the in-process signal).
     let app = env.start(API_AND_RELAY).await;
@@ -145,7 +145,7 @@ async fn two_relays_forward_10000_rows_exactly_once() {
     let env = TestEnv::new().await;
     insert_rows(&env, 10_000).await;
     let mut cfg = env.cfg.clone();
-    cfg.relay.relay_batch_size = 250;
+    cfg.relay.batch_size = 250;
     let (a, b) = (
         Clients::new(&cfg).unwrap().relay(&cfg).unwrap(),
         Clients::new(&cfg).unwrap().relay(&cfg).unwrap(),
@@ -168,9 +168,9 @@ async fn two_relays_forward_10000_rows_exactly_once() {
 async fn redis_stopped_and_restarted_mid_stream_loses_nothing() {
     let mut env = TestEnv::new().await;
     let mut redis = RedisProcess::start();
-    env.cfg.redis.redis_url = redis.url();
-    env.cfg.redis.redis_command_timeout = Duration::from_millis(500);
-    env.cfg.relay.relay_max_backoff = Duration::from_millis(200);
+    env.cfg.redis.url = redis.url();
+    env.cfg.redis.command_timeout = Duration::from_millis(500);
+    env.cfg.relay.max_backoff = Duration::from_millis(200);
     let app = env.start(API_AND_RELAY).await;
     for round in 0..3 {
         for i in 0..20 {
@@ -311,8 +311,8 @@ fn relay_command(env: &TestEnv, args: &[&str]) -> Command {
     cmd.arg("relay")
         .args(args)
         .env("DATABASE_URL", &env.db_url)
-        .env("REDIS_URL", &env.cfg.redis.redis_url)
-        .env("REDIS_KEY_PREFIX", &env.cfg.redis.redis_key_prefix)
+        .env("REDIS_URL", &env.cfg.redis.url)
+        .env("REDIS_KEY_PREFIX", &env.cfg.redis.key_prefix)
         .env("RUST_LOG", "warn")
         .env_remove("LOG_FORMAT")
         .current_dir(std::env::temp_dir())
@@ -322,7 +322,7 @@ fn relay_command(env: &TestEnv, args: &[&str]) -> Command {
 
 /// Redis's pending list of queue "default" holds `n` ids, none twice.
 async fn assert_one_pending_task_per_row(env: &TestEnv, n: usize) {
-    let client = crate::common::redis_client(&env.cfg.redis.redis_url).await;
+    let client = crate::common::redis_client(&env.cfg.redis.url).await;
     let pending: Vec<i64> = client
         .lrange(env.queue().keys("default").pending, 0, -1)
         .await
@@ -368,7 +368,7 @@ async fn redeliver_since_restores_what_redis_lost() {
         .await
         .unwrap();
     // Redis loses everything of this test.
-    let client = crate::common::redis_client(&env.cfg.redis.redis_url).await;
+    let client = crate::common::redis_client(&env.cfg.redis.url).await;
     let k = env.queue().keys("default");
     let mut lost: Vec<String> = ids(&env).await.into_iter().map(|id| k.task(id)).collect();
     lost.push(k.pending.clone());
@@ -414,11 +414,11 @@ async fn postgres_down_and_back_loses_nothing_and_the_listener_reconnects() {
     let mut link = CuttableLink::to(postgres_addr(&env.db_url)).await;
     // The process reaches Postgres only through the link (pool and LISTEN);
     // the test keeps its own direct pool.
-    env.cfg.db.database_url = Some(link.postgres_url(&env.db_url));
-    env.cfg.db.database_acquire_timeout = Duration::from_millis(500);
-    env.cfg.relay.relay_max_backoff = Duration::from_millis(200);
+    env.cfg.db.url = Some(link.postgres_url(&env.db_url));
+    env.cfg.db.acquire_timeout = Duration::from_millis(500);
+    env.cfg.relay.max_backoff = Duration::from_millis(200);
     // With the poll an hour away, only wake-ups and retries deliver.
-    env.cfg.relay.relay_poll_interval = Duration::from_secs(3600);
+    env.cfg.relay.poll_interval = Duration::from_secs(3600);
     let app = env.start(API_AND_RELAY).await;
     let q = env.queue();
     assert_eq!(

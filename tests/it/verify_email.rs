@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use simplebank::app::{Clients, Components};
+use simplebank::{
+    app::{Clients, Components},
+    queue::TaskState,
+};
 
 use crate::common::{
     API_ONLY, RELAY_AND_WORKER, SmtpProcess, TestEnv, eventually, free_port, user_json, wait_state,
@@ -118,7 +121,7 @@ async fn a_task_delivered_twice_sends_one_email() {
     let id = env.only_outbox_id().await;
     // Redis forgets the task (as after a restore from an old backup), and the
     // recovery tool delivers it again.
-    let client = crate::common::redis_client(&env.cfg.redis.redis_url).await;
+    let client = crate::common::redis_client(&env.cfg.redis.url).await;
     let _: () = fred::prelude::KeysInterface::del(&client, queue.keys("critical").task(id))
         .await
         .unwrap();
@@ -130,7 +133,7 @@ async fn a_task_delivered_twice_sends_one_email() {
             .unwrap(),
         1
     );
-    wait_state(&queue, "critical", id, "completed").await;
+    wait_state(&queue, "critical", id, TaskState::Completed).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         smtp.messages().len(),
@@ -173,7 +176,7 @@ async fn smtp_down_then_up_the_email_arrives_after_a_retry() {
     )
     .await;
     assert_eq!(decode(&message).0, "mia@example.com");
-    let done = wait_state(&queue, "critical", id, "completed").await;
+    let done = wait_state(&queue, "critical", id, TaskState::Completed).await;
     assert!(done.retried >= 1);
     // Every attempt used the same verification row, so the link is the one stored.
     let (vid, code): (i64, String) = sqlx::query_as("SELECT id, secret_code FROM verify_emails")
@@ -197,7 +200,7 @@ async fn a_task_for_a_missing_user_is_archived_without_retries() {
     let app = env.start(RELAY_AND_WORKER).await;
     let queue = env.queue();
     let id = env.only_outbox_id().await;
-    let info = wait_state(&queue, "critical", id, "archived").await;
+    let info = wait_state(&queue, "critical", id, TaskState::Archived).await;
     assert_eq!(info.retried, 0);
     assert!(info.last_error.unwrap().contains("does not exist"));
     app.stop().await;
@@ -211,7 +214,7 @@ async fn the_file_mailer_writes_the_message_and_the_link_works() {
         app.post_json("/v1/create_user", user_json("noah")).await.0,
         200
     );
-    let dir = env.cfg.mail.mail_dir.clone();
+    let dir = env.cfg.mail.dir.clone();
     let message = eventually(Duration::from_secs(20), "the .eml file", || async {
         let eml = std::fs::read_dir(&dir)
             .ok()?

@@ -3,7 +3,8 @@
 -- KEYS[1] task key prefix, KEYS[2] pending, KEYS[3] scheduled, KEYS[4] retry,
 -- KEYS[5] active, KEYS[6] archived
 -- ARGV[1] wake channel, ARGV[2] most tasks moved per set per call
--- Returns {moved to pending, recovered leases, ms until the next due task or -1}
+-- Returns {moved to pending, recovered leases, ms until the next due task}; the
+-- last is nil (false) when nothing is scheduled, waiting to retry or leased.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit = tonumber(ARGV[2])
@@ -37,12 +38,12 @@ for _, id in ipairs(expired) do
   recovered = recovered + 1
 end
 if moved > 0 then redis.call('PUBLISH', ARGV[1], moved) end
-local next_due = -1
+local next_due = false
 for _, set in ipairs({KEYS[3], KEYS[4], KEYS[5]}) do
   local first = redis.call('ZRANGE', set, 0, 0, 'WITHSCORES')
   if first[2] then
     local wait = math.max(0, tonumber(first[2]) - now)
-    if next_due < 0 or wait < next_due then next_due = wait end
+    if not next_due or wait < next_due then next_due = wait end
   end
 end
 return {moved, recovered, next_due}

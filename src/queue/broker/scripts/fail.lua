@@ -2,8 +2,9 @@
 -- the handler said so).
 -- KEYS[1] task key, KEYS[2] active, KEYS[3] retry, KEYS[4] archived
 -- ARGV[1] id, ARGV[2] delivery, ARGV[3] error, ARGV[4] retry delay ms, ARGV[5] archive now (1/0), ARGV[6] wake channel
--- Returns 'retry', 'archived', or 'lost' when the lease was lost.
-if redis.call('HGET', KEYS[1], 'deliveries') ~= ARGV[2] then return 'lost' end
+-- Returns {'retry', due_ms}, {'archived', archived_at_ms}, or {'lost'} when the
+-- lease was lost.
+if redis.call('HGET', KEYS[1], 'deliveries') ~= ARGV[2] then return {'lost'} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREM', KEYS[2], ARGV[1])
@@ -13,10 +14,11 @@ redis.call('HSET', KEYS[1], 'last_error', ARGV[3], 'last_failed_at', now)
 if ARGV[5] == '1' or retried >= max_retry then
   redis.call('HSET', KEYS[1], 'state', 'archived')
   redis.call('ZADD', KEYS[4], now, ARGV[1])
-  return 'archived'
+  return {'archived', now}
 end
 redis.call('HSET', KEYS[1], 'state', 'retry', 'retried', retried + 1)
-redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[1])
+local due = now + tonumber(ARGV[4])
+redis.call('ZADD', KEYS[3], due, ARGV[1])
 -- The forwarder may be asleep until a later due time: tell it.
 redis.call('PUBLISH', ARGV[6], 0)
-return 'retry'
+return {'retry', due}

@@ -1,0 +1,410 @@
+//! The queue broker: the one place that runs a Lua script or names a Redis key.
+//!
+//! Every state change of a task is one script (in `scripts/`, next to the
+//! method here that runs it), touching the keys of one queue only ([`keys`]),
+//! so each change is atomic and stays in one Redis Cluster slot. Replies are
+//! decoded into types ([`reply`]); a reply of the wrong shape is an error
+//! naming its script. The worker, the relay and the operator tools call these
+//! methods and nothing below them.
+//!
+//! Scripts run by hash (EVALSHA) and are loaded again after a Redis restart
+//! forgot them.
+
+pub mod keys;
+mod reads;
+mod reply;
+
+use std::{collections::HashMap, sync::Arc, sync::LazyLock, time::Duration};
+
+use chrono::{DateTime, Utc};
+use fred::{clients::Pool, prelude::*, types::Value, types::scripts::Script};
+use futures::future::try_join_all;
+
+use self::{keys::QueueKeys, reply::Reply};
+use super::{
+    QueueError,
+    task::{Delivery, Task, TaskMessage},
+};
+
+pub use reads::QueueStats;
+
+/// A Lua script and the name its errors carry.
+struct Lua {
+    name: &'static str,
+    script: Script,
+}
+
+impl Lua {
+    fn new(name: &'static str, source: &'static str) -> Self {
+        Self {
+            name,
+            script: Script::from_lua(source),
+        }
+    }
+}
+
+struct Scripts {
+    enqueue: Lua,
+    dequeue: Lua,
+    complete: Lua,
+    fail: Lua,
+    requeue: Lua,
+    extend: Lua,
+    forward: Lua,
+}
+
+static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    enqueue: Lua::new("enqueue", include_str!("scripts/enqueue.lua")),
+    dequeue: Lua::new("dequeue", include_str!("scripts/dequeue.lua")),
+    complete: Lua::new("complete", include_str!("scripts/complete.lua")),
+    fail: Lua::new("fail", include_str!("scripts/fail.lua")),
+    requeue: Lua::new("requeue", include_str!("scripts/requeue.lua")),
+    extend: Lua::new("extend", include_str!("scripts/extend.lua")),
+    forward: Lua::new("forward", include_str!("scripts/forward.lua")),
+});
+
+/// What became of an acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckOutcome {
+    Completed,
+    /// The delivery number moved on: another worker has the task now.
+    LeaseLost,
+}
+
+/// What became of a failed run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailOutcome {
+    /// It runs again at `at`.
+    Retry { at: DateTime<Utc> },
+    /// Retries used up (or skipped): it stays in the archive with its error.
+    Archived,
+    /// The delivery number moved on: another worker has the task now.
+    LeaseLost,
+}
+
+/// What became of a task handed back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequeueOutcome {
+    /// At the front of the pending list.
+    Pending,
+    /// The delivery number moved on: another worker has the task now.
+    LeaseLost,
+}
+
+/// What one forward pass over a queue did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Forwarded {
+    /// Scheduled, retry and recovered tasks that became pending.
+    pub moved: u64,
+    /// Tasks whose lease had expired (each counted as a failed attempt).
+    pub recovered: u64,
+    /// When the earliest scheduled, retry or lease deadline falls due; `None`
+    /// when the queue has none.
+    pub next_due: Option<Duration>,
+}
+
+/// Runs queue operations on a Redis pool. Cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    pool: Pool,
+    prefix: Arc<str>,
+}
+
+impl Broker {
+    /// A broker for the queues under `prefix` (REDIS_KEY_PREFIX).
+    pub fn new(pool: Pool, prefix: &str) -> Self {
+        Self {
+            pool,
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The key layout of `queue`, for tests and tools that look at Redis
+    /// directly (say, to simulate Redis losing data).
+    pub fn keys(&self, queue: &str) -> QueueKeys {
+        QueueKeys::new(&self.prefix, queue)
+    }
+
+    /// The channels the enqueue and state-change scripts publish wake-ups on.
+    pub fn wake_channels<'a>(&self, queues: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        queues
+            .into_iter()
+            .map(|q| self.keys(q).wake_channel)
+            .collect()
+    }
+
+    async fn run(
+        &self,
+        lua: &Lua,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Value, QueueError> {
+        Ok(lua
+            .script
+            .evalsha_with_reload(self.pool.next(), keys, args)
+            .await?)
+    }
+
+    /// Enqueues `tasks`, one script call per queue, all in one round trip (the
+    /// calls are pipelined on the connection). A task whose id is already known
+    /// is left as it is. Returns how many were new.
+    pub async fn enqueue(&self, tasks: &[TaskMessage]) -> Result<usize, QueueError> {
+        let mut by_queue: HashMap<&str, Vec<&TaskMessage>> = HashMap::new();
+        for task in tasks {
+            by_queue.entry(task.queue.as_str()).or_default().push(task);
+        }
+        let calls = by_queue.into_iter().map(|(queue, tasks)| async move {
+            let keys = self.keys(queue);
+            let mut args = Vec::with_capacity(1 + tasks.len() * 6);
+            args.push(keys.wake_channel.clone());
+            for t in &tasks {
+                args.extend([
+                    t.id.to_string(),
+                    t.kind.clone(),
+                    t.payload.clone(),
+                    t.max_retry.to_string(),
+                    t.timeout.as_millis().to_string(),
+                    t.process_at.timestamp_millis().to_string(),
+                ]);
+            }
+            let lua = &SCRIPTS.enqueue;
+            let reply = self
+                .run(
+                    lua,
+                    vec![keys.task_prefix, keys.pending, keys.scheduled],
+                    args,
+                )
+                .await?;
+            let mut reply = Reply::new(lua.name, reply)?;
+            let mut added = 0;
+            for t in &tasks {
+                if reply.int("new-task flag")? == 1 {
+                    added += 1;
+                    tracing::info!(
+                        task_id = t.id,
+                        r#type = %t.kind,
+                        payload = %t.payload,
+                        queue = %t.queue,
+                        max_retry = t.max_retry,
+                        "enqueued task"
+                    );
+                }
+            }
+            reply.end()?;
+            Ok::<_, QueueError>(added)
+        });
+        Ok(try_join_all(calls).await?.into_iter().sum())
+    }
+
+    /// Takes up to `n` pending tasks of `queue`, each under a lease of `lease`.
+    pub async fn dequeue(
+        &self,
+        queue: &str,
+        n: usize,
+        lease: Duration,
+    ) -> Result<Vec<Task>, QueueError> {
+        let keys = self.keys(queue);
+        let lua = &SCRIPTS.dequeue;
+        let reply = self
+            .run(
+                lua,
+                vec![keys.task_prefix, keys.pending, keys.active],
+                vec![n.to_string(), lease.as_millis().to_string()],
+            )
+            .await?;
+        let mut reply = Reply::new(lua.name, reply)?;
+        let mut tasks = Vec::with_capacity(reply.remaining() / 7);
+        while reply.remaining() > 0 {
+            tasks.push(Task {
+                id: reply.int("id")?,
+                kind: reply.text("kind")?,
+                queue: queue.to_owned(),
+                payload: reply.text("payload")?,
+                attempt: u32::try_from(reply.count("retried")?)
+                    .map_err(|_| reply.unexpected("retried is out of range".into()))?
+                    .saturating_add(1),
+                max_retry: u32::try_from(reply.count("max_retry")?)
+                    .map_err(|_| reply.unexpected("max_retry is out of range".into()))?,
+                timeout: Duration::from_millis(reply.count("timeout_ms")?.max(1)),
+                delivery: Delivery(reply.count("delivery")?),
+            });
+        }
+        if tasks.len() > n {
+            return Err(reply.unexpected(format!(
+                "{} tasks where at most {n} were asked",
+                tasks.len()
+            )));
+        }
+        Ok(tasks)
+    }
+
+    /// Marks runs of `queue` completed, given as (id, delivery); the answers
+    /// come in the same order. A completed task's hash is kept, without its
+    /// payload, for `retention`, so that enqueuing the id again stays a no-op.
+    pub async fn complete(
+        &self,
+        queue: &str,
+        retention: Duration,
+        runs: &[(i64, Delivery)],
+    ) -> Result<Vec<AckOutcome>, QueueError> {
+        let keys = self.keys(queue);
+        let lua = &SCRIPTS.complete;
+        let reply = self
+            .run(
+                lua,
+                vec![keys.task_prefix, keys.active],
+                runs_args(retention, runs),
+            )
+            .await?;
+        let mut reply = Reply::new(lua.name, reply)?;
+        let outcomes = runs
+            .iter()
+            .map(|_| match reply.int("completed flag")? {
+                1 => Ok(AckOutcome::Completed),
+                0 => Ok(AckOutcome::LeaseLost),
+                n => Err(reply.unexpected(format!("completed flag {n}"))),
+            })
+            .collect::<Result<_, _>>()?;
+        reply.end()?;
+        Ok(outcomes)
+    }
+
+    /// Records a failed run of `task`: retried after `delay`, or archived with
+    /// `error` once its retries are used up, or at once when `skip_retry`.
+    pub async fn fail(
+        &self,
+        task: &Task,
+        error: &str,
+        delay: Duration,
+        skip_retry: bool,
+    ) -> Result<FailOutcome, QueueError> {
+        let keys = self.keys(&task.queue);
+        let lua = &SCRIPTS.fail;
+        let reply = self
+            .run(
+                lua,
+                vec![keys.task(task.id), keys.active, keys.retry, keys.archived],
+                vec![
+                    task.id.to_string(),
+                    task.delivery.to_string(),
+                    error.to_owned(),
+                    delay.as_millis().to_string(),
+                    if skip_retry { "1" } else { "0" }.to_owned(),
+                    keys.wake_channel,
+                ],
+            )
+            .await?;
+        let mut reply = Reply::new(lua.name, reply)?;
+        let outcome = match reply.text("outcome")?.as_str() {
+            "retry" => {
+                let at = reply.int("retry time")?;
+                FailOutcome::Retry {
+                    at: DateTime::from_timestamp_millis(at)
+                        .ok_or_else(|| reply.unexpected(format!("retry time {at}")))?,
+                }
+            }
+            "archived" => {
+                reply.int("archive time")?;
+                FailOutcome::Archived
+            }
+            "lost" => FailOutcome::LeaseLost,
+            other => return Err(reply.unexpected(format!("outcome {other:?}"))),
+        };
+        reply.end()?;
+        Ok(outcome)
+    }
+
+    /// Hands a running task back to the front of its pending list (shutdown),
+    /// without counting the interrupted run as a retry.
+    pub async fn requeue(&self, task: &Task) -> Result<RequeueOutcome, QueueError> {
+        let keys = self.keys(&task.queue);
+        let lua = &SCRIPTS.requeue;
+        let reply = self
+            .run(
+                lua,
+                vec![keys.task(task.id), keys.active, keys.pending],
+                vec![
+                    task.id.to_string(),
+                    task.delivery.to_string(),
+                    keys.wake_channel,
+                ],
+            )
+            .await?;
+        match reply.as_i64() {
+            Some(1) => Ok(RequeueOutcome::Pending),
+            Some(0) => Ok(RequeueOutcome::LeaseLost),
+            _ => Err(QueueError::Reply {
+                script: lua.name,
+                detail: format!("{reply:?} where 0 or 1 was expected"),
+            }),
+        }
+    }
+
+    /// Moves due scheduled and retry tasks of `queue` to pending and recovers
+    /// expired leases, at most `limit` per set.
+    pub async fn forward(&self, queue: &str, limit: u32) -> Result<Forwarded, QueueError> {
+        let k = self.keys(queue);
+        let lua = &SCRIPTS.forward;
+        let reply = self
+            .run(
+                lua,
+                vec![
+                    k.task_prefix,
+                    k.pending,
+                    k.scheduled,
+                    k.retry,
+                    k.active,
+                    k.archived,
+                ],
+                vec![k.wake_channel, limit.to_string()],
+            )
+            .await?;
+        let mut reply = Reply::new(lua.name, reply)?;
+        let forwarded = Forwarded {
+            moved: reply.count("moved")?,
+            recovered: reply.count("recovered")?,
+            next_due: reply.opt_count("next due")?.map(Duration::from_millis),
+        };
+        reply.end()?;
+        Ok(forwarded)
+    }
+
+    /// Extends to `lease` the leases of runs of `queue` this worker holds,
+    /// given as (id, delivery). Returns the ids whose lease was lost to
+    /// another delivery.
+    pub async fn extend(
+        &self,
+        queue: &str,
+        lease: Duration,
+        runs: &[(i64, Delivery)],
+    ) -> Result<Vec<i64>, QueueError> {
+        let k = self.keys(queue);
+        let lua = &SCRIPTS.extend;
+        let reply = self
+            .run(lua, vec![k.task_prefix, k.active], runs_args(lease, runs))
+            .await?;
+        let mut reply = Reply::new(lua.name, reply)?;
+        let mut lost = Vec::with_capacity(reply.remaining());
+        while reply.remaining() > 0 {
+            lost.push(reply.int("lost id")?);
+        }
+        Ok(lost)
+    }
+
+    /// A round trip to Redis, for readiness checks.
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        let _: String = self.pool.ping(None).await?;
+        Ok(())
+    }
+}
+
+/// The arguments of the scripts that take a time and a list of runs:
+/// the time in ms, then id and delivery per run.
+fn runs_args(ms: Duration, runs: &[(i64, Delivery)]) -> Vec<String> {
+    let mut args = Vec::with_capacity(1 + 2 * runs.len());
+    args.push(ms.as_millis().to_string());
+    for (id, delivery) in runs {
+        args.extend([id.to_string(), delivery.to_string()]);
+    }
+    args
+}

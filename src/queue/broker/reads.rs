@@ -1,0 +1,148 @@
+//! Reading queue state, for the operator tools and the tests: counts per
+//! state, one task, the tasks of a queue in one state. Plain commands, no
+//! scripts: a read changes nothing, so a snapshot that is a moment old is
+//! fine.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use fred::prelude::*;
+
+use super::Broker;
+use crate::queue::{
+    QueueError,
+    task::{TaskInfo, TaskState},
+};
+
+/// How many tasks of a queue are in each state (completed tasks are not
+/// counted: they are only remembered, one key each, until their retention ends).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueStats {
+    pub pending: u64,
+    pub active: u64,
+    pub scheduled: u64,
+    pub retry: u64,
+    pub archived: u64,
+}
+
+impl Broker {
+    /// Task counts of `queue` by state, in one round trip.
+    pub async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError> {
+        let k = self.keys(queue);
+        let pipe = self.pool.next().pipeline();
+        let _: () = pipe.llen(&k.pending).await?;
+        let _: () = pipe.zcard(&k.active).await?;
+        let _: () = pipe.zcard(&k.scheduled).await?;
+        let _: () = pipe.zcard(&k.retry).await?;
+        let _: () = pipe.zcard(&k.archived).await?;
+        let (pending, active, scheduled, retry, archived) = pipe.all().await?;
+        Ok(QueueStats {
+            pending,
+            active,
+            scheduled,
+            retry,
+            archived,
+        })
+    }
+
+    /// One task, or `None` when Redis does not know the id (never enqueued, or
+    /// completed longer ago than the retention).
+    pub async fn task(&self, queue: &str, id: i64) -> Result<Option<TaskInfo>, QueueError> {
+        let fields: HashMap<String, String> = self.pool.hgetall(self.keys(queue).task(id)).await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        task_info(queue, id, fields).map(Some)
+    }
+
+    /// Up to `limit` tasks of `queue` in `state`, oldest first (pending: next
+    /// to run first), skipping `offset`. Completed tasks have no index and
+    /// cannot be listed.
+    pub async fn list(
+        &self,
+        queue: &str,
+        state: TaskState,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Vec<TaskInfo>, QueueError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let k = self.keys(queue);
+        let (start, stop) = (offset as i64, (offset + limit - 1) as i64);
+        let ids: Vec<i64> = match state {
+            // New ids are pushed on the left and taken from the right.
+            TaskState::Pending => self.pool.lrange(&k.pending, -1 - stop, -1 - start).await?,
+            TaskState::Active | TaskState::Scheduled | TaskState::Retry | TaskState::Archived => {
+                let set = match state {
+                    TaskState::Active => &k.active,
+                    TaskState::Scheduled => &k.scheduled,
+                    TaskState::Retry => &k.retry,
+                    _ => &k.archived,
+                };
+                self.pool
+                    .zrange(set, start, stop, None, false, None, false)
+                    .await?
+            }
+            TaskState::Completed => return Err(QueueError::NotListable(state)),
+        };
+        let ids: Vec<i64> = match state {
+            TaskState::Pending => ids.into_iter().rev().collect(),
+            _ => ids,
+        };
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pipe = self.pool.next().pipeline();
+        for id in &ids {
+            let _: () = pipe.hgetall(k.task(*id)).await?;
+        }
+        let hashes: Vec<HashMap<String, String>> = pipe.all().await?;
+        ids.into_iter()
+            .zip(hashes)
+            // A task that changed state between the two reads is left out.
+            .filter(|(_, f)| !f.is_empty())
+            .map(|(id, fields)| task_info(queue, id, fields))
+            .collect()
+    }
+}
+
+/// A task hash decoded; a field of the wrong form is an error, not a default.
+fn task_info(
+    queue: &str,
+    id: i64,
+    mut fields: HashMap<String, String>,
+) -> Result<TaskInfo, QueueError> {
+    let bad = |detail: String| QueueError::Reply {
+        script: "HGETALL task",
+        detail: format!("task {id}: {detail}"),
+    };
+    let mut take = |f: &str| fields.remove(f);
+    let num = |f: &str, v: Option<String>| -> Result<u32, QueueError> {
+        v.ok_or_else(|| bad(format!("no {f}")))?
+            .parse()
+            .map_err(|_| bad(format!("{f} is not a count")))
+    };
+    let time = |f: &str, v: Option<String>| -> Result<Option<DateTime<Utc>>, QueueError> {
+        v.map(|v| {
+            v.parse::<i64>()
+                .ok()
+                .and_then(DateTime::from_timestamp_millis)
+                .ok_or_else(|| bad(format!("{f} {v:?} is not a time in ms")))
+        })
+        .transpose()
+    };
+    let state = take("state").ok_or_else(|| bad("no state".into()))?;
+    Ok(TaskInfo {
+        id,
+        queue: queue.to_owned(),
+        state: state.parse().map_err(bad)?,
+        kind: take("kind").ok_or_else(|| bad("no kind".into()))?,
+        payload: take("payload"),
+        retried: num("retried", take("retried"))?,
+        max_retry: num("max_retry", take("max_retry"))?,
+        last_error: take("last_error"),
+        last_failed_at: time("last_failed_at", take("last_failed_at"))?,
+        enqueued_at: time("enqueued_at", take("enqueued_at"))?,
+    })
+}

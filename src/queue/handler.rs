@@ -1,0 +1,98 @@
+//! The handler interface: what a task kind's code implements, how handlers
+//! are looked up by kind, and how one run is guarded (timeout, panic).
+
+use std::{collections::HashMap, panic::AssertUnwindSafe, sync::Arc};
+
+use futures::{FutureExt, future::BoxFuture};
+
+use super::{Task, TaskError};
+
+/// Runs tasks of one kind.
+pub trait Handler: Send + Sync + 'static {
+    fn handle<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<Processed, TaskError>>;
+}
+
+/// Fields a handler adds to the "processed task" log line.
+#[derive(Debug, Default)]
+pub struct Processed {
+    fields: Vec<(&'static str, String)>,
+}
+
+impl Processed {
+    pub fn with(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.fields.push((name, value.into()));
+        self
+    }
+}
+
+impl std::fmt::Display for Processed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (k, v)) in self.fields.iter().enumerate() {
+            write!(f, "{}{k}={v}", if i == 0 { "" } else { " " })?;
+        }
+        Ok(())
+    }
+}
+
+/// A handler from an async function that takes the task by value.
+pub fn handler_fn<F, Fut>(f: F) -> impl Handler
+where
+    F: Fn(Task) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Processed, TaskError>> + Send + 'static,
+{
+    struct FnHandler<F>(F);
+    impl<F, Fut> Handler for FnHandler<F>
+    where
+        F: Fn(Task) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Processed, TaskError>> + Send + 'static,
+    {
+        fn handle<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<Processed, TaskError>> {
+            Box::pin((self.0)(task.clone()))
+        }
+    }
+    FnHandler(f)
+}
+
+/// Handlers by task kind.
+#[derive(Default, Clone)]
+pub struct HandlerRegistry {
+    handlers: HashMap<String, Arc<dyn Handler>>,
+}
+
+impl HandlerRegistry {
+    pub fn register(&mut self, kind: &str, handler: impl Handler) -> &mut Self {
+        self.handlers.insert(kind.to_owned(), Arc::new(handler));
+        self
+    }
+
+    pub(super) fn get(&self, kind: &str) -> Option<Arc<dyn Handler>> {
+        self.handlers.get(kind).cloned()
+    }
+}
+
+/// Runs a handler with the task's timeout; a panic or a timeout is a failed attempt.
+pub(super) async fn run_handler(
+    handler: &dyn Handler,
+    task: &Task,
+) -> Result<Processed, TaskError> {
+    match tokio::time::timeout(
+        task.timeout,
+        AssertUnwindSafe(handler.handle(task)).catch_unwind(),
+    )
+    .await
+    {
+        Err(_) => Err(TaskError::Retry(anyhow::anyhow!(
+            "timed out after {:?}",
+            task.timeout
+        ))),
+        Ok(Err(panic)) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(TaskError::Retry(anyhow::anyhow!("handler panicked: {msg}")))
+        }
+        Ok(Ok(result)) => result,
+    }
+}

@@ -1,0 +1,184 @@
+//! The worker's background services, each a loop stopped by a token:
+//! - [`forward_due`]: moves due scheduled and retry tasks to pending and
+//!   recovers expired leases, sleeping exactly until the next due time;
+//! - [`keep_leases`]: extends the leases of the runs this process holds;
+//! - [`listen_for_wakeups`]: turns messages on the queues' wake channels into
+//!   local wake-ups of the fetch and forward loops.
+//!
+//! And the one piece of state they share with the fetch loop: the
+//! [`RunningTasks`] of this process.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use fred::{clients::SubscriberClient, prelude::*};
+use tokio::sync::{Notify, broadcast::error::RecvError};
+use tokio_util::sync::CancellationToken;
+
+use super::{Broker, Delivery, Task};
+use crate::outage::Outage;
+
+/// Most tasks moved between sets by one forward script call.
+pub(super) const FORWARD_BATCH: u32 = 1000;
+/// The longest the fetch and forward loops sleep without a wake-up.
+pub(super) const SAFETY_POLL: Duration = Duration::from_secs(1);
+
+/// The runs this process holds, by (queue, id), with their delivery number.
+#[derive(Default)]
+pub(super) struct RunningTasks(Mutex<HashMap<(String, i64), Delivery>>);
+
+impl RunningTasks {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i64), Delivery>> {
+        // A panic while holding this lock cannot leave the map half-changed.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn insert(&self, task: &Task) {
+        self.map()
+            .insert((task.queue.clone(), task.id), task.delivery);
+    }
+
+    pub fn remove(&self, task: &Task) {
+        self.map().remove(&(task.queue.clone(), task.id));
+    }
+
+    /// A snapshot, grouped by queue.
+    fn by_queue(&self) -> HashMap<String, Vec<(i64, Delivery)>> {
+        let mut by_queue: HashMap<String, Vec<(i64, Delivery)>> = HashMap::new();
+        for ((queue, id), delivery) in self.map().iter() {
+            by_queue
+                .entry(queue.clone())
+                .or_default()
+                .push((*id, *delivery));
+        }
+        by_queue
+    }
+}
+
+/// Forwards due tasks of `queues` until `shutdown`; woken early by `wake`
+/// when due times may have changed.
+pub(super) async fn forward_due(
+    broker: Broker,
+    queues: Vec<String>,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let mut outage = Outage::new(
+        "cannot forward due tasks; retrying",
+        "redis reachable again: forwarding due tasks",
+        Duration::from_millis(100),
+        SAFETY_POLL,
+    );
+    loop {
+        let mut next = SAFETY_POLL;
+        let mut again = false;
+        let mut failed = None;
+        for queue in &queues {
+            match broker.forward(queue, FORWARD_BATCH).await {
+                Ok(f) => {
+                    if f.recovered > 0 {
+                        tracing::warn!(queue = %queue, recovered = f.recovered, "recovered tasks whose lease expired");
+                    }
+                    again |= f.moved >= u64::from(FORWARD_BATCH);
+                    if let Some(due) = f.next_due {
+                        next = next.min(due);
+                    }
+                }
+                // The other queues still get their turn.
+                Err(e) => failed = Some(e),
+            }
+        }
+        match failed {
+            None => outage.up(),
+            Some(e) => next = next.min(outage.down("redis", &e)),
+        }
+        if again {
+            continue;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(next) => {}
+        }
+    }
+}
+
+/// Extends the leases of `running` every third of `lease`, until `stop`.
+pub(super) async fn keep_leases(
+    broker: Broker,
+    lease: Duration,
+    running: Arc<RunningTasks>,
+    stop: CancellationToken,
+) {
+    let every = lease / 3;
+    let mut outage = Outage::new(
+        "cannot extend leases; retrying",
+        "redis reachable again: extending leases",
+        every,
+        every,
+    );
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let mut failed = None;
+        for (queue, runs) in running.by_queue() {
+            match broker.extend(&queue, lease, &runs).await {
+                Ok(lost) if !lost.is_empty() => {
+                    tracing::warn!(queue = %queue, ?lost, "leases lost")
+                }
+                Ok(_) => {}
+                Err(e) => failed = Some(e),
+            }
+        }
+        match failed {
+            None => outage.up(),
+            Some(e) => {
+                outage.down("redis", &e);
+            }
+        }
+    }
+}
+
+/// Subscribes to the wake `channels` and wakes the fetch loop (new pending
+/// tasks) and the forward loop (due times changed), until `stop`.
+pub(super) async fn listen_for_wakeups(
+    subscriber: SubscriberClient,
+    channels: Vec<String>,
+    fetch: Arc<Notify>,
+    forward: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    let mut messages = subscriber.message_rx();
+    if let Err(e) = subscriber.subscribe(channels).await {
+        // The subscriber re-subscribes when Redis is back; until then the
+        // safety poll keeps tasks moving.
+        tracing::warn!(error = %e, "cannot subscribe to wake-ups yet");
+    }
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            msg = messages.recv() => match msg {
+                Ok(msg) => {
+                    // "0": only due times changed, nothing new is pending.
+                    if msg.value.as_str().is_none_or(|v| v != "0") {
+                        fetch.notify_one();
+                    }
+                    forward.notify_one();
+                }
+                Err(RecvError::Lagged(_)) => {
+                    fetch.notify_one();
+                    forward.notify_one();
+                }
+                Err(RecvError::Closed) => break,
+            },
+        }
+    }
+    let _ = subscriber.unsubscribe_all().await;
+}
