@@ -241,11 +241,13 @@ pub struct WorkerConfig {
     /// Lease of a running task; the worker extends it, and others take the task once it expires.
     #[arg(id = "worker_lease", value_name = "WORKER_LEASE", long = "worker-lease", env = "WORKER_LEASE", default_value = "30s", value_parser = parse_duration, global = true)]
     pub lease: Duration,
-    /// First retry delay; each further retry doubles it (with jitter).
-    #[arg(id = "worker_retry_base", value_name = "WORKER_RETRY_BASE", long = "worker-retry-base", env = "WORKER_RETRY_BASE", default_value = "1s", value_parser = parse_duration, global = true)]
-    pub retry_base: Duration,
-    /// Longest retry delay.
-    #[arg(id = "worker_retry_max", value_name = "WORKER_RETRY_MAX", long = "worker-retry-max", env = "WORKER_RETRY_MAX", default_value = "10m", value_parser = parse_duration, global = true)]
+    /// The retry schedule's second: retry n waits n^4 + 15 + rand(0..=30)*(n+1)
+    /// of these (asynq's schedule; about 4.5 hours over 10 retries at 1s).
+    /// Smaller values compress the schedule, for tests.
+    #[arg(id = "worker_retry_unit", value_name = "WORKER_RETRY_UNIT", long = "worker-retry-unit", env = "WORKER_RETRY_UNIT", default_value = "1s", value_parser = parse_duration, global = true)]
+    pub retry_unit: Duration,
+    /// Longest single retry delay.
+    #[arg(id = "worker_retry_max", value_name = "WORKER_RETRY_MAX", long = "worker-retry-max", env = "WORKER_RETRY_MAX", default_value = "24h", value_parser = parse_duration, global = true)]
     pub retry_max: Duration,
     /// How long running tasks may take to finish at shutdown before they are handed back.
     #[arg(id = "worker_shutdown_grace", value_name = "WORKER_SHUTDOWN_GRACE", long = "worker-shutdown-grace", env = "WORKER_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration, global = true)]

@@ -34,6 +34,18 @@ pub enum MailError {
     Io(#[from] std::io::Error),
 }
 
+impl MailError {
+    /// Whether sending again cannot help: the server refused for good (a 5xx
+    /// reply, such as an unknown mailbox) or the message cannot be built.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::Smtp(e) => e.is_permanent(),
+            Self::Message(_) | Self::Address(_) => true,
+            Self::Config(_) | Self::Io(_) => false,
+        }
+    }
+}
+
 /// Where messages go.
 #[derive(Clone)]
 pub enum Transport {

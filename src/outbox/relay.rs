@@ -11,7 +11,7 @@
 //! There is no high-water mark: ids are assigned at insert but commit out of
 //! order, so every undispatched row is a candidate on every claim.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sqlx::{PgPool, postgres::PgListener};
 use tokio::sync::Notify;
@@ -147,10 +147,11 @@ impl Relay {
         Ok(total)
     }
 
-    /// Deletes dispatched rows older than the retention, in small batches.
-    pub async fn cleanup(&self) -> Result<u64, RelayError> {
+    /// Deletes dispatched rows older than the retention, in small batches,
+    /// until none is left or `shutdown`.
+    pub async fn cleanup(&self, shutdown: &CancellationToken) -> Result<u64, RelayError> {
         let mut total = 0;
-        loop {
+        while !shutdown.is_cancelled() {
             let done = sqlx::query_file!(
                 "sql/outbox/delete_dispatched_before.sql",
                 self.cfg.outbox_retention.as_secs_f64(),
@@ -161,7 +162,27 @@ impl Relay {
             .rows_affected();
             total += done;
             if done < u64::from(self.cfg.outbox_cleanup_batch) {
-                return Ok(total);
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Runs [`Relay::cleanup`] every `CLEANUP_EVERY` until `shutdown`. A loop
+    /// of its own: a cleanup of millions of rows takes minutes, and
+    /// forwarding must not wait for it.
+    async fn cleanup_loop(self, shutdown: CancellationToken) {
+        loop {
+            match self.cleanup(&shutdown).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(deleted = n, "deleted dispatched outbox rows past retention")
+                }
+                Err(e) => tracing::warn!(error = %e, "outbox cleanup failed; trying again later"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(CLEANUP_EVERY) => {}
             }
         }
     }
@@ -172,6 +193,7 @@ impl Relay {
     pub async fn run(self, waker: RelayWaker, listen_url: String, shutdown: CancellationToken) {
         tracing::info!("start outbox relay");
         let notified = std::sync::Arc::new(Notify::new());
+        let cleanup = tokio::spawn(self.clone().cleanup_loop(shutdown.clone()));
         let listener = tokio::spawn(listen(
             listen_url,
             waker.origin.clone(),
@@ -185,7 +207,6 @@ impl Relay {
             Duration::from_millis(50),
             self.cfg.max_backoff,
         );
-        let mut last_cleanup: Option<Instant> = None;
         loop {
             match self.drain(&shutdown).await {
                 Ok(n) => {
@@ -201,16 +222,6 @@ impl Relay {
                     break;
                 }
             }
-            if last_cleanup.is_none_or(|t| t.elapsed() >= CLEANUP_EVERY) {
-                last_cleanup = Some(Instant::now());
-                match self.cleanup().await {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::info!(deleted = n, "deleted dispatched outbox rows past retention")
-                    }
-                    Err(e) => tracing::warn!(error = %e, "outbox cleanup failed"),
-                }
-            }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = waker.local.notified() => {}
@@ -218,7 +229,7 @@ impl Relay {
                 _ = tokio::time::sleep(self.cfg.poll_interval) => {}
             }
         }
-        let _ = listener.await;
+        let _ = tokio::join!(listener, cleanup);
         tracing::info!("outbox relay stopped");
     }
 }

@@ -43,8 +43,15 @@ impl RunningTasks {
             .insert((task.queue.clone(), task.id), task.delivery);
     }
 
+    /// Forgets `task`'s run, unless a later delivery of the same task came to
+    /// this process meanwhile (its lease expired and it was handed out again):
+    /// that run's lease must go on being extended.
     pub fn remove(&self, task: &Task) {
-        self.map().remove(&(task.queue.clone(), task.id));
+        let mut map = self.map();
+        let key = (task.queue.clone(), task.id);
+        if map.get(&key) == Some(&task.delivery) {
+            map.remove(&key);
+        }
     }
 
     /// A snapshot, grouped by queue.
@@ -181,4 +188,40 @@ pub(super) async fn listen_for_wakeups(
         }
     }
     let _ = subscriber.unsubscribe_all().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn run(id: i64, delivery: u64) -> Task {
+        Task {
+            id,
+            kind: "k".into(),
+            queue: "default".into(),
+            payload: "{}".into(),
+            attempt: 1,
+            max_retry: 0,
+            timeout: Duration::from_secs(1),
+            delivery: Delivery(delivery),
+        }
+    }
+
+    #[test]
+    fn an_earlier_run_finishing_keeps_the_later_delivery_leased() {
+        let running = RunningTasks::default();
+        running.insert(&run(7, 1));
+        // The lease of delivery 1 expired; the task came back to this process.
+        running.insert(&run(7, 2));
+        running.remove(&run(7, 1));
+        assert_eq!(
+            running.by_queue()["default"],
+            [(7, Delivery(2))],
+            "delivery 2 still has its lease extended"
+        );
+        running.remove(&run(7, 2));
+        assert!(running.by_queue().is_empty());
+    }
 }

@@ -15,11 +15,13 @@ pub mod broker;
 pub mod connection;
 pub mod handler;
 mod maintenance;
+pub mod retry;
 pub mod server;
 pub mod task;
 
 pub use broker::{AckOutcome, Broker, FailOutcome, Forwarded, QueueStats, RequeueOutcome};
 pub use handler::{Handler, HandlerRegistry, Processed, handler_fn};
+pub use retry::RetryPolicy;
 pub use server::{WorkerServer, WorkerSettings};
 pub use task::{Delivery, Task, TaskInfo, TaskMessage, TaskState};
 

@@ -24,7 +24,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
 use super::{
-    AckOutcome, Broker, FailOutcome, QueueError, RequeueOutcome, TaskError,
+    AckOutcome, Broker, FailOutcome, QueueError, RequeueOutcome, RetryPolicy, TaskError,
     ack::Acker,
     handler::{HandlerRegistry, Processed, run_handler},
     maintenance::{self, RunningTasks, SAFETY_POLL},
@@ -40,8 +40,7 @@ pub struct WorkerSettings {
     pub queues: Vec<(String, u32)>,
     pub strict_priority: bool,
     pub lease: Duration,
-    pub retry_base: Duration,
-    pub retry_max: Duration,
+    pub retry: RetryPolicy,
     pub shutdown_grace: Duration,
     pub done_retention: Duration,
 }
@@ -53,23 +52,13 @@ impl From<&WorkerConfig> for WorkerSettings {
             queues: c.queues.by_priority(),
             strict_priority: c.strict_priority,
             lease: c.lease,
-            retry_base: c.retry_base,
-            retry_max: c.retry_max,
+            retry: RetryPolicy {
+                unit: c.retry_unit,
+                max: c.retry_max,
+            },
             shutdown_grace: c.shutdown_grace,
             done_retention: c.done_retention,
         }
-    }
-}
-
-impl WorkerSettings {
-    /// Delay before retry number `retried + 1`: exponential, capped, with jitter
-    /// (between half and all of it) so that failed tasks do not return in step.
-    pub fn retry_delay(&self, retried: u32) -> Duration {
-        let exp = self
-            .retry_base
-            .saturating_mul(2u32.saturating_pow(retried.min(30)));
-        let capped = exp.min(self.retry_max);
-        capped.mul_f64(rand::rng().random_range(0.5..=1.0))
     }
 }
 
@@ -201,19 +190,22 @@ impl Inner {
             while let Ok(p) = slots.clone().try_acquire_owned() {
                 permits.push(p);
             }
-            let tasks = match self.dequeue(permits.len()).await {
-                Ok(tasks) => {
-                    outage.up();
-                    tasks
-                }
-                Err(e) => {
+            let (tasks, failed) = self.dequeue(permits.len()).await;
+            match failed {
+                None => outage.up(),
+                // Nothing taken: wait before asking again.
+                Some(e) if tasks.is_empty() => {
                     drop(permits);
                     if outage.pause("redis", &e, &shutdown).await {
                         continue;
                     }
                     return;
                 }
-            };
+                // Some queue failed, others gave tasks: run those now.
+                Some(e) => {
+                    outage.down("redis", &e);
+                }
+            }
             // Fewer tasks than free slots: the queues are empty now, so wait
             // for a wake-up (an enqueue publishes one) instead of asking again.
             let drained = tasks.len() < permits.len();
@@ -237,12 +229,17 @@ impl Inner {
     /// Takes up to `n` tasks: by weight (each slot goes to a queue drawn in
     /// proportion to its weight, so a light queue never starves) or in strict
     /// priority order. Slots a short queue could not fill go to the others.
-    async fn dequeue(&self, n: usize) -> Result<Vec<Task>, QueueError> {
+    ///
+    /// A queue whose dequeue fails is skipped, and its error returned beside
+    /// the tasks the others gave: those were taken under a lease, and
+    /// dropping them would strand them until the lease expired.
+    async fn dequeue(&self, n: usize) -> (Vec<Task>, Option<QueueError>) {
         let queues = &self.settings.queues;
         let lease = self.settings.lease;
         let mut tasks = Vec::with_capacity(n);
-        // Queues that came back short from the weighted draw: they are empty,
-        // and asking them again costs a round trip.
+        let mut failed = None;
+        // Queues that came back short from the weighted draw (or failed):
+        // they are empty, and asking them again costs a round trip.
         let mut emptied = vec![false; queues.len()];
         if !self.settings.strict_priority && queues.len() > 1 {
             let counts = weighted_draw(queues, n);
@@ -252,13 +249,21 @@ impl Inner {
                 .filter(|(_, c)| **c > 0)
                 .map(|((q, _), c)| self.broker.dequeue(q, *c, lease));
             let drawn = counts.iter().enumerate().filter(|(_, c)| **c > 0);
-            for (got, (i, want)) in futures::future::try_join_all(draws)
-                .await?
+            for (got, (i, want)) in futures::future::join_all(draws)
+                .await
                 .into_iter()
                 .zip(drawn)
             {
-                emptied[i] = got.len() < *want;
-                tasks.extend(got);
+                match got {
+                    Ok(got) => {
+                        emptied[i] = got.len() < *want;
+                        tasks.extend(got);
+                    }
+                    Err(e) => {
+                        emptied[i] = true;
+                        failed = Some(e);
+                    }
+                }
             }
         }
         // Strict priority, and the slots the weighted draw left: the queues in
@@ -268,10 +273,13 @@ impl Inner {
                 break;
             }
             if !emptied {
-                tasks.extend(self.broker.dequeue(queue, n - tasks.len(), lease).await?);
+                match self.broker.dequeue(queue, n - tasks.len(), lease).await {
+                    Ok(got) => tasks.extend(got),
+                    Err(e) => failed = Some(e),
+                }
             }
         }
-        Ok(tasks)
+        (tasks, failed)
     }
 
     async fn run_task(
@@ -328,7 +336,7 @@ impl Inner {
             }
             Outcome::Failed(error) => {
                 let skip = matches!(error, TaskError::SkipRetry(_));
-                let delay = self.settings.retry_delay(task.attempt - 1);
+                let delay = self.settings.retry.delay(task.attempt - 1);
                 match self
                     .broker
                     .fail(task, &error.to_string(), delay, skip)
@@ -378,33 +386,6 @@ fn weighted_draw(queues: &[(String, u32)], n: usize) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_delay_grows_and_is_capped() {
-        let s = WorkerSettings {
-            concurrency: 1,
-            queues: vec![],
-            strict_priority: false,
-            lease: Duration::from_secs(30),
-            retry_base: Duration::from_secs(1),
-            retry_max: Duration::from_secs(60),
-            shutdown_grace: Duration::ZERO,
-            done_retention: Duration::ZERO,
-        };
-        for _ in 0..100 {
-            let d0 = s.retry_delay(0);
-            assert!(
-                d0 >= Duration::from_millis(500) && d0 <= Duration::from_secs(1),
-                "{d0:?}"
-            );
-            let d3 = s.retry_delay(3);
-            assert!(
-                d3 >= Duration::from_secs(4) && d3 <= Duration::from_secs(8),
-                "{d3:?}"
-            );
-            assert!(s.retry_delay(40) <= Duration::from_secs(60));
-        }
-    }
 
     #[test]
     fn the_weighted_draw_hands_out_every_slot_in_proportion() {

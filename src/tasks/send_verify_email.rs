@@ -78,7 +78,14 @@ impl SendVerifyEmail {
                 html_escape(&link)
             ),
         };
-        let delivered = self.mailer.send(&email).await?;
+        let delivered = self.mailer.send(&email).await.map_err(|e| {
+            if e.is_permanent() {
+                // Ten more refusals over four hours would change nothing.
+                TaskError::skip_retry(e)
+            } else {
+                TaskError::from(e)
+            }
+        })?;
         let processed = Processed::default().with("email", code.email);
         Ok(match delivered {
             Delivered::Smtp => processed,

@@ -62,6 +62,14 @@ pub const RELAY_AND_WORKER: Components = Components {
     worker: true,
 };
 
+/// The configuration as a process started with no settings would see it
+/// (besides DATABASE_URL and REDIS_URL, which `make test` exports).
+pub fn default_config() -> Config {
+    TestCli::try_parse_from(["test"])
+        .expect("default config")
+        .config
+}
+
 /// A test's own database (migrated) and Redis key prefix, and a config aimed at them.
 pub struct TestEnv {
     pub cfg: Config,
@@ -84,9 +92,7 @@ impl TestEnv {
         admin.close().await.unwrap();
         let db_url = format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0);
 
-        let mut cfg = TestCli::try_parse_from(["test"])
-            .expect("default config")
-            .config;
+        let mut cfg = default_config();
         cfg.db.url = Some(db_url.clone());
         cfg.db.max_connections = 8;
         cfg.redis.url = base_url("REDIS_URL");
@@ -97,7 +103,8 @@ impl TestEnv {
         cfg.signup.argon2_memory_kib = 64;
         cfg.signup.argon2_iterations = 1;
         cfg.signup.verify_email_process_in = Duration::ZERO;
-        cfg.worker.retry_base = Duration::from_millis(50);
+        // The retry schedule in milliseconds instead of seconds: 15 ms, 46 ms, ...
+        cfg.worker.retry_unit = Duration::from_millis(1);
         cfg.worker.retry_max = Duration::from_millis(500);
         cfg.worker.shutdown_grace = Duration::from_millis(500);
         cfg.mail.dir = std::env::temp_dir().join(format!("{name}-mail"));
@@ -320,7 +327,9 @@ impl Drop for RedisProcess {
     }
 }
 
-/// A real SMTP server (aiosmtpd) writing what it receives into a Maildir.
+/// A real SMTP server (aiosmtpd) writing what it receives into a Maildir, and
+/// refusing recipients whose local part starts with "refused"
+/// (tests/support/smtp_sink.py).
 pub struct SmtpProcess {
     pub port: u16,
     pub maildir: PathBuf,
@@ -332,7 +341,9 @@ impl SmtpProcess {
         let maildir =
             std::env::temp_dir().join(format!("sbtest-smtp-{}", uuid::Uuid::new_v4().simple()));
         let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".dev/venv/bin/python");
+        let support = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support");
         let child = Command::new(python)
+            .env("PYTHONPATH", support)
             .args([
                 "-m",
                 "aiosmtpd",
@@ -340,7 +351,7 @@ impl SmtpProcess {
                 "-l",
                 &format!("127.0.0.1:{port}"),
                 "-c",
-                "aiosmtpd.handlers.Mailbox",
+                "smtp_sink.RefusingMailbox",
             ])
             .arg(&maildir)
             .stdout(Stdio::null())
@@ -395,10 +406,12 @@ pub async fn redis_client(url: &str) -> fred::clients::Client {
 /// A TCP link to a real server that a test can cut and restore. Cut, the
 /// client sees what it sees when the server goes away: open connections end
 /// and new ones are refused. The server itself keeps running, with the test's
-/// data, for the test to inspect.
+/// data, for the test to inspect. While replies are swallowed, requests reach
+/// the server and its answers are dropped: a reply lost on the way back.
 pub struct CuttableLink {
     pub port: u16,
     target: std::net::SocketAddr,
+    swallow: std::sync::Arc<std::sync::atomic::AtomicBool>,
     up: Option<(
         tokio_util::sync::CancellationToken,
         tokio::task::JoinHandle<()>,
@@ -410,6 +423,7 @@ impl CuttableLink {
         let mut link = Self {
             port: free_port(),
             target,
+            swallow: Default::default(),
             up: None,
         };
         link.restore().await;
@@ -424,28 +438,45 @@ impl CuttableLink {
         url.into()
     }
 
+    /// The Redis URL of this link.
+    pub fn redis_url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// From now until the next [`CuttableLink::restore`], the server's answers
+    /// are dropped on the way back.
+    pub fn swallow_replies(&self) {
+        self.swallow
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     pub async fn restore(&mut self) {
         assert!(self.up.is_none(), "already up");
+        self.swallow
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
             .await
             .expect("rebind the link's port");
         let stop = tokio_util::sync::CancellationToken::new();
-        let (target, token) = (self.target, stop.clone());
+        let (target, token, swallow) = (self.target, stop.clone(), self.swallow.clone());
         let accept = tokio::spawn(async move {
             let pipes = tokio_util::task::TaskTracker::new();
             loop {
-                let (mut client, _) = tokio::select! {
+                let (client, _) = tokio::select! {
                     _ = token.cancelled() => break,
                     accepted = listener.accept() => accepted.unwrap(),
                 };
-                let token = token.clone();
+                let (token, swallow) = (token.clone(), swallow.clone());
                 pipes.spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                    let Ok(server) = tokio::net::TcpStream::connect(target).await else {
                         return;
                     };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
                     tokio::select! {
                         _ = token.cancelled() => {}
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = pipe(client_read, server_write, None) => {}
+                        _ = pipe(server_read, client_write, Some(swallow)) => {}
                     }
                 });
             }
@@ -463,11 +494,46 @@ impl CuttableLink {
     }
 }
 
+/// Copies `from` to `to` until either end closes; drops what it reads while
+/// `swallow` is set.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    swallow: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if swallow
+            .as_ref()
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+        {
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Host and port of a Postgres URL, resolved.
 pub fn postgres_addr(url: &str) -> std::net::SocketAddr {
+    url_addr(url, 5432)
+}
+
+/// Host and port of a Redis URL, resolved.
+pub fn redis_addr(url: &str) -> std::net::SocketAddr {
+    url_addr(url, 6379)
+}
+
+fn url_addr(url: &str, default_port: u16) -> std::net::SocketAddr {
     use std::net::ToSocketAddrs;
     let url = url::Url::parse(url).unwrap();
-    (url.host_str().unwrap(), url.port().unwrap_or(5432))
+    (url.host_str().unwrap(), url.port().unwrap_or(default_port))
         .to_socket_addrs()
         .unwrap()
         .next()

@@ -4,6 +4,7 @@
 mod common;
 
 mod api;
+mod guarantees;
 mod lifecycle;
 mod queue;
 mod relay;

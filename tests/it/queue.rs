@@ -212,8 +212,8 @@ async fn failures_retry_with_backoff_then_archive_with_the_error() {
         }),
     );
     let worker = start_worker(&env, registry, |s| {
-        s.retry_base = Duration::from_millis(100);
-        s.retry_max = Duration::from_secs(1);
+        s.retry.unit = Duration::from_millis(5);
+        s.retry.max = Duration::from_secs(1);
     });
     let q = env.queue();
     let mut m = msg(9, "flaky", "default");
@@ -228,9 +228,9 @@ async fn failures_retry_with_backoff_then_archive_with_the_error() {
     let calls = calls.lock().unwrap();
     let attempts: Vec<_> = calls.iter().map(|c| c.0).collect();
     assert_eq!(attempts, [1, 2, 3]);
-    // Backoff: at least half the base, then half of twice the base.
-    assert!(calls[1].1 - calls[0].1 >= Duration::from_millis(50));
-    assert!(calls[2].1 - calls[1].1 >= Duration::from_millis(100));
+    // The schedule: retry 0 waits at least 15 units, retry 1 at least 16.
+    assert!(calls[1].1 - calls[0].1 >= Duration::from_millis(75));
+    assert!(calls[2].1 - calls[1].1 >= Duration::from_millis(80));
 }
 
 #[tokio::test]

@@ -403,9 +403,43 @@ async fn dispatched_rows_past_retention_are_deleted() {
         .execute(&env.pool)
         .await
         .unwrap();
-    assert_eq!(relay.cleanup().await.unwrap(), 20);
+    assert_eq!(relay.cleanup(&CancellationToken::new()).await.unwrap(), 20);
     assert_eq!(env.count("SELECT count(*) FROM outbox").await, 25);
     assert_eq!(undispatched(&env).await, 5);
+}
+
+#[tokio::test]
+async fn a_long_cleanup_does_not_hold_up_forwarding() {
+    let mut env = TestEnv::new().await;
+    // A history of 100,000 rows past retention, deleted one per statement:
+    // a cleanup that takes many seconds.
+    env.cfg.relay.outbox_cleanup_batch = 1;
+    sqlx::query(
+        "INSERT INTO outbox (kind, queue, payload, max_retry, timeout_ms, dispatched_at)
+         SELECT 'noop', 'default', '{}', 3, 1000, now() - interval '2 days'
+         FROM generate_series(1, 100000)",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let old =
+        || env.count("SELECT count(*) FROM outbox WHERE dispatched_at < now() - interval '1 day'");
+    let app = env.start(RELAY_ONLY).await;
+    eventually(Duration::from_secs(10), "the cleanup under way", || async {
+        (old().await < 100_000).then_some(())
+    })
+    .await;
+    insert_rows(&env, 1).await;
+    app.wake_relay();
+    eventually(Duration::from_secs(5), "the new row forwarded", || async {
+        (undispatched(&env).await == 0).then_some(())
+    })
+    .await;
+    assert!(
+        old().await > 0,
+        "forwarded while the cleanup was still running"
+    );
+    app.stop().await;
 }
 
 #[tokio::test]

@@ -188,6 +188,28 @@ async fn smtp_down_then_up_the_email_arrives_after_a_retry() {
 }
 
 #[tokio::test]
+async fn a_refused_recipient_is_archived_at_once_with_the_reason() {
+    let mut env = TestEnv::new().await;
+    let smtp = SmtpProcess::on_port(free_port());
+    env.cfg.mail.smtp_url = Some(smtp.url());
+    let app = env.start(Components::ALL).await;
+    // The test SMTP server answers 550 for this mailbox.
+    assert_eq!(
+        app.post_json("/v1/create_user", user_json("refused_ann"))
+            .await
+            .0,
+        200
+    );
+    let id = env.only_outbox_id().await;
+    let info = wait_state(&env.queue(), "critical", id, TaskState::Archived).await;
+    assert_eq!(info.retried, 0, "a permanent refusal is not retried");
+    let error = info.last_error.unwrap();
+    assert!(error.contains("550"), "{error}");
+    assert!(smtp.messages().is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_task_for_a_missing_user_is_archived_without_retries() {
     let env = TestEnv::new().await;
     sqlx::query(

@@ -12,6 +12,7 @@
 //! | `<prefix>:{q}:scheduled`     | zset   | ids waiting for their process_at (ms)               |
 //! | `<prefix>:{q}:retry`         | zset   | ids waiting for their next attempt (ms)             |
 //! | `<prefix>:{q}:archived`      | zset   | ids that will not run again, scored by when (ms)    |
+//! | `<prefix>:{q}:deliveries`    | string | counter numbering every hand-out; never goes back  |
 //! | `<prefix>:{q}:wake` (channel)| pubsub | published when ids become pending or due times change |
 //!
 //! The task id is the outbox row id. A completed task's hash is kept (without
@@ -27,6 +28,7 @@ pub struct QueueKeys {
     pub scheduled: String,
     pub retry: String,
     pub archived: String,
+    pub deliveries: String,
     pub wake_channel: String,
 }
 
@@ -41,6 +43,7 @@ impl QueueKeys {
             scheduled: format!("{base}scheduled"),
             retry: format!("{base}retry"),
             archived: format!("{base}archived"),
+            deliveries: format!("{base}deliveries"),
             wake_channel: format!("{base}wake"),
         }
     }
@@ -63,6 +66,7 @@ mod tests {
             &k.scheduled,
             &k.retry,
             &k.archived,
+            &k.deliveries,
             &k.task(7),
         ] {
             assert!(key.starts_with("sb:{critical}:"), "{key}");

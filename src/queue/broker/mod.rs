@@ -8,7 +8,14 @@
 //! methods and nothing below them.
 //!
 //! Scripts run by hash (EVALSHA) and are loaded again after a Redis restart
-//! forgot them.
+//! forgot them. The Redis client re-sends a command whose connection dropped
+//! before the reply came; that is right for a script that is the same run
+//! twice (enqueue by id, extend, forward) and wrong for one that is not (a
+//! second dequeue takes other tasks and strands the first ones until their
+//! lease expires; a second hand-back would push the id twice). Those are sent
+//! once ([`Replay::Never`]): a lost reply is an error, the lease expiring
+//! settles the task, and the scripts also refuse a run that is no longer
+//! active, so a repeat changes nothing.
 
 pub mod keys;
 mod reads;
@@ -17,7 +24,11 @@ mod reply;
 use std::{collections::HashMap, sync::Arc, sync::LazyLock, time::Duration};
 
 use chrono::{DateTime, Utc};
-use fred::{clients::Pool, prelude::*, types::Value, types::scripts::Script};
+use fred::{
+    clients::Pool,
+    prelude::*,
+    types::{ClusterHash, CustomCommand, Value, config::Options, scripts::Script},
+};
 use futures::future::try_join_all;
 
 use self::{keys::QueueKeys, reply::Reply};
@@ -28,17 +39,29 @@ use super::{
 
 pub use reads::QueueStats;
 
+/// Whether a script may be sent again when its connection dropped before
+/// the reply came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replay {
+    /// Running it twice is the same as running it once.
+    Safe,
+    /// Sent once; a lost reply is an error for the caller.
+    Never,
+}
+
 /// A Lua script and the name its errors carry.
 struct Lua {
     name: &'static str,
     script: Script,
+    replay: Replay,
 }
 
 impl Lua {
-    fn new(name: &'static str, source: &'static str) -> Self {
+    fn new(name: &'static str, source: &'static str, replay: Replay) -> Self {
         Self {
             name,
             script: Script::from_lua(source),
+            replay,
         }
     }
 }
@@ -54,13 +77,28 @@ struct Scripts {
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    enqueue: Lua::new("enqueue", include_str!("scripts/enqueue.lua")),
-    dequeue: Lua::new("dequeue", include_str!("scripts/dequeue.lua")),
-    complete: Lua::new("complete", include_str!("scripts/complete.lua")),
-    fail: Lua::new("fail", include_str!("scripts/fail.lua")),
-    requeue: Lua::new("requeue", include_str!("scripts/requeue.lua")),
-    extend: Lua::new("extend", include_str!("scripts/extend.lua")),
-    forward: Lua::new("forward", include_str!("scripts/forward.lua")),
+    // Idempotent by task id.
+    enqueue: Lua::new("enqueue", include_str!("scripts/enqueue.lua"), Replay::Safe),
+    dequeue: Lua::new(
+        "dequeue",
+        include_str!("scripts/dequeue.lua"),
+        Replay::Never,
+    ),
+    complete: Lua::new(
+        "complete",
+        include_str!("scripts/complete.lua"),
+        Replay::Never,
+    ),
+    fail: Lua::new("fail", include_str!("scripts/fail.lua"), Replay::Never),
+    requeue: Lua::new(
+        "requeue",
+        include_str!("scripts/requeue.lua"),
+        Replay::Never,
+    ),
+    // Sets a deadline: the same either way.
+    extend: Lua::new("extend", include_str!("scripts/extend.lua"), Replay::Safe),
+    // A second pass moves what is due by then, as the next pass would.
+    forward: Lua::new("forward", include_str!("scripts/forward.lua"), Replay::Safe),
 });
 
 /// What became of an acknowledgement.
@@ -139,10 +177,48 @@ impl Broker {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<Value, QueueError> {
-        Ok(lua
-            .script
-            .evalsha_with_reload(self.pool.next(), keys, args)
-            .await?)
+        let client = self.pool.next();
+        match self.evalsha(client, lua, &keys, &args).await {
+            // NOSCRIPT means it did not run: load it and send it again.
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                lua.script.load(client).await?;
+                Ok(self.evalsha(client, lua, &keys, &args).await?)
+            }
+            result => Ok(result?),
+        }
+    }
+
+    async fn evalsha(
+        &self,
+        client: &Client,
+        lua: &Lua,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<Value, fred::error::Error> {
+        match lua.replay {
+            Replay::Safe => {
+                lua.script
+                    .evalsha(client, keys.to_vec(), args.to_vec())
+                    .await
+            }
+            Replay::Never => {
+                let once = client.with_options(&Options {
+                    max_attempts: Some(1),
+                    // EVALSHA sha numkeys key...: route by the first key.
+                    cluster_hash: Some(ClusterHash::Offset(2)),
+                    ..Options::default()
+                });
+                let mut call: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
+                call.push(lua.script.sha1().clone().into());
+                call.push(Value::Integer(keys.len() as i64));
+                call.extend(keys.iter().chain(args).map(|v| Value::from(v.as_str())));
+                once.custom(
+                    CustomCommand::new_static("EVALSHA", ClusterHash::Offset(2), false),
+                    call,
+                )
+                .await
+            }
+        }
     }
 
     /// Enqueues `tasks`, one script call per queue, all in one round trip (the
@@ -208,7 +284,7 @@ impl Broker {
         let reply = self
             .run(
                 lua,
-                vec![keys.task_prefix, keys.pending, keys.active],
+                vec![keys.task_prefix, keys.pending, keys.active, keys.deliveries],
                 vec![n.to_string(), lease.as_millis().to_string()],
             )
             .await?;
@@ -355,6 +431,7 @@ impl Broker {
                     k.retry,
                     k.active,
                     k.archived,
+                    k.deliveries,
                 ],
                 vec![k.wake_channel, limit.to_string()],
             )

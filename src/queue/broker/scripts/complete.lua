@@ -3,14 +3,16 @@
 -- re-forwarding after a crash) stays a no-op.
 -- KEYS[1] task key prefix, KEYS[2] active
 -- ARGV[1] retention_ms (0: delete at once), then 2 per task: id, delivery
--- Returns one flag per task: 1, or 0 when the lease was lost (the task was
--- handed to someone else, who will acknowledge it).
+-- Returns one flag per task: 1, or 0 when this delivery no longer holds an
+-- active run: the lease was lost (another worker has the task and will settle
+-- it), or the run was settled already.
 local retention = tonumber(ARGV[1])
 local flags = {}
 for i = 2, #ARGV, 2 do
   local id = ARGV[i]
   local key = KEYS[1] .. id
-  if redis.call('HGET', key, 'deliveries') ~= ARGV[i + 1] then
+  local f = redis.call('HMGET', key, 'deliveries', 'state')
+  if f[1] ~= ARGV[i + 1] or f[2] ~= 'active' then
     table.insert(flags, 0)
   else
     redis.call('ZREM', KEYS[2], id)

@@ -1,9 +1,14 @@
 -- Take up to N pending tasks, each under a lease.
--- KEYS[1] task key prefix, KEYS[2] pending, KEYS[3] active
+-- KEYS[1] task key prefix, KEYS[2] pending, KEYS[3] active, KEYS[4] delivery counter
 -- ARGV[1] count, ARGV[2] lease_ms
 -- Returns a flat list, 7 per task: id, kind, payload, retried, max_retry, timeout_ms, delivery.
 -- `delivery` numbers this hand-out of the task: acks, retries and lease extensions
--- quote it, so a worker whose lease expired cannot touch the task a later worker holds.
+-- quote it, so a worker whose lease expired cannot touch the task a later worker
+-- holds. It comes from a counter of the queue that never goes back, not from the
+-- task's hash: a task id enqueued again after its hash expired must not hand out
+-- a number an earlier run's worker may still hold.
+--
+-- Not safe to replay: a second run takes other tasks. The broker sends it once.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local deadline = now + tonumber(ARGV[2])
@@ -14,8 +19,8 @@ for _ = 1, tonumber(ARGV[1]) do
   local key = KEYS[1] .. id
   local f = redis.call('HMGET', key, 'kind', 'payload', 'retried', 'max_retry', 'timeout_ms')
   if f[1] then
-    local delivery = redis.call('HINCRBY', key, 'deliveries', 1)
-    redis.call('HSET', key, 'state', 'active')
+    local delivery = redis.call('INCR', KEYS[4])
+    redis.call('HSET', key, 'deliveries', delivery, 'state', 'active')
     redis.call('ZADD', KEYS[3], deadline, id)
     table.insert(out, id)
     for j = 1, 5 do table.insert(out, f[j]) end

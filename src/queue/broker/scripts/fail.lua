@@ -2,14 +2,15 @@
 -- the handler said so).
 -- KEYS[1] task key, KEYS[2] active, KEYS[3] retry, KEYS[4] archived
 -- ARGV[1] id, ARGV[2] delivery, ARGV[3] error, ARGV[4] retry delay ms, ARGV[5] archive now (1/0), ARGV[6] wake channel
--- Returns {'retry', due_ms}, {'archived', archived_at_ms}, or {'lost'} when the
--- lease was lost.
-if redis.call('HGET', KEYS[1], 'deliveries') ~= ARGV[2] then return {'lost'} end
+-- Returns {'retry', due_ms}, {'archived', archived_at_ms}, or {'lost'} when this
+-- delivery no longer holds an active run (the lease was lost, or the run was
+-- settled already: a second call must not count a second retry).
+local f = redis.call('HMGET', KEYS[1], 'deliveries', 'state', 'retried', 'max_retry')
+if f[1] ~= ARGV[2] or f[2] ~= 'active' then return {'lost'} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREM', KEYS[2], ARGV[1])
-local f = redis.call('HMGET', KEYS[1], 'retried', 'max_retry')
-local retried, max_retry = tonumber(f[1]), tonumber(f[2])
+local retried, max_retry = tonumber(f[3]), tonumber(f[4])
 redis.call('HSET', KEYS[1], 'last_error', ARGV[3], 'last_failed_at', now)
 if ARGV[5] == '1' or retried >= max_retry then
   redis.call('HSET', KEYS[1], 'state', 'archived')

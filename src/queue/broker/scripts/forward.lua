@@ -1,7 +1,7 @@
 -- Move due scheduled and retry tasks to pending, and recover tasks whose lease
 -- expired (their worker died): such a run counts as a failed attempt.
 -- KEYS[1] task key prefix, KEYS[2] pending, KEYS[3] scheduled, KEYS[4] retry,
--- KEYS[5] active, KEYS[6] archived
+-- KEYS[5] active, KEYS[6] archived, KEYS[7] delivery counter
 -- ARGV[1] wake channel, ARGV[2] most tasks moved per set per call
 -- Returns {moved to pending, recovered leases, ms until the next due task}; the
 -- last is nil (false) when nothing is scheduled, waiting to retry or leased.
@@ -23,7 +23,7 @@ for _, id in ipairs(expired) do
   local key = KEYS[1] .. id
   redis.call('ZREM', KEYS[5], id)
   -- A new delivery number fences off the worker that lost the lease.
-  redis.call('HINCRBY', key, 'deliveries', 1)
+  redis.call('HSET', key, 'deliveries', redis.call('INCR', KEYS[7]))
   local f = redis.call('HMGET', key, 'retried', 'max_retry')
   local retried, max_retry = tonumber(f[1]), tonumber(f[2])
   redis.call('HSET', key, 'last_error', 'lease expired: the worker running the task stopped', 'last_failed_at', now)
