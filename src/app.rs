@@ -14,7 +14,7 @@ use crate::{
     mail::Mailer,
     outbox::{relay::Relay, wake::RelayWaker},
     queue::{self, Broker, WorkerServer, WorkerSettings},
-    tasks,
+    tasks::{self, ledger::PgLedger},
     users::password::PasswordHasher,
 };
 
@@ -74,6 +74,16 @@ pub struct RunningApp {
 
 /// Starts `components`. `serve` migrates first, so a fresh database just works.
 pub async fn start(cfg: &Config, components: Components) -> anyhow::Result<RunningApp> {
+    // Checked before anything starts: a worker that would cut sends short
+    // must not run at all.
+    let mailer = match components.worker {
+        true => {
+            let mailer = Mailer::from_config(&cfg.mail)?;
+            check_worker_times(cfg, tasks::effect_budget(&mailer))?;
+            Some(mailer)
+        }
+        false => None,
+    };
     let clients = Clients::new(cfg)?;
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -127,15 +137,23 @@ pub async fn start(cfg: &Config, components: Components) -> anyhow::Result<Runni
     }
 
     if components.worker {
-        let mailer = Mailer::from_config(&cfg.mail)?;
-        let registry = tasks::registry(clients.pool.clone(), mailer, cfg.mail.app_base_url.clone());
+        let mailer = mailer.expect("built above for every worker");
+        // A pool of its own: however busy the API keeps the shared one, a
+        // completed run's ledger record does not queue behind sign-ups.
+        let pool = db::pool(
+            &cfg.db,
+            cfg.database_url()?,
+            (cfg.worker.concurrency as u32).clamp(1, WORKER_POOL_MAX),
+        )?;
+        let registry = tasks::registry(pool.clone(), mailer, cfg.mail.app_base_url.clone());
         let subscriber = queue::connection::subscriber(&cfg.redis)?;
         let server = WorkerServer::new(
             clients.queue.clone(),
             subscriber,
             WorkerSettings::from(&cfg.worker),
             registry,
-        );
+        )
+        .with_ledger(PgLedger::new(pool));
         tracker.spawn(server.run(shutdown.clone()));
     }
 
@@ -148,6 +166,29 @@ pub async fn start(cfg: &Config, components: Components) -> anyhow::Result<Runni
         tracker,
         grace: cfg.http.shutdown_grace.max(cfg.worker.shutdown_grace) + Duration::from_secs(5),
     })
+}
+
+/// Most connections of the worker's own Postgres pool.
+const WORKER_POOL_MAX: u32 = 8;
+
+/// The worker's shutdown grace and lease against the longest effect of a
+/// run (`effect`: a send and its ledger record): a shutdown must not cut an
+/// effect short, and a run must find enough of its lease left to begin one.
+fn check_worker_times(cfg: &Config, effect: Duration) -> anyhow::Result<()> {
+    let w = &cfg.worker;
+    anyhow::ensure!(
+        w.shutdown_grace >= effect,
+        "WORKER_SHUTDOWN_GRACE ({}) must be at least {} (the longest send, SMTP_TIMEOUT, and its ledger record): a shutdown would cut sends short",
+        humantime::format_duration(w.shutdown_grace),
+        humantime::format_duration(effect),
+    );
+    anyhow::ensure!(
+        w.lease >= effect * 2,
+        "WORKER_LEASE ({}) must be at least {} (twice the longest send, SMTP_TIMEOUT, and its ledger record): runs would not find enough lease left to send",
+        humantime::format_duration(w.lease),
+        humantime::format_duration(effect * 2),
+    );
+    Ok(())
 }
 
 impl RunningApp {

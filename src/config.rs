@@ -249,8 +249,9 @@ pub struct WorkerConfig {
     /// Longest single retry delay.
     #[arg(id = "worker_retry_max", value_name = "WORKER_RETRY_MAX", long = "worker-retry-max", env = "WORKER_RETRY_MAX", default_value = "24h", value_parser = parse_duration, global = true)]
     pub retry_max: Duration,
-    /// How long running tasks may take to finish at shutdown before they are handed back.
-    #[arg(id = "worker_shutdown_grace", value_name = "WORKER_SHUTDOWN_GRACE", long = "worker-shutdown-grace", env = "WORKER_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration, global = true)]
+    /// How long running tasks may take to finish at shutdown before they are handed
+    /// back. At least SMTP_TIMEOUT + 2s: a send under way is never cut short.
+    #[arg(id = "worker_shutdown_grace", value_name = "WORKER_SHUTDOWN_GRACE", long = "worker-shutdown-grace", env = "WORKER_SHUTDOWN_GRACE", default_value = "15s", value_parser = parse_duration, global = true)]
     pub shutdown_grace: Duration,
     /// How long a completed task's id is remembered in Redis, so a repeated enqueue is a no-op.
     #[arg(id = "worker_done_retention", value_name = "WORKER_DONE_RETENTION", long = "worker-done-retention", env = "WORKER_DONE_RETENTION", default_value = "1h", value_parser = parse_duration, global = true)]

@@ -2,7 +2,7 @@
 //! otherwise writes each message as an `.eml` file into `MAIL_DIR`, so a fresh
 //! checkout works without a mail server and a person can open the message.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use lettre::{
     AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
@@ -32,6 +32,8 @@ pub enum MailError {
     Smtp(#[from] lettre::transport::smtp::Error),
     #[error("writing the mail file: {0}")]
     Io(#[from] std::io::Error),
+    #[error("smtp: no answer within {0:?}")]
+    TimedOut(Duration),
 }
 
 impl MailError {
@@ -41,7 +43,7 @@ impl MailError {
         match self {
             Self::Smtp(e) => e.is_permanent(),
             Self::Message(_) | Self::Address(_) => true,
-            Self::Config(_) | Self::Io(_) => false,
+            Self::Config(_) | Self::Io(_) | Self::TimedOut(_) => false,
         }
     }
 }
@@ -58,7 +60,12 @@ pub enum Transport {
 pub struct Mailer {
     from: Mailbox,
     transport: Transport,
+    /// The longest one send may take, start to end.
+    limit: Duration,
 }
+
+/// The longest a file mailer's send (write and sync one file) may take.
+const FILE_SEND_LIMIT: Duration = Duration::from_secs(2);
 
 /// Where a message went, for the log.
 #[derive(Debug, Clone)]
@@ -70,21 +77,40 @@ pub enum Delivered {
 impl Mailer {
     pub fn from_config(cfg: &MailConfig) -> Result<Self, MailError> {
         let from = Mailbox::new(Some(cfg.from_name.clone()), cfg.from_address.parse()?);
-        let transport = match &cfg.smtp_url {
-            Some(url) => Transport::Smtp(
-                AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
-                    .map_err(|e| MailError::Config(format!("SMTP_URL: {e}")))?
-                    .timeout(Some(cfg.smtp_timeout))
-                    .build(),
+        let (transport, limit) = match &cfg.smtp_url {
+            Some(url) => (
+                Transport::Smtp(
+                    AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+                        .map_err(|e| MailError::Config(format!("SMTP_URL: {e}")))?
+                        .timeout(Some(cfg.smtp_timeout))
+                        .build(),
+                ),
+                cfg.smtp_timeout,
             ),
-            None => Transport::File(cfg.dir.clone()),
+            None => (Transport::File(cfg.dir.clone()), FILE_SEND_LIMIT),
         };
-        Ok(Self { from, transport })
+        Ok(Self {
+            from,
+            transport,
+            limit,
+        })
     }
 
-    /// Sends `email`. Success means the SMTP server accepted it (or the file was
-    /// written and synced).
+    /// The longest [`Mailer::send`] takes, start to end: what a handler fences
+    /// for before sending, and what a shutdown must wait for.
+    pub fn send_limit(&self) -> Duration {
+        self.limit
+    }
+
+    /// Sends `email`, in at most [`Mailer::send_limit`]. Success means the SMTP
+    /// server accepted it (or the file was written and synced).
     pub async fn send(&self, email: &Email) -> Result<Delivered, MailError> {
+        tokio::time::timeout(self.limit, self.send_unbounded(email))
+            .await
+            .map_err(|_| MailError::TimedOut(self.limit))?
+    }
+
+    async fn send_unbounded(&self, email: &Email) -> Result<Delivered, MailError> {
         let message = Message::builder()
             .from(self.from.clone())
             .to(Mailbox::new(None, email.to.parse()?))

@@ -1,5 +1,6 @@
 //! The handler interface: what a task kind's code implements, how handlers
-//! are looked up by kind, and how one run is guarded (timeout, panic).
+//! are looked up by kind, how one run is guarded (timeout, panic), and the
+//! ledger of completed runs the worker keeps beside them.
 
 use std::{collections::HashMap, panic::AssertUnwindSafe, sync::Arc};
 
@@ -10,6 +11,18 @@ use super::{Task, TaskError};
 /// Runs tasks of one kind.
 pub trait Handler: Send + Sync + 'static {
     fn handle<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<Processed, TaskError>>;
+}
+
+/// The record of completed runs (a Postgres table in this service), so that
+/// a task delivered again after it ran is acknowledged without running again.
+///
+/// The worker asks [`Ledger::is_done`] before a run and calls
+/// [`Ledger::mark_done`] after a successful one, outside the task's timeout
+/// and again until it succeeds: a failed record must not become a retry that
+/// repeats the run's effect.
+pub trait Ledger: Send + Sync + 'static {
+    fn is_done<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, anyhow::Result<bool>>;
+    fn mark_done<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, anyhow::Result<()>>;
 }
 
 /// Fields a handler adds to the "processed task" log line.
@@ -75,6 +88,7 @@ pub(super) async fn run_handler(
     handler: &dyn Handler,
     task: &Task,
 ) -> Result<Processed, TaskError> {
+    task.guard.start_timeout(task.timeout);
     match tokio::time::timeout(
         task.timeout,
         AssertUnwindSafe(handler.handle(task)).catch_unwind(),

@@ -1,7 +1,8 @@
 //! The worker's background services, each a loop stopped by a token:
 //! - [`forward_due`]: moves due scheduled and retry tasks to pending and
 //!   recovers expired leases, sleeping exactly until the next due time;
-//! - [`keep_leases`]: extends the leases of the runs this process holds;
+//! - [`keep_leases`]: extends the leases of the runs this process holds, and
+//!   stops a run whose lease is lost (or ran out while Redis was unreachable);
 //! - [`listen_for_wakeups`]: turns messages on the queues' wake channels into
 //!   local wake-ups of the fetch and forward loops.
 //!
@@ -11,14 +12,14 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use fred::{clients::SubscriberClient, prelude::*};
 use tokio::sync::{Notify, broadcast::error::RecvError};
 use tokio_util::sync::CancellationToken;
 
-use super::{Broker, Delivery, Task};
+use super::{Broker, Delivery, Task, fence::RunGuard};
 use crate::outage::Outage;
 
 /// Most tasks moved between sets by one forward script call.
@@ -26,12 +27,22 @@ pub(super) const FORWARD_BATCH: u32 = 1000;
 /// The longest the fetch and forward loops sleep without a wake-up.
 pub(super) const SAFETY_POLL: Duration = Duration::from_secs(1);
 
-/// The runs this process holds, by (queue, id), with their delivery number.
+/// One run this process holds.
+#[derive(Clone)]
+struct Run {
+    id: i64,
+    delivery: Delivery,
+    guard: Arc<RunGuard>,
+}
+
+type RunMap = HashMap<(String, i64), Run>;
+
+/// The runs this process holds, by (queue, id).
 #[derive(Default)]
-pub(super) struct RunningTasks(Mutex<HashMap<(String, i64), Delivery>>);
+pub(super) struct RunningTasks(Mutex<RunMap>);
 
 impl RunningTasks {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i64), Delivery>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, RunMap> {
         // A panic while holding this lock cannot leave the map half-changed.
         self.0
             .lock()
@@ -39,8 +50,12 @@ impl RunningTasks {
     }
 
     pub fn insert(&self, task: &Task) {
-        self.map()
-            .insert((task.queue.clone(), task.id), task.delivery);
+        let run = Run {
+            id: task.id,
+            delivery: task.delivery,
+            guard: task.guard.clone(),
+        };
+        self.map().insert((task.queue.clone(), task.id), run);
     }
 
     /// Forgets `task`'s run, unless a later delivery of the same task came to
@@ -49,19 +64,26 @@ impl RunningTasks {
     pub fn remove(&self, task: &Task) {
         let mut map = self.map();
         let key = (task.queue.clone(), task.id);
-        if map.get(&key) == Some(&task.delivery) {
+        if map
+            .get(&key)
+            .is_some_and(|run| run.delivery == task.delivery)
+        {
             map.remove(&key);
         }
     }
 
+    /// Tells every run the worker is shutting down: no new effect may begin.
+    pub fn stop_all(&self) {
+        for run in self.map().values() {
+            run.guard.stop();
+        }
+    }
+
     /// A snapshot, grouped by queue.
-    fn by_queue(&self) -> HashMap<String, Vec<(i64, Delivery)>> {
-        let mut by_queue: HashMap<String, Vec<(i64, Delivery)>> = HashMap::new();
-        for ((queue, id), delivery) in self.map().iter() {
-            by_queue
-                .entry(queue.clone())
-                .or_default()
-                .push((*id, *delivery));
+    fn by_queue(&self) -> HashMap<String, Vec<Run>> {
+        let mut by_queue: HashMap<String, Vec<Run>> = HashMap::new();
+        for ((queue, _), run) in self.map().iter() {
+            by_queue.entry(queue.clone()).or_default().push(run.clone());
         }
         by_queue
     }
@@ -115,7 +137,10 @@ pub(super) async fn forward_due(
     }
 }
 
-/// Extends the leases of `running` every third of `lease`, until `stop`.
+/// Extends the leases of `running` every third of `lease`, until `stop`. A
+/// run whose lease another delivery took, or whose lease ran out here
+/// because Redis could not be reached to extend it, is stopped: past that
+/// point another worker may be running the task.
 pub(super) async fn keep_leases(
     broker: Broker,
     lease: Duration,
@@ -135,14 +160,29 @@ pub(super) async fn keep_leases(
             _ = tokio::time::sleep(every) => {}
         }
         let mut failed = None;
-        for (queue, runs) in running.by_queue() {
-            match broker.extend(&queue, lease, &runs).await {
-                Ok(lost) if !lost.is_empty() => {
-                    tracing::warn!(queue = %queue, ?lost, "leases lost")
+        let by_queue = running.by_queue();
+        for (queue, runs) in &by_queue {
+            let ids: Vec<_> = runs.iter().map(|r| (r.id, r.delivery)).collect();
+            let sent_at = Instant::now();
+            match broker.extend(queue, lease, &ids).await {
+                Ok(lost) => {
+                    for run in runs {
+                        if lost.contains(&run.id) {
+                            run.guard.lose();
+                        } else {
+                            run.guard.extended(sent_at, lease);
+                        }
+                    }
+                    if !lost.is_empty() {
+                        tracing::warn!(queue = %queue, ?lost, "leases lost: those runs stop");
+                    }
                 }
-                Ok(_) => {}
                 Err(e) => failed = Some(e),
             }
+        }
+        let now = Instant::now();
+        for run in by_queue.values().flatten() {
+            run.guard.lose_if_expired(now);
         }
         match failed {
             None => outage.up(),
@@ -192,8 +232,6 @@ pub(super) async fn listen_for_wakeups(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn run(id: i64, delivery: u64) -> Task {
@@ -206,6 +244,7 @@ mod tests {
             max_retry: 0,
             timeout: Duration::from_secs(1),
             delivery: Delivery(delivery),
+            guard: Arc::new(RunGuard::new(Instant::now() + Duration::from_secs(30))),
         }
     }
 
@@ -216,8 +255,12 @@ mod tests {
         // The lease of delivery 1 expired; the task came back to this process.
         running.insert(&run(7, 2));
         running.remove(&run(7, 1));
+        let left: Vec<_> = running.by_queue()["default"]
+            .iter()
+            .map(|r| (r.id, r.delivery))
+            .collect();
         assert_eq!(
-            running.by_queue()["default"],
+            left,
             [(7, Delivery(2))],
             "delivery 2 still has its lease extended"
         );

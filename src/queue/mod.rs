@@ -13,14 +13,17 @@
 mod ack;
 pub mod broker;
 pub mod connection;
+pub mod fence;
 pub mod handler;
 mod maintenance;
 pub mod retry;
+mod run;
 pub mod server;
 pub mod task;
 
 pub use broker::{AckOutcome, Broker, FailOutcome, Forwarded, QueueStats, RequeueOutcome};
-pub use handler::{Handler, HandlerRegistry, Processed, handler_fn};
+pub use fence::Fenced;
+pub use handler::{Handler, HandlerRegistry, Ledger, Processed, handler_fn};
 pub use retry::RetryPolicy;
 pub use server::{WorkerServer, WorkerSettings};
 pub use task::{Delivery, Task, TaskInfo, TaskMessage, TaskState};
@@ -53,6 +56,8 @@ pub enum TaskError {
     Retry(anyhow::Error),
     /// Archived at once: trying again cannot help (bad payload, missing user).
     SkipRetry(anyhow::Error),
+    /// Stopped before its effect by [`Task::fence`]; see [`Fenced`].
+    Fenced(Fenced),
 }
 
 impl TaskError {
@@ -65,6 +70,7 @@ impl std::fmt::Display for TaskError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Retry(e) | Self::SkipRetry(e) => write!(f, "{e:#}"),
+            Self::Fenced(why) => write!(f, "stopped before its effect: {why}"),
         }
     }
 }

@@ -12,10 +12,7 @@
 //! At shutdown, running tasks get `shutdown_grace` to finish; the rest are
 //! handed back to the front of their pending list at once.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use fred::clients::SubscriberClient;
 use rand::Rng;
@@ -24,10 +21,11 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
 use super::{
-    AckOutcome, Broker, FailOutcome, QueueError, RequeueOutcome, RetryPolicy, TaskError,
+    Broker, QueueError, RetryPolicy,
     ack::Acker,
-    handler::{HandlerRegistry, Processed, run_handler},
+    handler::{HandlerRegistry, Ledger},
     maintenance::{self, RunningTasks, SAFETY_POLL},
+    run::{self, RunContext},
     task::Task,
 };
 use crate::{config::WorkerConfig, outage::Outage};
@@ -72,16 +70,10 @@ struct Inner {
     broker: Broker,
     settings: WorkerSettings,
     registry: HandlerRegistry,
+    ledger: Option<Arc<dyn Ledger>>,
     running: Arc<RunningTasks>,
     /// Woken when tasks may have become pending.
     fetch_wake: Arc<Notify>,
-}
-
-/// What became of one run.
-enum Outcome {
-    Done(Processed),
-    Failed(TaskError),
-    HandedBack,
 }
 
 impl WorkerServer {
@@ -96,11 +88,21 @@ impl WorkerServer {
                 broker,
                 settings,
                 registry,
+                ledger: None,
                 running: Arc::default(),
                 fetch_wake: Arc::default(),
             }),
             subscriber,
         }
+    }
+
+    /// Consults `ledger` before each run and records each completed run in it
+    /// (see [`Ledger`]). Without one, a task delivered again runs again.
+    pub fn with_ledger(mut self, ledger: impl Ledger) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("not running yet")
+            .ledger = Some(Arc::new(ledger));
+        self
     }
 
     /// Runs until `shutdown` is cancelled, then lets running tasks finish or
@@ -150,6 +152,9 @@ impl WorkerServer {
             .fetch_loop(shutdown.clone(), &handlers, &abort, &acker)
             .await;
 
+        // Runs that have not begun their effect are handed back when they
+        // reach their fence; those past it get the grace to finish.
+        inner.running.stop_all();
         handlers.close();
         if tokio::time::timeout(inner.settings.shutdown_grace, handlers.wait())
             .await
@@ -290,73 +295,18 @@ impl Inner {
         acker: Acker,
     ) {
         let span = tracing::info_span!("task", task_id = task.id, r#type = %task.kind, queue = %task.queue, attempt = task.attempt);
-        async {
-            let started = Instant::now();
-            let outcome = match self.registry.get(&task.kind) {
-                None => Outcome::Failed(TaskError::skip_retry(anyhow::anyhow!(
-                    "no handler is registered for task kind {:?}",
-                    task.kind
-                ))),
-                Some(handler) => tokio::select! {
-                    biased;
-                    _ = abort.cancelled() => Outcome::HandedBack,
-                    result = run_handler(handler.as_ref(), &task) => match result {
-                        Ok(p) => Outcome::Done(p),
-                        Err(e) => Outcome::Failed(e),
-                    },
-                },
-            };
-            if let Err(e) = self.record(&task, outcome, started.elapsed(), &acker).await {
-                // The lease will expire and the task will run again elsewhere.
-                tracing::error!(error = %e, "could not record the outcome of the task");
-            }
-            self.running.remove(&task);
-        }
-        .instrument(span)
-        .await
-    }
-
-    async fn record(
-        &self,
-        task: &Task,
-        outcome: Outcome,
-        took: Duration,
-        acker: &Acker,
-    ) -> Result<(), QueueError> {
-        let lost = |what: &str| {
-            tracing::warn!("lease lost before the task was {what}: another worker has it")
+        let cx = RunContext {
+            broker: &self.broker,
+            acker: &acker,
+            ledger: self.ledger.as_deref(),
+            retry: self.settings.retry,
+            done_retention: self.settings.done_retention,
+            abort: &abort,
         };
-        match outcome {
-            Outcome::Done(processed) => {
-                let acked = acker.complete(&task.queue, task.id, task.delivery).await?;
-                tracing::info!(r#type = %task.kind, payload = %task.payload, took_ms = took.as_millis() as u64, fields = %processed, "processed task");
-                if acked == AckOutcome::LeaseLost {
-                    lost("acknowledged");
-                }
-            }
-            Outcome::Failed(error) => {
-                let skip = matches!(error, TaskError::SkipRetry(_));
-                let delay = self.settings.retry.delay(task.attempt - 1);
-                match self
-                    .broker
-                    .fail(task, &error.to_string(), delay, skip)
-                    .await?
-                {
-                    FailOutcome::Retry { at } => {
-                        tracing::warn!(r#type = %task.kind, payload = %task.payload, error = %error, retry_in_ms = delay.as_millis() as u64, retry_at = %at, "task failed; will retry")
-                    }
-                    FailOutcome::Archived => {
-                        tracing::error!(r#type = %task.kind, payload = %task.payload, error = %error, "task failed; archived")
-                    }
-                    FailOutcome::LeaseLost => lost("failed"),
-                }
-            }
-            Outcome::HandedBack => match self.broker.requeue(task).await? {
-                RequeueOutcome::Pending => tracing::info!("task handed back to pending"),
-                RequeueOutcome::LeaseLost => lost("handed back"),
-            },
-        }
-        Ok(())
+        run::run(&task, self.registry.get(&task.kind), &cx)
+            .instrument(span)
+            .await;
+        self.running.remove(&task);
     }
 }
 

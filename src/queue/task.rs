@@ -1,9 +1,16 @@
 //! What travels through the queue: the message a producer enqueues, the task a
 //! handler is given, and what Redis holds of a task.
 
-use std::{fmt, str::FromStr, time::Duration};
+use std::{
+    fmt,
+    str::FromStr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use chrono::{DateTime, Utc};
+
+use super::{TaskError, fence::RunGuard};
 
 /// A task as enqueued. The id is the outbox row id, so enqueuing the same row
 /// twice is a no-op.
@@ -46,14 +53,26 @@ pub struct Task {
     pub timeout: Duration,
     /// This hand-out of the task; see [`Delivery`].
     pub delivery: Delivery,
+    /// The run's lease, timeout and shutdown, as far as this process knows.
+    pub(crate) guard: Arc<RunGuard>,
 }
 
 impl Task {
     /// The payload decoded as `T`; a payload that does not decode cannot succeed
     /// on a retry either, so the error skips retries.
-    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, super::TaskError> {
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, TaskError> {
         serde_json::from_str(&self.payload)
-            .map_err(|e| super::TaskError::skip_retry(anyhow::anyhow!("invalid payload: {e}")))
+            .map_err(|e| TaskError::skip_retry(anyhow::anyhow!("invalid payload: {e}")))
+    }
+
+    /// Call right before an effect that cannot be undone and takes up to
+    /// `effect` (an email: the SMTP timeout). Passes only if this run still
+    /// holds its lease, and is still within its timeout, when the effect is
+    /// over; see [`super::fence`]. Return its error from the handler.
+    pub fn fence(&self, effect: Duration) -> Result<(), TaskError> {
+        self.guard
+            .check(effect, Instant::now())
+            .map_err(TaskError::Fenced)
     }
 }
 

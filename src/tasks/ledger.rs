@@ -1,21 +1,23 @@
 //! The processed-task ledger: one Postgres row per task whose run completed.
 //!
 //! Redis delivers at least once (an expired lease, a relay redelivery), so a
-//! task may arrive again after it ran. [`Ledgered`] looks the task up first and
+//! task may arrive again after it ran. The worker looks each task up first and
 //! acknowledges a completed one without running it; after a successful run it
-//! records "task <id> done" in its own commit. Handlers whose only effects are
-//! database writes should call [`mark_done`] in their own transaction instead,
+//! records "task <id> done", trying again until the record commits rather than
+//! running the task again (see [`crate::queue::Ledger`]). Handlers whose only
+//! effects are database writes may call [`mark_done`] in their own transaction,
 //! which makes the run and its record one atomic step.
 //!
-//! The duplicate that remains: a crash (or a lost connection) after an external
-//! side effect, such as the SMTP server accepting an email, and before the
-//! ledger commit. The task then runs again and repeats the side effect. Handlers
-//! key their rows by task id, so the repeat is identical (same email, same link).
+//! The duplicate that remains: the worker process dies (or is cut off from
+//! Postgres until its shutdown) after an external side effect, such as the SMTP
+//! server accepting an email, and before the ledger commit. The task then runs
+//! again and repeats the side effect. Handlers key their rows by task id, so
+//! the repeat is identical (same email, same link).
 
 use futures::future::BoxFuture;
 use sqlx::{PgConnection, PgPool};
 
-use crate::queue::{Handler, Processed, Task, TaskError};
+use crate::queue::{Ledger, Task};
 
 /// Whether task `task_id` already completed.
 pub async fn is_done(pool: &PgPool, task_id: i64) -> Result<bool, sqlx::Error> {
@@ -36,29 +38,27 @@ pub async fn mark_done(
     Ok(())
 }
 
-/// Wraps a handler with the ledger check before and the ledger record after.
-pub struct Ledgered<H> {
+/// The ledger in Postgres, for the worker (see [`Ledger`]).
+#[derive(Clone)]
+pub struct PgLedger {
     pool: PgPool,
-    inner: H,
 }
 
-impl<H> Ledgered<H> {
-    pub fn new(pool: PgPool, inner: H) -> Self {
-        Self { pool, inner }
+impl PgLedger {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
     }
 }
 
-impl<H: Handler> Handler for Ledgered<H> {
-    fn handle<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<Processed, TaskError>> {
+impl Ledger for PgLedger {
+    fn is_done<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, anyhow::Result<bool>> {
+        Box::pin(async move { Ok(is_done(&self.pool, task.id).await?) })
+    }
+
+    fn mark_done<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
-            if is_done(&self.pool, task.id).await? {
-                tracing::info!("task already completed: acknowledged without running it again");
-                return Ok(Processed::default().with("skipped", "already in the ledger"));
-            }
-            let processed = self.inner.handle(task).await?;
             let mut conn = self.pool.acquire().await?;
-            mark_done(&mut conn, task.id, &task.kind).await?;
-            Ok(processed)
+            Ok(mark_done(&mut conn, task.id, &task.kind).await?)
         })
     }
 }

@@ -3,22 +3,35 @@
 pub mod ledger;
 pub mod send_verify_email;
 
+use std::time::Duration;
+
 use sqlx::PgPool;
 
 use crate::{mail::Mailer, queue::HandlerRegistry};
 
+/// Time allowed after an effect for its ledger record. A handler fences for
+/// the effect and this together, so no other worker is handed the task
+/// before the record commits.
+pub const LEDGER_ALLOWANCE: Duration = Duration::from_secs(2);
+
+/// The longest the verify-email task's effect (the send and its ledger
+/// record) takes. The worker's shutdown grace must cover it, and its lease
+/// twice (a lease is extended every third of it, so two thirds is what a
+/// run may find left).
+pub fn effect_budget(mailer: &Mailer) -> Duration {
+    mailer.send_limit() + LEDGER_ALLOWANCE
+}
+
 /// Sends the verification email of a new user.
 pub const SEND_VERIFY_EMAIL: &str = "task:send_verify_email";
 
-/// Every handler this service runs, keyed by task kind.
+/// Every handler this service runs, keyed by task kind. The worker runs
+/// them with [`ledger::PgLedger`], so none runs again once it completed.
 pub fn registry(pool: PgPool, mailer: Mailer, app_base_url: String) -> HandlerRegistry {
     let mut registry = HandlerRegistry::default();
     registry.register(
         SEND_VERIFY_EMAIL,
-        ledger::Ledgered::new(
-            pool.clone(),
-            send_verify_email::SendVerifyEmail::new(pool, mailer, app_base_url),
-        ),
+        send_verify_email::SendVerifyEmail::new(pool, mailer, app_base_url),
     );
     registry
 }

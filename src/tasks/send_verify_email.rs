@@ -78,6 +78,9 @@ impl SendVerifyEmail {
                 html_escape(&link)
             ),
         };
+        // Past this point the email may go out: only while no other worker
+        // can be handed this task before the send and its ledger record end.
+        task.fence(super::effect_budget(&self.mailer))?;
         let delivered = self.mailer.send(&email).await.map_err(|e| {
             if e.is_permanent() {
                 // Ten more refusals over four hours would change nothing.

@@ -106,7 +106,8 @@ impl TestEnv {
         // The retry schedule in milliseconds instead of seconds: 15 ms, 46 ms, ...
         cfg.worker.retry_unit = Duration::from_millis(1);
         cfg.worker.retry_max = Duration::from_millis(500);
-        cfg.worker.shutdown_grace = Duration::from_millis(500);
+        cfg.worker.shutdown_grace = Duration::from_secs(4);
+        cfg.mail.smtp_timeout = Duration::from_secs(2);
         cfg.mail.dir = std::env::temp_dir().join(format!("{name}-mail"));
 
         let pool = PgPool::connect(&db_url).await.unwrap();

@@ -21,7 +21,11 @@ pub mod keys;
 mod reads;
 mod reply;
 
-use std::{collections::HashMap, sync::Arc, sync::LazyLock, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, LazyLock},
+    time::{Duration, Instant},
+};
 
 use chrono::{DateTime, Utc};
 use fred::{
@@ -34,6 +38,7 @@ use futures::future::try_join_all;
 use self::{keys::QueueKeys, reply::Reply};
 use super::{
     QueueError,
+    fence::RunGuard,
     task::{Delivery, Task, TaskMessage},
 };
 
@@ -72,6 +77,7 @@ struct Scripts {
     complete: Lua,
     fail: Lua,
     requeue: Lua,
+    settle: Lua,
     extend: Lua,
     forward: Lua,
 }
@@ -95,6 +101,8 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
         include_str!("scripts/requeue.lua"),
         Replay::Never,
     ),
+    // Marks completed what is not active: the same either way.
+    settle: Lua::new("settle", include_str!("scripts/settle.lua"), Replay::Safe),
     // Sets a deadline: the same either way.
     extend: Lua::new("extend", include_str!("scripts/extend.lua"), Replay::Safe),
     // A second pass moves what is due by then, as the next pass would.
@@ -280,6 +288,8 @@ impl Broker {
         lease: Duration,
     ) -> Result<Vec<Task>, QueueError> {
         let keys = self.keys(queue);
+        // The lease counts from when Redis runs the script, later than this.
+        let sent_at = Instant::now();
         let lua = &SCRIPTS.dequeue;
         let reply = self
             .run(
@@ -303,6 +313,7 @@ impl Broker {
                     .map_err(|_| reply.unexpected("max_retry is out of range".into()))?,
                 timeout: Duration::from_millis(reply.count("timeout_ms")?.max(1)),
                 delivery: Delivery(reply.count("delivery")?),
+                guard: Arc::new(RunGuard::new(sent_at + lease)),
             });
         }
         if tasks.len() > n {
@@ -409,6 +420,29 @@ impl Broker {
         match reply.as_i64() {
             Some(1) => Ok(RequeueOutcome::Pending),
             Some(0) => Ok(RequeueOutcome::LeaseLost),
+            _ => Err(QueueError::Reply {
+                script: lua.name,
+                detail: format!("{reply:?} where 0 or 1 was expected"),
+            }),
+        }
+    }
+
+    /// Marks `task` completed after its run succeeded but its lease was lost
+    /// before the acknowledgement: unless another worker holds it now, it is
+    /// taken out of pending, retry or the archive. Returns whether it was.
+    pub async fn settle(&self, task: &Task, retention: Duration) -> Result<bool, QueueError> {
+        let k = self.keys(&task.queue);
+        let lua = &SCRIPTS.settle;
+        let reply = self
+            .run(
+                lua,
+                vec![k.task(task.id), k.pending, k.scheduled, k.retry, k.archived],
+                vec![task.id.to_string(), retention.as_millis().to_string()],
+            )
+            .await?;
+        match reply.as_i64() {
+            Some(1) => Ok(true),
+            Some(0) => Ok(false),
             _ => Err(QueueError::Reply {
                 script: lua.name,
                 detail: format!("{reply:?} where 0 or 1 was expected"),

@@ -1,0 +1,151 @@
+//! What a run knows of its own right to go on: the lease, the task's time
+//! budget, and the worker's shutdown. A handler calls [`Task::fence`] right
+//! before an effect that cannot be undone (an email); it passes only when the
+//! run will still hold its lease, and still be within its timeout, when the
+//! effect is over. No other worker can be handed the task before then, so
+//! two runs never both make the effect.
+//!
+//! [`Task::fence`]: super::Task::fence
+
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use tokio_util::sync::CancellationToken;
+
+/// Why a run may not go on to its effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fenced {
+    /// The worker is shutting down: the task is handed back, untried.
+    Stopping,
+    /// The lease is lost, or could run out before the effect is over: another
+    /// worker may have the task (or soon will). This run stops, records
+    /// nothing, and leaves the task to the lease's holder.
+    LeaseLost,
+    /// The task's timeout would cut the effect short: tried again later.
+    OutOfTime,
+}
+
+impl std::fmt::Display for Fenced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Stopping => "the worker is shutting down",
+            Self::LeaseLost => "the lease is lost or about to run out",
+            Self::OutOfTime => "too little of the task's timeout is left for its effect",
+        })
+    }
+}
+
+/// The run's side of its lease, shared by the run, the lease keeper and the
+/// shutdown.
+#[derive(Debug)]
+pub struct RunGuard {
+    /// Until when this process may count on the lease: when the last grant
+    /// or extension was *sent*, plus the lease. Redis counts its deadline from
+    /// when it *ran* the call, which is later, so this is never past it.
+    valid_until: Mutex<Instant>,
+    /// When the handler's timeout ends; set when it starts.
+    timeout_at: Mutex<Option<Instant>>,
+    /// Cancelled when the lease is lost (another delivery holds the task) or
+    /// ran out here without an extension.
+    lost: CancellationToken,
+    /// Cancelled when the worker begins to shut down.
+    stopping: CancellationToken,
+}
+
+impl RunGuard {
+    pub(crate) fn new(valid_until: Instant) -> Self {
+        Self {
+            valid_until: Mutex::new(valid_until),
+            timeout_at: Mutex::new(None),
+            lost: CancellationToken::new(),
+            stopping: CancellationToken::new(),
+        }
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        // Plain values: a panic elsewhere cannot leave them half-written.
+        m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// An extension sent at `sent_at` succeeded.
+    pub(crate) fn extended(&self, sent_at: Instant, lease: Duration) {
+        let mut until = Self::lock(&self.valid_until);
+        *until = (*until).max(sent_at + lease);
+    }
+
+    /// Marks the lease lost, and stops the run if it has not passed its fence.
+    pub(crate) fn lose(&self) {
+        self.lost.cancel();
+    }
+
+    /// Loses the lease if it ran out without an extension (Redis unreachable).
+    pub(crate) fn lose_if_expired(&self, now: Instant) {
+        if *Self::lock(&self.valid_until) <= now {
+            self.lose();
+        }
+    }
+
+    pub(crate) fn stop(&self) {
+        self.stopping.cancel();
+    }
+
+    pub(crate) fn start_timeout(&self, timeout: Duration) {
+        *Self::lock(&self.timeout_at) = Some(Instant::now() + timeout);
+    }
+
+    /// Resolves when the lease is lost.
+    pub(crate) async fn lost(&self) {
+        self.lost.cancelled().await
+    }
+
+    /// Whether an effect that takes up to `effect` may begin now.
+    pub(crate) fn check(&self, effect: Duration, now: Instant) -> Result<(), Fenced> {
+        if self.stopping.is_cancelled() {
+            return Err(Fenced::Stopping);
+        }
+        let over = now + effect;
+        if self.lost.is_cancelled() || *Self::lock(&self.valid_until) < over {
+            return Err(Fenced::LeaseLost);
+        }
+        if Self::lock(&self.timeout_at).is_some_and(|t| t < over) {
+            return Err(Fenced::OutOfTime);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn an_effect_must_end_within_the_lease_and_the_timeout() {
+        let now = Instant::now();
+        let guard = RunGuard::new(now + 30 * S);
+        assert_eq!(guard.check(10 * S, now), Ok(()));
+        assert_eq!(guard.check(31 * S, now), Err(Fenced::LeaseLost));
+        guard.extended(now, 60 * S);
+        assert_eq!(guard.check(31 * S, now), Ok(()));
+        guard.start_timeout(5 * S);
+        assert_eq!(guard.check(10 * S, Instant::now()), Err(Fenced::OutOfTime));
+        guard.stop();
+        assert_eq!(guard.check(S, Instant::now()), Err(Fenced::Stopping));
+    }
+
+    #[test]
+    fn a_lease_that_ran_out_here_is_lost() {
+        let now = Instant::now();
+        let guard = RunGuard::new(now + S);
+        guard.lose_if_expired(now);
+        assert_eq!(guard.check(Duration::ZERO, now), Ok(()));
+        guard.lose_if_expired(now + 2 * S);
+        assert_eq!(guard.check(Duration::ZERO, now), Err(Fenced::LeaseLost));
+        // An extension sent before the loss does not bring it back.
+        guard.extended(now, 60 * S);
+        assert_eq!(guard.check(Duration::ZERO, now), Err(Fenced::LeaseLost));
+    }
+}

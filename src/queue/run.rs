@@ -1,0 +1,207 @@
+//! One run of a task, from the ledger check to the outcome recorded in Redis.
+//!
+//! 1. Already in the ledger? Acknowledge without running.
+//! 2. Run the handler under its timeout, raced against the lease (a lost lease
+//!    stops the run) and the worker's abort (handed back). A handler calls
+//!    [`Task::fence`] before an effect that cannot be undone.
+//! 3. Success: record it in the ledger, outside the timeout and again until it
+//!    succeeds (the effect happened; a retry would repeat it), then
+//!    acknowledge, again until Redis answers. If the lease was lost meanwhile
+//!    and the forwarder moved the task on (to retry, or to the archive as
+//!    "lease expired"), mark it completed there too, so Redis does not
+//!    contradict the ledger.
+//! 4. Failure: retry later or archive. Fenced at shutdown: handed back.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    AckOutcome, Broker, FailOutcome, Fenced, RequeueOutcome, RetryPolicy, TaskError,
+    ack::Acker,
+    handler::{Handler, Ledger, Processed, run_handler},
+    task::Task,
+};
+use crate::outage::Outage;
+
+/// What a run needs besides the task.
+pub(super) struct RunContext<'a> {
+    pub broker: &'a Broker,
+    pub acker: &'a Acker,
+    pub ledger: Option<&'a dyn Ledger>,
+    pub retry: RetryPolicy,
+    pub done_retention: Duration,
+    /// Cancelled when the shutdown grace is over.
+    pub abort: &'a CancellationToken,
+}
+
+/// What became of one run.
+enum Outcome {
+    Done(Processed),
+    /// In the ledger already: acknowledged, not run.
+    AlreadyDone,
+    Failed(TaskError),
+    HandedBack,
+    /// Another delivery has the task (or will): nothing to record.
+    LeaseLost,
+}
+
+/// Runs `task` with `handler` (none: no handler for its kind) and records
+/// the outcome.
+pub(super) async fn run(task: &Task, handler: Option<Arc<dyn Handler>>, cx: &RunContext<'_>) {
+    let started = Instant::now();
+    let outcome = execute(task, handler, cx).await;
+    record(task, outcome, started.elapsed(), cx).await;
+}
+
+async fn execute(task: &Task, handler: Option<Arc<dyn Handler>>, cx: &RunContext<'_>) -> Outcome {
+    if let Some(ledger) = cx.ledger {
+        match ledger.is_done(task).await {
+            Ok(true) => return Outcome::AlreadyDone,
+            Ok(false) => {}
+            Err(e) => return Outcome::Failed(TaskError::Retry(e.context("reading the ledger"))),
+        }
+    }
+    let Some(handler) = handler else {
+        return Outcome::Failed(TaskError::skip_retry(anyhow::anyhow!(
+            "no handler is registered for task kind {:?}",
+            task.kind
+        )));
+    };
+    let result = tokio::select! {
+        biased;
+        _ = cx.abort.cancelled() => return Outcome::HandedBack,
+        _ = task.guard.lost() => return Outcome::LeaseLost,
+        result = run_handler(handler.as_ref(), task) => result,
+    };
+    match result {
+        Ok(processed) => Outcome::Done(processed),
+        Err(TaskError::Fenced(Fenced::Stopping)) => Outcome::HandedBack,
+        Err(TaskError::Fenced(Fenced::LeaseLost)) => Outcome::LeaseLost,
+        Err(e) => Outcome::Failed(e),
+    }
+}
+
+async fn record(task: &Task, outcome: Outcome, took: Duration, cx: &RunContext<'_>) {
+    let took_ms = took.as_millis() as u64;
+    match outcome {
+        Outcome::Done(processed) => {
+            if let Some(ledger) = cx.ledger
+                && !mark_done(ledger, task, cx.abort).await
+            {
+                return;
+            }
+            tracing::info!(r#type = %task.kind, payload = %task.payload, took_ms, fields = %processed, "processed task");
+            acknowledge(task, cx).await;
+        }
+        Outcome::AlreadyDone => {
+            tracing::info!("task already completed: acknowledged without running it again");
+            acknowledge(task, cx).await;
+        }
+        Outcome::Failed(error) => {
+            let skip = matches!(error, TaskError::SkipRetry(_));
+            let delay = cx.retry.delay(task.attempt - 1);
+            match cx.broker.fail(task, &error.to_string(), delay, skip).await {
+                Ok(FailOutcome::Retry { at }) => {
+                    tracing::warn!(r#type = %task.kind, payload = %task.payload, error = %error, retry_in_ms = delay.as_millis() as u64, retry_at = %at, "task failed; will retry")
+                }
+                Ok(FailOutcome::Archived) => {
+                    tracing::error!(r#type = %task.kind, payload = %task.payload, error = %error, "task failed; archived")
+                }
+                Ok(FailOutcome::LeaseLost) => lease_lost("failed"),
+                // The lease runs out and the forwarder counts the attempt.
+                Err(e) => {
+                    tracing::error!(error = %e, task_error = %error, "could not record the failure of the task")
+                }
+            }
+        }
+        Outcome::HandedBack => match cx.broker.requeue(task).await {
+            Ok(RequeueOutcome::Pending) => tracing::info!("task handed back to pending"),
+            Ok(RequeueOutcome::LeaseLost) => lease_lost("handed back"),
+            Err(e) => {
+                tracing::error!(error = %e, "could not hand the task back; its lease will run out")
+            }
+        },
+        Outcome::LeaseLost => tracing::warn!(
+            took_ms,
+            "lease lost: the run stopped before its effect; the task is another worker's"
+        ),
+    }
+}
+
+fn lease_lost(what: &str) {
+    tracing::warn!("lease lost before the task was {what}: another worker has it");
+}
+
+/// Records the run in the ledger until that succeeds or the worker's grace
+/// is over (then the run may be repeated: the one duplicate left, as after a
+/// crash). Returns whether it was recorded.
+async fn mark_done(ledger: &dyn Ledger, task: &Task, abort: &CancellationToken) -> bool {
+    let mut outage = Outage::new(
+        "cannot record the completed run in the ledger; retrying (the task is not run again meanwhile)",
+        "completed run recorded in the ledger",
+        Duration::from_millis(50),
+        Duration::from_secs(2),
+    );
+    loop {
+        match ledger.mark_done(task).await {
+            Ok(()) => {
+                outage.up();
+                return true;
+            }
+            Err(e) => {
+                if !outage.pause("postgres", &format!("{e:#}"), abort).await {
+                    tracing::error!(
+                        "shutdown before the completed run was recorded in the ledger: it may run again"
+                    );
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// Acknowledges a completed run until Redis answers (or the grace is over:
+/// then the lease runs out and the next delivery finds the ledger row).
+async fn acknowledge(task: &Task, cx: &RunContext<'_>) {
+    let mut outage = Outage::new(
+        "cannot acknowledge the completed run; retrying",
+        "completed run acknowledged",
+        Duration::from_millis(50),
+        Duration::from_secs(2),
+    );
+    loop {
+        match cx.acker.complete(&task.queue, task.id, task.delivery).await {
+            Ok(AckOutcome::Completed) => {
+                outage.up();
+                return;
+            }
+            Ok(AckOutcome::LeaseLost) => {
+                outage.up();
+                settle(task, cx).await;
+                return;
+            }
+            Err(e) => {
+                if !outage.pause("redis", &e, cx.abort).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The run completed but its lease was lost before the acknowledgement.
+async fn settle(task: &Task, cx: &RunContext<'_>) {
+    match cx.broker.settle(task, cx.done_retention).await {
+        Ok(true) => tracing::warn!(
+            "lease lost before the acknowledgement; the task was moved on meanwhile and is now marked completed"
+        ),
+        Ok(false) => lease_lost("acknowledged"),
+        Err(e) => {
+            tracing::error!(error = %e, "could not mark the completed task; its next delivery will find it in the ledger")
+        }
+    }
+}
