@@ -81,20 +81,26 @@ async fn run(
         for ack in batch.drain(..) {
             by_queue.entry(ack.queue.clone()).or_default().push(ack);
         }
-        for (queue, acks) in by_queue {
-            let runs: Vec<_> = acks.iter().map(|a| (a.id, a.delivery)).collect();
-            match broker.complete(&queue, retention, &runs).await {
-                Ok(outcomes) => {
-                    for (ack, outcome) in acks.into_iter().zip(outcomes) {
-                        let _ = ack.reply.send(Ok(outcome));
+        // One call per queue, side by side: a slow or failing queue does
+        // not hold up the others' acknowledgements.
+        let calls = by_queue.into_iter().map(|(queue, acks)| {
+            let broker = &broker;
+            async move {
+                let runs: Vec<_> = acks.iter().map(|a| (a.id, a.delivery)).collect();
+                match broker.complete(&queue, retention, &runs).await {
+                    Ok(outcomes) => {
+                        for (ack, outcome) in acks.into_iter().zip(outcomes) {
+                            let _ = ack.reply.send(Ok(outcome));
+                        }
                     }
-                }
-                Err(e) => {
-                    for ack in acks {
-                        let _ = ack.reply.send(Err(e.clone()));
+                    Err(e) => {
+                        for ack in acks {
+                            let _ = ack.reply.send(Err(e.clone()));
+                        }
                     }
                 }
             }
-        }
+        });
+        futures::future::join_all(calls).await;
     }
 }

@@ -203,10 +203,27 @@ pub(super) async fn listen_for_wakeups(
     stop: CancellationToken,
 ) {
     let mut messages = subscriber.message_rx();
-    if let Err(e) = subscriber.subscribe(channels).await {
-        // The subscriber re-subscribes when Redis is back; until then the
-        // safety poll keeps tasks moving.
-        tracing::warn!(error = %e, "cannot subscribe to wake-ups yet");
+    // The client re-subscribes after a reconnect only to channels it once
+    // subscribed to, so the first subscribe is retried until it succeeds;
+    // meanwhile the safety poll keeps tasks moving.
+    let mut outage = Outage::new(
+        "cannot subscribe to wake-ups; polling meanwhile",
+        "subscribed to wake-ups",
+        Duration::from_millis(100),
+        SAFETY_POLL * 5,
+    );
+    loop {
+        match subscriber.subscribe(channels.clone()).await {
+            Ok(()) => {
+                outage.up();
+                break;
+            }
+            Err(e) => {
+                if !outage.pause("redis", &e, &stop).await {
+                    return;
+                }
+            }
+        }
     }
     loop {
         tokio::select! {

@@ -195,18 +195,23 @@ impl Inner {
             while let Ok(p) = slots.clone().try_acquire_owned() {
                 permits.push(p);
             }
-            let (tasks, failed) = self.dequeue(permits.len()).await;
+            let Fetched {
+                tasks,
+                failed,
+                answered,
+            } = self.dequeue(permits.len()).await;
             match failed {
                 None => outage.up(),
-                // Nothing taken: wait before asking again.
-                Some(e) if tasks.is_empty() => {
+                // No queue answered: wait before asking again.
+                Some(e) if !answered => {
                     drop(permits);
                     if outage.pause("redis", &e, &shutdown).await {
                         continue;
                     }
                     return;
                 }
-                // Some queue failed, others gave tasks: run those now.
+                // Some queue failed and others answered: carry on with those,
+                // logging the failure once.
                 Some(e) => {
                     outage.down("redis", &e);
                 }
@@ -238,11 +243,12 @@ impl Inner {
     /// A queue whose dequeue fails is skipped, and its error returned beside
     /// the tasks the others gave: those were taken under a lease, and
     /// dropping them would strand them until the lease expired.
-    async fn dequeue(&self, n: usize) -> (Vec<Task>, Option<QueueError>) {
+    async fn dequeue(&self, n: usize) -> Fetched {
         let queues = &self.settings.queues;
         let lease = self.settings.lease;
         let mut tasks = Vec::with_capacity(n);
         let mut failed = None;
+        let mut answered = false;
         // Queues that came back short from the weighted draw (or failed):
         // they are empty, and asking them again costs a round trip.
         let mut emptied = vec![false; queues.len()];
@@ -261,6 +267,7 @@ impl Inner {
             {
                 match got {
                     Ok(got) => {
+                        answered = true;
                         emptied[i] = got.len() < *want;
                         tasks.extend(got);
                     }
@@ -279,12 +286,19 @@ impl Inner {
             }
             if !emptied {
                 match self.broker.dequeue(queue, n - tasks.len(), lease).await {
-                    Ok(got) => tasks.extend(got),
+                    Ok(got) => {
+                        answered = true;
+                        tasks.extend(got);
+                    }
                     Err(e) => failed = Some(e),
                 }
             }
         }
-        (tasks, failed)
+        Fetched {
+            tasks,
+            failed,
+            answered,
+        }
     }
 
     async fn run_task(
@@ -310,17 +324,31 @@ impl Inner {
     }
 }
 
+/// What one fetch got.
+struct Fetched {
+    tasks: Vec<Task>,
+    /// The last error of a queue that failed.
+    failed: Option<QueueError>,
+    /// Whether any queue answered (if only with nothing).
+    answered: bool,
+}
+
 /// How many of `n` slots each queue gets, drawn in proportion to its weight.
 fn weighted_draw(queues: &[(String, u32)], n: usize) -> Vec<usize> {
-    let total: u32 = queues.iter().map(|(_, w)| w).sum();
+    // In u64: weights are u32 each, and their sum must not overflow.
+    let total: u64 = queues.iter().map(|(_, w)| u64::from(*w)).sum();
     let mut counts = vec![0usize; queues.len()];
+    if total == 0 {
+        return counts;
+    }
     let mut rng = rand::rng();
     for _ in 0..n {
         let mut pick = rng.random_range(0..total);
         let i = queues
             .iter()
             .position(|(_, w)| {
-                if pick < *w {
+                let w = u64::from(*w);
+                if pick < w {
                     true
                 } else {
                     pick -= w;

@@ -522,3 +522,25 @@ async fn a_run_that_completed_after_its_lease_ran_out_is_completed_in_redis_too(
     assert_eq!(effects.lock().unwrap().len(), 1);
     stop_worker(worker).await;
 }
+
+#[tokio::test]
+async fn an_enqueue_refused_half_way_writes_nothing_and_can_be_repeated() {
+    let env = TestEnv::new().await;
+    let q = env.queue();
+    let raw = redis_client(&env.cfg.redis.url).await;
+    let pending = q.keys("default").pending;
+    let _: () = raw
+        .set(&pending, "not a list", None, None, false)
+        .await
+        .unwrap();
+    assert!(q.enqueue(&[msg(1, "default")]).await.is_err());
+    assert_eq!(
+        q.task("default", 1).await.unwrap(),
+        None,
+        "no hash left behind"
+    );
+    // Repaired, the relay's next attempt enqueues the task.
+    let _: () = raw.del(&pending).await.unwrap();
+    assert_eq!(q.enqueue(&[msg(1, "default")]).await.unwrap(), 1);
+    assert_eq!(q.stats("default").await.unwrap().pending, 1);
+}

@@ -10,12 +10,13 @@
 //! Scripts run by hash (EVALSHA) and are loaded again after a Redis restart
 //! forgot them. The Redis client re-sends a command whose connection dropped
 //! before the reply came; that is right for a script that is the same run
-//! twice (enqueue by id, extend, forward) and wrong for one that is not (a
-//! second dequeue takes other tasks and strands the first ones until their
-//! lease expires; a second hand-back would push the id twice). Those are sent
-//! once ([`Replay::Never`]): a lost reply is an error, the lease expiring
-//! settles the task, and the scripts also refuse a run that is no longer
-//! active, so a repeat changes nothing.
+//! twice (enqueue by id, extend, forward, settle) and wrong for dequeue (a
+//! second run takes other tasks, and the first ones wait for their lease to
+//! run out). The scripts that settle a run (complete, fail, requeue) refuse a
+//! run that is no longer active, so a repeat changes nothing; they are sent
+//! once all the same ([`Replay::Never`]), so that their caller learns what the
+//! first run did, not what a repeat found: a lost reply is an error, and the
+//! caller asks again or lets the lease settle the task.
 
 pub mod keys;
 mod reads;
@@ -212,14 +213,13 @@ impl Broker {
             Replay::Never => {
                 let once = client.with_options(&Options {
                     max_attempts: Some(1),
-                    // EVALSHA sha numkeys key...: route by the first key.
-                    cluster_hash: Some(ClusterHash::Offset(2)),
                     ..Options::default()
                 });
                 let mut call: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
                 call.push(lua.script.sha1().clone().into());
                 call.push(Value::Integer(keys.len() as i64));
                 call.extend(keys.iter().chain(args).map(|v| Value::from(v.as_str())));
+                // EVALSHA sha numkeys key...: routed by the first key.
                 once.custom(
                     CustomCommand::new_static("EVALSHA", ClusterHash::Offset(2), false),
                     call,
@@ -229,9 +229,9 @@ impl Broker {
         }
     }
 
-    /// Enqueues `tasks`, one script call per queue, all in one round trip (the
-    /// calls are pipelined on the connection). A task whose id is already known
-    /// is left as it is. Returns how many were new.
+    /// Enqueues `tasks`, one script call per queue, the calls side by side.
+    /// A task whose id is already known is left as it is. Returns how many
+    /// were new.
     pub async fn enqueue(&self, tasks: &[TaskMessage]) -> Result<usize, QueueError> {
         let mut by_queue: HashMap<&str, Vec<&TaskMessage>> = HashMap::new();
         for task in tasks {

@@ -55,9 +55,10 @@ impl Broker {
         task_info(queue, id, fields).map(Some)
     }
 
-    /// Up to `limit` tasks of `queue` in `state`, oldest first (pending: next
-    /// to run first), skipping `offset`. Completed tasks have no index and
-    /// cannot be listed.
+    /// Up to `limit` tasks of `queue` in `state`, skipping `offset`, in the
+    /// order of their index: pending next to run first; scheduled and retry
+    /// by due time; archived oldest first; active by lease deadline.
+    /// Completed tasks have no index and cannot be listed.
     pub async fn list(
         &self,
         queue: &str,
@@ -69,7 +70,9 @@ impl Broker {
             return Ok(Vec::new());
         }
         let k = self.keys(queue);
-        let (start, stop) = (offset as i64, (offset + limit - 1) as i64);
+        // Redis indexes are i64; beyond that there is nothing to list anyway.
+        let start = i64::try_from(offset).unwrap_or(i64::MAX);
+        let stop = start.saturating_add(i64::try_from(limit - 1).unwrap_or(i64::MAX));
         let ids: Vec<i64> = match state {
             // New ids are pushed on the left and taken from the right.
             TaskState::Pending => self.pool.lrange(&k.pending, -1 - stop, -1 - start).await?,
@@ -100,7 +103,7 @@ impl Broker {
         let hashes: Vec<HashMap<String, String>> = pipe.all().await?;
         ids.into_iter()
             .zip(hashes)
-            // A task that changed state between the two reads is left out.
+            // A task deleted between the two reads is left out.
             .filter(|(_, f)| !f.is_empty())
             .map(|(id, fields)| task_info(queue, id, fields))
             .collect()

@@ -19,7 +19,7 @@ for i = 2, #ARGV, 2 do
     if retention > 0 then
       redis.call('HSET', key, 'state', 'completed')
       redis.call('HDEL', key, 'payload')
-      redis.call('PEXPIRE', key, retention)
+      redis.call('PEXPIRE', key, ARGV[1])
     else
       redis.call('DEL', key)
     end

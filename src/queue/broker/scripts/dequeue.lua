@@ -9,6 +9,9 @@
 -- a number an earlier run's worker may still hold.
 --
 -- Not safe to replay: a second run takes other tasks. The broker sends it once.
+-- Numbers are written as integer text: some Redis versions (7.2.0-7.2.4)
+-- format a Lua number passed to redis.call as 1e+08.
+local function int(n) return string.format('%d', n) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local deadline = now + tonumber(ARGV[2])
@@ -20,7 +23,7 @@ for _ = 1, tonumber(ARGV[1]) do
   local f = redis.call('HMGET', key, 'kind', 'payload', 'retried', 'max_retry', 'timeout_ms')
   if f[1] then
     local delivery = redis.call('INCR', KEYS[4])
-    redis.call('HSET', key, 'deliveries', delivery, 'state', 'active')
+    redis.call('HSET', key, 'deliveries', int(delivery), 'state', 'active')
     redis.call('ZADD', KEYS[3], deadline, id)
     table.insert(out, id)
     for j = 1, 5 do table.insert(out, f[j]) end

@@ -8,6 +8,15 @@
 -- to redis.call is formatted back with printf, which costs more than the HSET.
 -- New pending ids are pushed in one LPUSH per chunk (the same order as one push
 -- each), a chunk staying well below Lua's limit on unpacked values.
+-- Refused before anything is written when a list or set has the wrong type:
+-- a script that fails half-way keeps what it wrote, and a task hash whose id
+-- is in no list would turn every later enqueue of the id into a no-op.
+for i, want in ipairs({'list', 'zset'}) do
+  local have = redis.call('TYPE', KEYS[i + 1])['ok']
+  if have ~= 'none' and have ~= want then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i + 1] .. ' is a ' .. have .. ', not a ' .. want)
+  end
+end
 local t = redis.call('TIME')
 local now = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
 local now_ms = tonumber(now)

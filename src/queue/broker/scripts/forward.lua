@@ -5,6 +5,9 @@
 -- ARGV[1] wake channel, ARGV[2] most tasks moved per set per call
 -- Returns {moved to pending, recovered leases, ms until the next due task}; the
 -- last is nil (false) when nothing is scheduled, waiting to retry or leased.
+-- Numbers are written as integer text: some Redis versions (7.2.0-7.2.4)
+-- format a Lua number passed to redis.call as 1e+08.
+local function int(n) return string.format('%d', n) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit = tonumber(ARGV[2])
@@ -23,15 +26,15 @@ for _, id in ipairs(expired) do
   local key = KEYS[1] .. id
   redis.call('ZREM', KEYS[5], id)
   -- A new delivery number fences off the worker that lost the lease.
-  redis.call('HSET', key, 'deliveries', redis.call('INCR', KEYS[7]))
+  redis.call('HSET', key, 'deliveries', int(redis.call('INCR', KEYS[7])))
   local f = redis.call('HMGET', key, 'retried', 'max_retry')
   local retried, max_retry = tonumber(f[1]), tonumber(f[2])
-  redis.call('HSET', key, 'last_error', 'lease expired: the worker running the task stopped', 'last_failed_at', now)
+  redis.call('HSET', key, 'last_error', 'lease expired: the worker running the task stopped', 'last_failed_at', int(now))
   if retried == nil or retried >= (max_retry or 0) then
     redis.call('HSET', key, 'state', 'archived')
     redis.call('ZADD', KEYS[6], now, id)
   else
-    redis.call('HSET', key, 'state', 'pending', 'retried', retried + 1)
+    redis.call('HSET', key, 'state', 'pending', 'retried', int(retried + 1))
     redis.call('LPUSH', KEYS[2], id)
     moved = moved + 1
   end
