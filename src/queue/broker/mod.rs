@@ -14,29 +14,26 @@
 //! second run takes other tasks, and the first ones wait for their lease to
 //! run out). The scripts that settle a run (complete, fail, requeue) refuse a
 //! run that is no longer active, so a repeat changes nothing; they are sent
-//! once all the same ([`Replay::Never`]), so that their caller learns what the
+//! once all the same (`Replay::Never` in `scripts.rs`), so that their caller learns what the
 //! first run did, not what a repeat found: a lost reply is an error, and the
 //! caller asks again or lets the lease settle the task.
 
 pub mod keys;
 mod reads;
 mod reply;
+mod scripts;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, LazyLock},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use chrono::{DateTime, Utc};
-use fred::{
-    clients::Pool,
-    prelude::*,
-    types::{ClusterHash, CustomCommand, Value, config::Options, scripts::Script},
-};
+use fred::{clients::Pool, prelude::*};
 use futures::future::try_join_all;
 
-use self::{keys::QueueKeys, reply::Reply};
+use self::{keys::QueueKeys, reply::Reply, scripts::SCRIPTS};
 use super::{
     QueueError,
     fence::RunGuard,
@@ -44,71 +41,6 @@ use super::{
 };
 
 pub use reads::QueueStats;
-
-/// Whether a script may be sent again when its connection dropped before
-/// the reply came.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Replay {
-    /// Running it twice is the same as running it once.
-    Safe,
-    /// Sent once; a lost reply is an error for the caller.
-    Never,
-}
-
-/// A Lua script and the name its errors carry.
-struct Lua {
-    name: &'static str,
-    script: Script,
-    replay: Replay,
-}
-
-impl Lua {
-    fn new(name: &'static str, source: &'static str, replay: Replay) -> Self {
-        Self {
-            name,
-            script: Script::from_lua(source),
-            replay,
-        }
-    }
-}
-
-struct Scripts {
-    enqueue: Lua,
-    dequeue: Lua,
-    complete: Lua,
-    fail: Lua,
-    requeue: Lua,
-    settle: Lua,
-    extend: Lua,
-    forward: Lua,
-}
-
-static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    // Idempotent by task id.
-    enqueue: Lua::new("enqueue", include_str!("scripts/enqueue.lua"), Replay::Safe),
-    dequeue: Lua::new(
-        "dequeue",
-        include_str!("scripts/dequeue.lua"),
-        Replay::Never,
-    ),
-    complete: Lua::new(
-        "complete",
-        include_str!("scripts/complete.lua"),
-        Replay::Never,
-    ),
-    fail: Lua::new("fail", include_str!("scripts/fail.lua"), Replay::Never),
-    requeue: Lua::new(
-        "requeue",
-        include_str!("scripts/requeue.lua"),
-        Replay::Never,
-    ),
-    // Marks completed what is not active: the same either way.
-    settle: Lua::new("settle", include_str!("scripts/settle.lua"), Replay::Safe),
-    // Sets a deadline: the same either way.
-    extend: Lua::new("extend", include_str!("scripts/extend.lua"), Replay::Safe),
-    // A second pass moves what is due by then, as the next pass would.
-    forward: Lua::new("forward", include_str!("scripts/forward.lua"), Replay::Safe),
-});
 
 /// What became of an acknowledgement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,55 +110,6 @@ impl Broker {
             .into_iter()
             .map(|q| self.keys(q).wake_channel)
             .collect()
-    }
-
-    async fn run(
-        &self,
-        lua: &Lua,
-        keys: Vec<String>,
-        args: Vec<String>,
-    ) -> Result<Value, QueueError> {
-        let client = self.pool.next();
-        match self.evalsha(client, lua, &keys, &args).await {
-            // NOSCRIPT means it did not run: load it and send it again.
-            Err(e) if e.details().starts_with("NOSCRIPT") => {
-                lua.script.load(client).await?;
-                Ok(self.evalsha(client, lua, &keys, &args).await?)
-            }
-            result => Ok(result?),
-        }
-    }
-
-    async fn evalsha(
-        &self,
-        client: &Client,
-        lua: &Lua,
-        keys: &[String],
-        args: &[String],
-    ) -> Result<Value, fred::error::Error> {
-        match lua.replay {
-            Replay::Safe => {
-                lua.script
-                    .evalsha(client, keys.to_vec(), args.to_vec())
-                    .await
-            }
-            Replay::Never => {
-                let once = client.with_options(&Options {
-                    max_attempts: Some(1),
-                    ..Options::default()
-                });
-                let mut call: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
-                call.push(lua.script.sha1().clone().into());
-                call.push(Value::Integer(keys.len() as i64));
-                call.extend(keys.iter().chain(args).map(|v| Value::from(v.as_str())));
-                // EVALSHA sha numkeys key...: routed by the first key.
-                once.custom(
-                    CustomCommand::new_static("EVALSHA", ClusterHash::Offset(2), false),
-                    call,
-                )
-                .await
-            }
-        }
     }
 
     /// Enqueues `tasks`, one script call per queue, the calls side by side.

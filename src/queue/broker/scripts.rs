@@ -1,0 +1,129 @@
+//! The Lua scripts and how they are sent: by hash (EVALSHA), loaded again
+//! after a Redis restart forgot them, and sent once or replayed as each
+//! script allows (see the module doc of [`super`]).
+
+use std::sync::LazyLock;
+
+use fred::{
+    prelude::*,
+    types::{ClusterHash, CustomCommand, Value, config::Options, scripts::Script},
+};
+
+use super::Broker;
+use crate::queue::QueueError;
+
+/// Whether a script may be sent again when its connection dropped before
+/// the reply came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replay {
+    /// Running it twice is the same as running it once.
+    Safe,
+    /// Sent once; a lost reply is an error for the caller.
+    Never,
+}
+
+/// A Lua script and the name its errors carry.
+pub(super) struct Lua {
+    pub name: &'static str,
+    script: Script,
+    replay: Replay,
+}
+
+impl Lua {
+    fn new(name: &'static str, source: &'static str, replay: Replay) -> Self {
+        Self {
+            name,
+            script: Script::from_lua(source),
+            replay,
+        }
+    }
+}
+
+pub(super) struct Scripts {
+    pub enqueue: Lua,
+    pub dequeue: Lua,
+    pub complete: Lua,
+    pub fail: Lua,
+    pub requeue: Lua,
+    pub settle: Lua,
+    pub extend: Lua,
+    pub forward: Lua,
+}
+
+pub(super) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    // Idempotent by task id.
+    enqueue: Lua::new("enqueue", include_str!("scripts/enqueue.lua"), Replay::Safe),
+    dequeue: Lua::new(
+        "dequeue",
+        include_str!("scripts/dequeue.lua"),
+        Replay::Never,
+    ),
+    complete: Lua::new(
+        "complete",
+        include_str!("scripts/complete.lua"),
+        Replay::Never,
+    ),
+    fail: Lua::new("fail", include_str!("scripts/fail.lua"), Replay::Never),
+    requeue: Lua::new(
+        "requeue",
+        include_str!("scripts/requeue.lua"),
+        Replay::Never,
+    ),
+    // Marks completed what is not active: the same either way.
+    settle: Lua::new("settle", include_str!("scripts/settle.lua"), Replay::Safe),
+    // Sets a deadline: the same either way.
+    extend: Lua::new("extend", include_str!("scripts/extend.lua"), Replay::Safe),
+    // A second pass moves what is due by then, as the next pass would.
+    forward: Lua::new("forward", include_str!("scripts/forward.lua"), Replay::Safe),
+});
+
+impl Broker {
+    pub(super) async fn run(
+        &self,
+        lua: &Lua,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Value, QueueError> {
+        let client = self.pool.next();
+        match self.evalsha(client, lua, &keys, &args).await {
+            // NOSCRIPT means it did not run: load it and send it again.
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                lua.script.load(client).await?;
+                Ok(self.evalsha(client, lua, &keys, &args).await?)
+            }
+            result => Ok(result?),
+        }
+    }
+
+    async fn evalsha(
+        &self,
+        client: &Client,
+        lua: &Lua,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<Value, fred::error::Error> {
+        match lua.replay {
+            Replay::Safe => {
+                lua.script
+                    .evalsha(client, keys.to_vec(), args.to_vec())
+                    .await
+            }
+            Replay::Never => {
+                let once = client.with_options(&Options {
+                    max_attempts: Some(1),
+                    ..Options::default()
+                });
+                let mut call: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
+                call.push(lua.script.sha1().clone().into());
+                call.push(Value::Integer(keys.len() as i64));
+                call.extend(keys.iter().chain(args).map(|v| Value::from(v.as_str())));
+                // EVALSHA sha numkeys key...: routed by the first key.
+                once.custom(
+                    CustomCommand::new_static("EVALSHA", ClusterHash::Offset(2), false),
+                    call,
+                )
+                .await
+            }
+        }
+    }
+}
