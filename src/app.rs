@@ -13,7 +13,7 @@ use crate::{
     db, http,
     mail::Mailer,
     outbox::{relay::Relay, wake::RelayWaker},
-    queue::{self, Broker, WorkerServer, WorkerSettings},
+    queue::{self, ArchiveLimits, Broker, WorkerServer, WorkerSettings},
     tasks::{self, ledger::PgLedger},
     users::password::PasswordHasher,
 };
@@ -48,7 +48,10 @@ impl Clients {
         let redis = queue::connection::pool(&cfg.redis).context("REDIS_URL")?;
         Ok(Self {
             pool,
-            queue: Broker::new(redis, &cfg.redis.key_prefix),
+            queue: Broker::new(redis, &cfg.redis.key_prefix).with_archive_limits(ArchiveLimits {
+                max_age: cfg.worker.archive_max_age,
+                max_size: cfg.worker.archive_max_size,
+            }),
         })
     }
 

@@ -256,6 +256,20 @@ pub struct WorkerConfig {
     /// How long a completed task's id is remembered in Redis, so a repeated enqueue is a no-op.
     #[arg(id = "worker_done_retention", value_name = "WORKER_DONE_RETENTION", long = "worker-done-retention", env = "WORKER_DONE_RETENTION", default_value = "1h", value_parser = parse_duration, global = true)]
     pub done_retention: Duration,
+    /// How long an archived task (retries used up) is kept for an operator to
+    /// read or retry.
+    #[arg(id = "worker_archive_max_age", value_name = "WORKER_ARCHIVE_MAX_AGE", long = "worker-archive-max-age", env = "WORKER_ARCHIVE_MAX_AGE", default_value = "90d", value_parser = parse_duration, global = true)]
+    pub archive_max_age: Duration,
+    /// Most archived tasks kept per queue; the oldest go first.
+    #[arg(
+        id = "worker_archive_max_size",
+        value_name = "WORKER_ARCHIVE_MAX_SIZE",
+        long = "worker-archive-max-size",
+        env = "WORKER_ARCHIVE_MAX_SIZE",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub archive_max_size: u64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -21,7 +21,9 @@ mod run;
 pub mod server;
 pub mod task;
 
-pub use broker::{AckOutcome, Broker, FailOutcome, Forwarded, QueueStats, RequeueOutcome};
+pub use broker::{
+    AckOutcome, ArchiveLimits, Broker, FailOutcome, Forwarded, QueueStats, RequeueOutcome,
+};
 pub use fence::Fenced;
 pub use handler::{Handler, HandlerRegistry, Ledger, Processed, handler_fn};
 pub use retry::RetryPolicy;

@@ -544,3 +544,44 @@ async fn an_enqueue_refused_half_way_writes_nothing_and_can_be_repeated() {
     assert_eq!(q.enqueue(&[msg(1, "default")]).await.unwrap(), 1);
     assert_eq!(q.stats("default").await.unwrap().pending, 1);
 }
+
+#[tokio::test]
+async fn the_archive_keeps_to_its_age_and_size_limits() {
+    let env = TestEnv::new().await;
+    let q = env.queue().with_archive_limits(queue::ArchiveLimits {
+        max_age: Duration::from_millis(300),
+        max_size: 3,
+    });
+    let archive = |id| {
+        let q = q.clone();
+        async move {
+            q.enqueue(&[msg(id, "default")]).await.unwrap();
+            let t = take_one(&q, "default", LEASE).await;
+            assert_eq!(
+                q.fail(&t, "no", Duration::ZERO, true).await.unwrap(),
+                FailOutcome::Archived
+            );
+        }
+    };
+    for id in 1..=5 {
+        archive(id).await;
+    }
+    let ids = |v: Vec<simplebank::queue::TaskInfo>| v.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(q.list("default", TaskState::Archived, 0, 10).await.unwrap()),
+        [3, 4, 5],
+        "the oldest beyond the size limit went"
+    );
+    assert_eq!(
+        q.task("default", 1).await.unwrap(),
+        None,
+        "with their hashes"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    archive(6).await;
+    assert_eq!(
+        ids(q.list("default", TaskState::Archived, 0, 10).await.unwrap()),
+        [6],
+        "and those past the age limit"
+    );
+}

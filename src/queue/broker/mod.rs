@@ -82,11 +82,33 @@ pub struct Forwarded {
     pub next_due: Option<Duration>,
 }
 
+/// How much of a queue's archive is kept (asynq's defaults: 90 days, 10,000
+/// tasks). An archived task keeps its payload and error for an operator to
+/// retry or read; past these limits it is deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArchiveLimits {
+    pub max_age: Duration,
+    pub max_size: u64,
+}
+
+impl Default for ArchiveLimits {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(90 * 24 * 3600),
+            max_size: 10_000,
+        }
+    }
+}
+
+/// Most archived tasks one trim removes.
+const TRIM_BATCH: u32 = 100;
+
 /// Runs queue operations on a Redis pool. Cheap to clone.
 #[derive(Clone)]
 pub struct Broker {
     pool: Pool,
     prefix: Arc<str>,
+    archive: ArchiveLimits,
 }
 
 impl Broker {
@@ -95,7 +117,14 @@ impl Broker {
         Self {
             pool,
             prefix: prefix.into(),
+            archive: ArchiveLimits::default(),
         }
+    }
+
+    /// Keeps archives within `limits` instead of the defaults.
+    pub fn with_archive_limits(mut self, limits: ArchiveLimits) -> Self {
+        self.archive = limits;
+        self
     }
 
     /// The key layout of `queue`, for tests and tools that look at Redis
@@ -275,6 +304,7 @@ impl Broker {
             }
             "archived" => {
                 reply.int("archive time")?;
+                self.trim_archive_quietly(&task.queue).await;
                 FailOutcome::Archived
             }
             "lost" => FailOutcome::LeaseLost,
@@ -360,6 +390,10 @@ impl Broker {
             next_due: reply.opt_count("next due")?.map(Duration::from_millis),
         };
         reply.end()?;
+        // Some of the recovered may have been archived.
+        if forwarded.recovered > 0 {
+            self.trim_archive_quietly(queue).await;
+        }
         Ok(forwarded)
     }
 
@@ -383,6 +417,41 @@ impl Broker {
             lost.push(reply.int("lost id")?);
         }
         Ok(lost)
+    }
+
+    /// Deletes archived tasks of `queue` past the archive limits, at most a
+    /// batch per call; returns how many.
+    pub async fn trim_archive(&self, queue: &str) -> Result<u64, QueueError> {
+        let k = self.keys(queue);
+        let lua = &SCRIPTS.trim_archive;
+        let reply = self
+            .run(
+                lua,
+                vec![k.task_prefix, k.archived],
+                vec![
+                    self.archive.max_age.as_millis().to_string(),
+                    self.archive.max_size.to_string(),
+                    TRIM_BATCH.to_string(),
+                ],
+            )
+            .await?;
+        reply
+            .as_i64()
+            .and_then(|n| u64::try_from(n).ok())
+            .ok_or_else(|| QueueError::Reply {
+                script: lua.name,
+                detail: format!("{reply:?} where a count was expected"),
+            })
+    }
+
+    /// Trims after archiving; the archive having happened, a failed trim is
+    /// only logged (the next archiving trims again).
+    async fn trim_archive_quietly(&self, queue: &str) {
+        match self.trim_archive(queue).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(queue, removed = n, "archive trimmed to its limits"),
+            Err(e) => tracing::warn!(queue, error = %e, "could not trim the archive"),
+        }
     }
 
     /// A round trip to Redis, for readiness checks.

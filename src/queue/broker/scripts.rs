@@ -46,6 +46,7 @@ pub(super) struct Scripts {
     pub fail: Lua,
     pub requeue: Lua,
     pub settle: Lua,
+    pub trim_archive: Lua,
     pub extend: Lua,
     pub forward: Lua,
 }
@@ -71,6 +72,12 @@ pub(super) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     ),
     // Marks completed what is not active: the same either way.
     settle: Lua::new("settle", include_str!("scripts/settle.lua"), Replay::Safe),
+    // Removes what is over the limits: the same either way.
+    trim_archive: Lua::new(
+        "trim_archive",
+        include_str!("scripts/trim_archive.lua"),
+        Replay::Safe,
+    ),
     // Sets a deadline: the same either way.
     extend: Lua::new("extend", include_str!("scripts/extend.lua"), Replay::Safe),
     // A second pass moves what is due by then, as the next pass would.
