@@ -148,7 +148,7 @@ pub async fn start(cfg: &Config, components: Components) -> anyhow::Result<Runni
             cfg.database_url()?,
             (cfg.worker.concurrency as u32).clamp(1, WORKER_POOL_MAX),
         )?;
-        let registry = tasks::registry(pool.clone(), mailer, cfg.mail.app_base_url.clone());
+        let registry = tasks::registry(pool.clone(), mailer, cfg);
         let subscriber = queue::connection::subscriber(&cfg.redis)?;
         let server = WorkerServer::new(
             clients.queue.clone(),

@@ -172,6 +172,13 @@ pub struct SignupConfig {
     /// Longest one run of the verify-email task may take.
     #[arg(long, env = "VERIFY_EMAIL_TIMEOUT", default_value = "60s", value_parser = parse_duration, global = true)]
     pub verify_email_timeout: Duration,
+    /// How long a verification link works, counted from each email that
+    /// carries it.
+    #[arg(long, env = "VERIFY_EMAIL_LINK_TTL", default_value = "15m", value_parser = parse_duration, global = true)]
+    pub verify_email_link_ttl: Duration,
+    /// Shortest time between two requests for a new link to one address.
+    #[arg(long, env = "VERIFY_EMAIL_RESEND_INTERVAL", default_value = "60s", value_parser = parse_duration, global = true)]
+    pub verify_email_resend_interval: Duration,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -42,6 +42,11 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     #[error("{0}")]
     Unavailable(String),
     #[error(transparent)]
@@ -53,7 +58,7 @@ pub enum ApiError {
 pub struct ErrorBody {
     /// Machine-readable: invalid_argument, failed_precondition, already_exists,
     /// not_found, method_not_allowed, payload_too_large, unsupported_media_type,
-    /// unavailable, internal.
+    /// too_many_requests, unavailable, internal.
     pub code: &'static str,
     pub message: String,
     /// The violated fields, for invalid_argument.
@@ -81,6 +86,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
+            Self::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -101,12 +107,19 @@ impl IntoResponse for ApiError {
             }
             _ => self.to_string(),
         };
+        let retry_after = match &self {
+            // Whole seconds, rounded up: the header has no finer unit.
+            Self::TooManyRequests { retry_after, .. } => {
+                Some(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0))
+            }
+            _ => None,
+        };
         let details = match self {
             Self::InvalidArgument { details, .. } => details,
             _ => Vec::new(),
         };
         let request_id = REQUEST_ID.try_with(Clone::clone).ok();
-        (
+        let mut response = (
             status,
             Json(ErrorBody {
                 code,
@@ -115,7 +128,13 @@ impl IntoResponse for ApiError {
                 request_id,
             }),
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 

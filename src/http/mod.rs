@@ -57,6 +57,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
     let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(users::create_user))
         .routes(routes!(verify_email::verify_email))
+        .routes(routes!(verify_email::resend_verify_email))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .split_for_parts();

@@ -1,11 +1,22 @@
-//! GET /v1/verify_email: the link from the verification email.
+//! GET /v1/verify_email: the link from the verification email; and
+//! POST /v1/resend_verify_email: a new link, for one that expired or got lost.
 
-use axum::{Json, extract::State};
+use axum::{Json, extract::State, http::StatusCode};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{AppState, error::ApiError, error::ErrorBody, extract::ApiQuery};
-use crate::users::{validation, validation::Violations, verify_email};
+use super::{
+    AppState,
+    error::{ApiError, ErrorBody},
+    extract::{ApiJson, ApiQuery},
+};
+use crate::{
+    tasks::send_verify_email,
+    users::{
+        validation::{self, Violations},
+        verify_email::{self, Resend},
+    },
+};
 
 /// Both are read as text so that a malformed value is reported as a field
 /// violation, like every other invalid input.
@@ -55,4 +66,69 @@ pub async fn verify_email(
 
     verify_email::verify(&state.pool, id.unwrap_or_default(), code).await?;
     Ok(Json(VerifyEmailResponse { is_verified: true }))
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct ResendVerifyEmailRequest {
+    /// The address the account signed up with (any case).
+    #[schema(format = "email", min_length = 3, max_length = 200)]
+    pub email: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ResendVerifyEmailResponse {
+    pub message: &'static str,
+}
+
+/// Sends a new verification link to `email`, if an account that is not
+/// verified yet has that address. The answer is the same either way, so it
+/// tells nobody which addresses have accounts; at most one request per
+/// address per `VERIFY_EMAIL_RESEND_INTERVAL`, whoever asks.
+#[utoipa::path(
+    post,
+    path = "/v1/resend_verify_email",
+    request_body = ResendVerifyEmailRequest,
+    responses(
+        (status = 202, description = "Accepted: a link is sent if the address has an unverified account", body = ResendVerifyEmailResponse),
+        (status = 400, description = "Malformed JSON or an invalid address", body = ErrorBody),
+        (status = 413, description = "Body over the limit", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
+        (status = 429, description = "This address had a request too recently; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ),
+    tag = "users"
+)]
+pub async fn resend_verify_email(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<ResendVerifyEmailRequest>,
+) -> Result<(StatusCode, Json<ResendVerifyEmailResponse>), ApiError> {
+    let mut v = Violations::default();
+    v.check("email", validation::email(&req.email));
+    v.finish().map_err(ApiError::invalid)?;
+    let interval = state.signup.verify_email_resend_interval;
+    let outcome = verify_email::request_resend(&state.pool, &req.email, interval, |username| {
+        send_verify_email::task(&state.signup, username)
+    })
+    .await?;
+    match outcome {
+        Resend::TooSoon => Err(ApiError::TooManyRequests {
+            message: "a new link was asked for this address a moment ago; try again later".into(),
+            retry_after: interval,
+        }),
+        Resend::Queued { task_id } => {
+            state.waker.wake();
+            tracing::info!(task_id, "verification link sent again");
+            Ok(accepted())
+        }
+        Resend::NothingToSend => Ok(accepted()),
+    }
+}
+
+fn accepted() -> (StatusCode, Json<ResendVerifyEmailResponse>) {
+    (
+        StatusCode::ACCEPTED,
+        Json(ResendVerifyEmailResponse {
+            message: "if an account that is not verified yet has this address, a new verification link is on its way",
+        }),
+    )
 }

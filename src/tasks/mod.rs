@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-use crate::{mail::Mailer, queue::HandlerRegistry};
+use crate::{config::Config, mail::Mailer, queue::HandlerRegistry};
 
 /// Time allowed after an effect for its ledger record. A handler fences for
 /// the effect and this together, so no other worker is handed the task
@@ -27,11 +27,16 @@ pub const SEND_VERIFY_EMAIL: &str = "task:send_verify_email";
 
 /// Every handler this service runs, keyed by task kind. The worker runs
 /// them with [`ledger::PgLedger`], so none runs again once it completed.
-pub fn registry(pool: PgPool, mailer: Mailer, app_base_url: String) -> HandlerRegistry {
+pub fn registry(pool: PgPool, mailer: Mailer, cfg: &Config) -> HandlerRegistry {
     let mut registry = HandlerRegistry::default();
     registry.register(
         SEND_VERIFY_EMAIL,
-        send_verify_email::SendVerifyEmail::new(pool, mailer, app_base_url),
+        send_verify_email::SendVerifyEmail::new(
+            pool,
+            mailer,
+            cfg.mail.app_base_url.clone(),
+            cfg.signup.verify_email_link_ttl,
+        ),
     );
     registry
 }

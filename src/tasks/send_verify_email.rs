@@ -1,5 +1,7 @@
 //! "task:send_verify_email": email a new user a link that verifies the address.
 
+use std::time::Duration;
+
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -37,14 +39,17 @@ pub struct SendVerifyEmail {
     pool: PgPool,
     mailer: Mailer,
     base_url: String,
+    link_ttl: Duration,
 }
 
 impl SendVerifyEmail {
-    pub fn new(pool: PgPool, mailer: Mailer, base_url: String) -> Self {
+    /// Links in its emails work for `link_ttl` from each send.
+    pub fn new(pool: PgPool, mailer: Mailer, base_url: String, link_ttl: Duration) -> Self {
         Self {
             pool,
             mailer,
             base_url: base_url.trim_end_matches('/').to_owned(),
+            link_ttl,
         }
     }
 
@@ -58,9 +63,14 @@ impl SendVerifyEmail {
                     payload.username
                 ))
             })?;
-        let code =
-            verify_email::get_or_create_for_task(&self.pool, task.id, &user.username, &user.email)
-                .await?;
+        let code = verify_email::get_or_create_for_task(
+            &self.pool,
+            task.id,
+            &user.username,
+            &user.email,
+            self.link_ttl,
+        )
+        .await?;
         let link = format!(
             "{}/v1/verify_email?email_id={}&secret_code={}",
             self.base_url, code.id, code.secret_code

@@ -321,3 +321,112 @@ async fn verify_email_rejects_bad_links() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_retry_after_the_link_expired_sends_a_link_that_works() {
+    let mut env = TestEnv::new().await;
+    let port = free_port();
+    env.cfg.mail.smtp_url = Some(format!("smtp://127.0.0.1:{port}"));
+    let app = env.start(Components::ALL).await;
+    assert_eq!(
+        app.post_json("/v1/create_user", user_json("ivy")).await.0,
+        200
+    );
+    let id = env.only_outbox_id().await;
+    wait_task(
+        &env.queue(),
+        "critical",
+        id,
+        Duration::from_secs(20),
+        "a failed attempt",
+        |t| t.retried >= 1,
+    )
+    .await;
+    // The mail server stays down longer than a link lives.
+    sqlx::query("UPDATE verify_emails SET expired_at = now() - interval '1 minute'")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let smtp = SmtpProcess::on_port(port);
+    let message = eventually(Duration::from_secs(30), "the email", || async {
+        smtp.messages().pop()
+    })
+    .await;
+    let (status, body) = app.get_json(&path_of(&link_in(&message))).await;
+    assert_eq!(status, 200, "the link works from its own send: {body}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_link_is_sent_on_request_and_the_answer_tells_nothing() {
+    let mut env = TestEnv::new().await;
+    let smtp = SmtpProcess::on_port(free_port());
+    env.cfg.mail.smtp_url = Some(smtp.url());
+    env.cfg.signup.verify_email_resend_interval = Duration::from_secs(2);
+    let app = env.start(Components::ALL).await;
+    assert_eq!(
+        app.post_json("/v1/create_user", user_json("una")).await.0,
+        200
+    );
+    eventually(Duration::from_secs(20), "the first email", || async {
+        (smtp.messages().len() == 1).then_some(())
+    })
+    .await;
+    let resend = |email: &'static str| {
+        let app = &app;
+        async move {
+            let res = app
+                .http
+                .post(app.url("/v1/resend_verify_email"))
+                .json(&serde_json::json!({ "email": email }))
+                .send()
+                .await
+                .unwrap();
+            let retry_after = res.headers().get("retry-after").cloned();
+            (
+                res.status().as_u16(),
+                retry_after,
+                res.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let (status, _, known) = resend("UNA@example.com").await;
+    assert_eq!(status, 202);
+    let (status, _, unknown) = resend("nobody@example.com").await;
+    assert_eq!(
+        (status, &unknown),
+        (202, &known),
+        "the same answer for an unknown address"
+    );
+    // A second request within the interval: refused, for either address.
+    for email in ["una@example.com", "nobody@example.com"] {
+        let (status, retry_after, body) = resend(email).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (429, Some("too_many_requests"))
+        );
+        assert_eq!(retry_after.unwrap(), "2");
+    }
+    let (status, _, body) = resend("not an address").await;
+    assert_eq!(
+        (status, body["details"][0]["field"].as_str()),
+        (400, Some("email"))
+    );
+
+    let messages = eventually(Duration::from_secs(20), "the second email", || async {
+        let m = smtp.messages();
+        (m.len() == 2).then_some(m)
+    })
+    .await;
+    let links: Vec<_> = messages.iter().map(|m| link_in(m)).collect();
+    assert_ne!(links[0], links[1], "a new link");
+    let (status, _) = app.get_json(&path_of(&links[1])).await;
+    assert_eq!(status, 200);
+    // Verified: a later request sends nothing, and answers the same.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, _, body) = resend("una@example.com").await;
+    assert_eq!((status, &body), (202, &known));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(smtp.messages().len(), 2);
+    app.stop().await;
+}

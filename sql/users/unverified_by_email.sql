@@ -1,0 +1,4 @@
+-- The user whose address is $1 (in any case), if it is not verified yet.
+SELECT username FROM users
+WHERE lower(email) = lower($1) AND NOT is_email_verified
+LIMIT 1
