@@ -137,10 +137,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let started = Instant::now();
             // A failed batch rolls back: what was not forwarded stays in the
             // outbox for the next run, which the message says.
-            let forwarded = relay
+            let drained = relay
                 .drain(&CancellationToken::new())
                 .await
                 .context("forwarding stopped; the rest stays in the outbox")?;
+            let forwarded = drained.forwarded;
+            if let Some(e) = drained.failed {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "forwarded {forwarded} rows, but a queue refused its rows; they stay in the outbox"
+                )));
+            }
             let redelivered = match redeliver_since {
                 Some(window) => relay
                     .redeliver_since(window)

@@ -5,6 +5,7 @@
 //! rows to their Redis queues. [`wake`] tells relays promptly that rows were
 //! committed, without a NOTIFY inside the writing transaction.
 
+mod held;
 pub mod relay;
 pub mod wake;
 pub mod write;

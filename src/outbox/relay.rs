@@ -10,14 +10,21 @@
 //!
 //! There is no high-water mark: ids are assigned at insert but commit out of
 //! order, so every undispatched row is a candidate on every claim.
+//!
+//! A queue Redis refuses (a broken key, a cluster slot without a master) keeps
+//! its rows undispatched and is held back from the claims for a growing while
+//! ([`super::held`]); the other queues' rows go on.
 
-use std::time::Duration;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use sqlx::{PgPool, postgres::PgListener};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{NOTIFY_CHANNEL, OutboxRow, wake::RelayWaker};
+use super::{NOTIFY_CHANNEL, OutboxRow, held::HeldQueues, wake::RelayWaker};
 use crate::{
     config::RelayConfig,
     outage::Outage,
@@ -53,73 +60,156 @@ impl RelayError {
 /// PgBouncer refuse.
 pub const BEGIN_BATCH: &str = "BEGIN; SET LOCAL synchronous_commit = off";
 
+/// What one batch did.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Rows claimed.
+    pub claimed: usize,
+    /// Rows enqueued and marked dispatched.
+    pub forwarded: usize,
+    /// The error of a queue that refused its rows (they stay undispatched).
+    pub failed: Option<QueueError>,
+}
+
+/// What a drain did.
+#[derive(Debug, Default)]
+pub struct Drained {
+    pub forwarded: u64,
+    /// The last error of a queue that refused its rows; the rows of the
+    /// other queues were forwarded.
+    pub failed: Option<QueueError>,
+}
+
+impl Drained {
+    fn add(&mut self, batch: Batch) {
+        self.forwarded += batch.forwarded as u64;
+        self.failed = batch.failed.or(self.failed.take());
+    }
+}
+
 /// Forwards outbox rows; see the module doc.
 #[derive(Clone)]
 pub struct Relay {
     pool: PgPool,
     queue: Broker,
     cfg: RelayConfig,
+    held: Arc<HeldQueues>,
 }
 
 impl Relay {
     pub fn new(pool: PgPool, queue: Broker, cfg: RelayConfig) -> Self {
-        Self { pool, queue, cfg }
+        let held = Arc::new(HeldQueues::new(Duration::from_millis(100), cfg.max_backoff));
+        Self {
+            pool,
+            queue,
+            cfg,
+            held,
+        }
     }
 
-    /// Claims, enqueues and marks one batch; returns how many rows it forwarded.
-    pub async fn forward_batch(&self) -> Result<usize, RelayError> {
+    /// Claims, enqueues and marks one batch. The rows of a queue Redis
+    /// refused stay undispatched, and that queue is held back from the next
+    /// claims for a while; the other queues' rows are marked and committed.
+    pub async fn forward_batch(&self) -> Result<Batch, RelayError> {
+        let skipped = self.held.skipped(Instant::now());
         let mut tx = self.pool.begin_with(BEGIN_BATCH).await?;
         let rows = sqlx::query_file_as!(
             OutboxRow,
             "sql/outbox/claim.sql",
-            i64::from(self.cfg.batch_size)
+            i64::from(self.cfg.batch_size),
+            &skipped
         )
         .fetch_all(&mut *tx)
         .await?;
+        let claimed = rows.len();
         if rows.is_empty() {
-            return Ok(0);
+            return Ok(Batch::default());
         }
-        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        let tasks: Vec<TaskMessage> = rows.into_iter().map(Into::into).collect();
-        // Dropping `tx` on error rolls back: the rows stay undispatched.
-        self.queue.enqueue(&tasks).await?;
+        let (ids, tasks): (Vec<i64>, Vec<TaskMessage>) =
+            rows.into_iter().map(|r| (r.id, r.into())).unzip();
+        let mut failed = None;
+        let mut refused: Vec<(String, bool)> = Vec::new();
+        for (queue, outcome) in self.queue.enqueue_each(&tasks).await {
+            match outcome {
+                Ok(_) => {
+                    if self.held.recovered(&queue) {
+                        tracing::info!(queue = %queue, "queue takes tasks again");
+                    }
+                }
+                Err(e) => {
+                    let was_held = self.held.failed(&queue, Instant::now());
+                    refused.push((queue, was_held));
+                    failed = Some(e);
+                }
+            }
+        }
+        let ids: Vec<i64> = match refused.is_empty() {
+            true => ids,
+            false => ids
+                .into_iter()
+                .zip(&tasks)
+                .filter(|(_, t)| !refused.iter().any(|(q, _)| *q == t.queue))
+                .map(|(id, _)| id)
+                .collect(),
+        };
+        if let Some(e) = &failed {
+            if ids.is_empty() {
+                // Every queue refused (Redis is down, most likely): an
+                // outage, which the caller logs. Dropping `tx` rolls back;
+                // the rows stay undispatched.
+                return Err(RelayError::Redis(e.clone()));
+            }
+            for (queue, was_held) in &refused {
+                if !was_held {
+                    tracing::warn!(queue = %queue, error = %e, "queue refuses tasks; its rows wait, the other queues go on");
+                }
+            }
+        }
         sqlx::query_file!("sql/outbox/mark_dispatched.sql", &ids)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(ids.len())
+        Ok(Batch {
+            claimed,
+            forwarded: ids.len(),
+            failed,
+        })
     }
 
     /// Forwards batches until none is left (or `shutdown`, after the current
     /// batches), keeping `RELAY_PARALLEL_BATCHES` in flight: a batch waiting on
     /// Redis leaves Postgres idle and the other way round, so overlapping them
     /// nearly doubles the drain rate. SKIP LOCKED keeps them apart.
-    pub async fn drain(&self, shutdown: &CancellationToken) -> Result<u64, RelayError> {
+    pub async fn drain(&self, shutdown: &CancellationToken) -> Result<Drained, RelayError> {
         // The usual case, a few fresh rows, takes one batch; only a full batch
         // (a backlog) is worth the lanes.
         let first = self.forward_batch().await?;
-        if first < self.cfg.batch_size as usize || shutdown.is_cancelled() {
-            return Ok(first as u64);
+        let mut drained = Drained::default();
+        let full = first.claimed == self.cfg.batch_size as usize;
+        drained.add(first);
+        if !full || shutdown.is_cancelled() {
+            return Ok(drained);
         }
         let lanes = (0..self.cfg.parallel_batches.max(1)).map(|_| self.drain_lane(shutdown));
-        let rest: u64 = futures::future::try_join_all(lanes)
-            .await?
-            .into_iter()
-            .sum();
-        Ok(first as u64 + rest)
+        for lane in futures::future::try_join_all(lanes).await? {
+            drained.forwarded += lane.forwarded;
+            drained.failed = lane.failed.or(drained.failed);
+        }
+        Ok(drained)
     }
 
     /// One sequence of batches, until a batch comes back short.
-    async fn drain_lane(&self, shutdown: &CancellationToken) -> Result<u64, RelayError> {
-        let mut total = 0;
+    async fn drain_lane(&self, shutdown: &CancellationToken) -> Result<Drained, RelayError> {
+        let mut drained = Drained::default();
         while !shutdown.is_cancelled() {
-            let n = self.forward_batch().await?;
-            total += n as u64;
-            if n < self.cfg.batch_size as usize {
+            let batch = self.forward_batch().await?;
+            let full = batch.claimed == self.cfg.batch_size as usize;
+            drained.add(batch);
+            if !full {
                 break;
             }
         }
-        Ok(total)
+        Ok(drained)
     }
 
     /// Enqueues again every row dispatched in the last `window`: the recovery
@@ -209,10 +299,18 @@ impl Relay {
         );
         loop {
             match self.drain(&shutdown).await {
-                Ok(n) => {
-                    outage.up();
-                    if n > 0 {
-                        tracing::debug!(forwarded = n, "forwarded outbox rows");
+                Ok(drained) => {
+                    // A queue still held back is still failing: no "recovered"
+                    // line just because the others went through.
+                    match drained.failed {
+                        Some(e) => {
+                            outage.down("redis", &e);
+                        }
+                        None if !self.held.any() => outage.up(),
+                        None => {}
+                    }
+                    if drained.forwarded > 0 {
+                        tracing::debug!(forwarded = drained.forwarded, "forwarded outbox rows");
                     }
                 }
                 Err(e) => {

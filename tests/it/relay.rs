@@ -132,10 +132,24 @@ async fn a_row_committed_after_a_later_id_is_still_forwarded() {
         .unwrap();
     assert!(early < late);
 
-    assert_eq!(relay.drain(&CancellationToken::new()).await.unwrap(), 1);
+    assert_eq!(
+        relay
+            .drain(&CancellationToken::new())
+            .await
+            .unwrap()
+            .forwarded,
+        1
+    );
     assert!(q.task("default", late).await.unwrap().is_some());
     slow_tx.commit().await.unwrap();
-    assert_eq!(relay.drain(&CancellationToken::new()).await.unwrap(), 1);
+    assert_eq!(
+        relay
+            .drain(&CancellationToken::new())
+            .await
+            .unwrap()
+            .forwarded,
+        1
+    );
     assert!(q.task("default", early).await.unwrap().is_some());
     assert_eq!(undispatched(&env).await, 0);
 }
@@ -152,7 +166,7 @@ async fn two_relays_forward_10000_rows_exactly_once() {
     );
     let never = CancellationToken::new();
     let (na, nb) = tokio::join!(a.drain(&never), b.drain(&never));
-    let (na, nb) = (na.unwrap(), nb.unwrap());
+    let (na, nb) = (na.unwrap().forwarded, nb.unwrap().forwarded);
     println!("relay a forwarded {na}, relay b {nb}");
     assert_eq!(na + nb, 10_000, "each row forwarded by exactly one relay");
     assert!(
@@ -361,7 +375,14 @@ async fn redeliver_since_restores_what_redis_lost() {
     let env = TestEnv::new().await;
     insert_rows(&env, 30).await;
     let relay = Clients::new(&env.cfg).unwrap().relay(&env.cfg).unwrap();
-    assert_eq!(relay.drain(&CancellationToken::new()).await.unwrap(), 30);
+    assert_eq!(
+        relay
+            .drain(&CancellationToken::new())
+            .await
+            .unwrap()
+            .forwarded,
+        30
+    );
     // Rows dispatched long ago are outside the window.
     sqlx::query("UPDATE outbox SET dispatched_at = now() - interval '1 hour' WHERE id <= (SELECT min(id) + 9 FROM outbox)")
         .execute(&env.pool)
@@ -518,5 +539,53 @@ async fn postgres_down_and_back_loses_nothing_and_the_listener_reconnects() {
     );
     let (status, body) = app.get_json("/readyz").await;
     assert_eq!(status, 200, "{body}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_queue_redis_refuses_does_not_hold_up_the_rows_of_the_others() {
+    let mut env = TestEnv::new().await;
+    env.cfg.relay.batch_size = 10;
+    env.cfg.relay.max_backoff = Duration::from_millis(300);
+    // "default" is broken in Redis: its pending list is a string.
+    let q = env.queue();
+    let raw = crate::common::redis_client(&env.cfg.redis.url).await;
+    let _: () = raw
+        .set(q.keys("default").pending, "not a list", None, None, false)
+        .await
+        .unwrap();
+    // 30 rows of each queue, interleaved, so every batch holds both.
+    sqlx::query(
+        "INSERT INTO outbox (kind, queue, payload, max_retry, timeout_ms)
+         SELECT 'noop', CASE WHEN g % 2 = 0 THEN 'default' ELSE 'critical' END, '{}', 3, 1000
+         FROM generate_series(1, 60) g",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let app = env.start(RELAY_ONLY).await;
+    // Forwarded means in Redis and marked: the mark commits after Redis.
+    eventually(
+        Duration::from_secs(10),
+        "critical's rows forwarded",
+        || async {
+            let critical = q.stats("critical").await.unwrap().pending;
+            (critical == 30 && undispatched(&env).await == 30).then_some(())
+        },
+    )
+    .await;
+    let waiting: i64 = env
+        .count("SELECT count(*) FROM outbox WHERE dispatched_at IS NULL AND queue = 'default'")
+        .await;
+    assert_eq!(waiting, 30, "default's rows wait in the outbox");
+    // Repaired: the held queue's rows follow.
+    let _: () = raw.del(q.keys("default").pending).await.unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "default's rows forwarded",
+        || async { (undispatched(&env).await == 0).then_some(()) },
+    )
+    .await;
+    assert_eq!(q.stats("default").await.unwrap().pending, 30);
     app.stop().await;
 }

@@ -31,7 +31,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use fred::{clients::Pool, prelude::*};
-use futures::future::try_join_all;
+use futures::future::join_all;
 
 use self::{keys::QueueKeys, reply::Reply, scripts::SCRIPTS};
 use super::{
@@ -143,53 +143,70 @@ impl Broker {
 
     /// Enqueues `tasks`, one script call per queue, the calls side by side.
     /// A task whose id is already known is left as it is. Returns how many
-    /// were new.
+    /// were new, or the first queue's error.
     pub async fn enqueue(&self, tasks: &[TaskMessage]) -> Result<usize, QueueError> {
+        let mut added = 0;
+        for (_, outcome) in self.enqueue_each(tasks).await {
+            added += outcome?;
+        }
+        Ok(added)
+    }
+
+    /// [`Broker::enqueue`], with each queue's outcome on its own: the tasks
+    /// of a queue that answered are in Redis even if another queue failed.
+    pub async fn enqueue_each(
+        &self,
+        tasks: &[TaskMessage],
+    ) -> Vec<(String, Result<usize, QueueError>)> {
         let mut by_queue: HashMap<&str, Vec<&TaskMessage>> = HashMap::new();
         for task in tasks {
             by_queue.entry(task.queue.as_str()).or_default().push(task);
         }
         let calls = by_queue.into_iter().map(|(queue, tasks)| async move {
-            let keys = self.keys(queue);
-            let mut args = Vec::with_capacity(1 + tasks.len() * 6);
-            args.push(keys.wake_channel.clone());
-            for t in &tasks {
-                args.extend([
-                    t.id.to_string(),
-                    t.kind.clone(),
-                    t.payload.clone(),
-                    t.max_retry.to_string(),
-                    t.timeout.as_millis().to_string(),
-                    t.process_at.timestamp_millis().to_string(),
-                ]);
-            }
-            let lua = &SCRIPTS.enqueue;
-            let reply = self
-                .run(
-                    lua,
-                    vec![keys.task_prefix, keys.pending, keys.scheduled],
-                    args,
-                )
-                .await?;
-            let mut reply = Reply::new(lua.name, reply)?;
-            let mut added = 0;
-            for t in &tasks {
-                if reply.int("new-task flag")? == 1 {
-                    added += 1;
-                    tracing::info!(
-                        task_id = t.id,
-                        r#type = %t.kind,
-                        payload = %t.payload,
-                        queue = %t.queue,
-                        max_retry = t.max_retry,
-                        "enqueued task"
-                    );
-                }
-            }
-            reply.end()?;
-            Ok::<_, QueueError>(added)
+            (queue.to_owned(), self.enqueue_one(queue, &tasks).await)
         });
-        Ok(try_join_all(calls).await?.into_iter().sum())
+        join_all(calls).await
+    }
+
+    async fn enqueue_one(&self, queue: &str, tasks: &[&TaskMessage]) -> Result<usize, QueueError> {
+        let keys = self.keys(queue);
+        let mut args = Vec::with_capacity(1 + tasks.len() * 6);
+        args.push(keys.wake_channel.clone());
+        for t in tasks {
+            args.extend([
+                t.id.to_string(),
+                t.kind.clone(),
+                t.payload.clone(),
+                t.max_retry.to_string(),
+                t.timeout.as_millis().to_string(),
+                t.process_at.timestamp_millis().to_string(),
+            ]);
+        }
+        let lua = &SCRIPTS.enqueue;
+        let reply = self
+            .run(
+                lua,
+                vec![keys.task_prefix, keys.pending, keys.scheduled],
+                args,
+            )
+            .await?;
+        let mut reply = Reply::new(lua.name, reply)?;
+        let mut added = 0;
+        for t in tasks {
+            if reply.int("new-task flag")? == 1 {
+                added += 1;
+                tracing::info!(
+                    task_id = t.id,
+                    r#type = %t.kind,
+                    payload = %t.payload,
+                    queue = %t.queue,
+                    max_retry = t.max_retry,
+                    "enqueued task"
+                );
+            }
+        }
+        reply.end()?;
+        Ok(added)
     }
 
     /// Takes up to `n` pending tasks of `queue`, each under a lease of `lease`.
