@@ -6,7 +6,7 @@ SERVICES := scripts/dev-services.sh
 # Exports DATABASE_URL and REDIS_URL of the running services.
 WITH_ENV = eval "$$($(SERVICES) env | sed 's/^/export /')" &&
 
-.PHONY: run test bench services services-down fmt lint sqlx-prepare
+.PHONY: run test test-faults bench services services-down fmt lint sqlx-prepare
 
 ## run: services, then the API + relay + worker on HTTP_ADDR (default :8080)
 run: services
@@ -16,6 +16,11 @@ run: services
 test: services
 	$(WITH_ENV) scripts/clean-test-data.sh
 	$(WITH_ENV) cargo test --all-targets -- --test-threads=8
+
+## test-faults: the fault suite (minutes): two serve processes under load while
+## Redis, Postgres, a process, a link and the mail server fail (tests/faults.rs)
+test-faults: services
+	$(WITH_ENV) cargo test --test faults -- --ignored --nocapture
 
 ## bench: the benchmark harness, release build (see BENCHMARKS.md; minutes, not in CI)
 bench:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # dev-services.sh - PostgreSQL and Redis on loopback for development and tests.
 #
-# Usage: scripts/dev-services.sh up|down|env|status
+# Usage: scripts/dev-services.sh up|down|env|status|restart-postgres [SECONDS]
 #
 #   up      Make a PostgreSQL (>= 15) and a Redis (7) available, then write
 #           DATABASE_URL / REDIS_URL into <repo>/.env and print them.
@@ -15,6 +15,10 @@
 #   env     Print DATABASE_URL=... and REDIS_URL=... lines, e.g.
 #             eval "$(scripts/dev-services.sh env | sed 's/^/export /')"
 #   status  Say what is running.
+#   restart-postgres [SECONDS]
+#           Stop the private PostgreSQL (fast shutdown), keep it down SECONDS
+#           (default 0), start it again: the fault suite's Postgres outage.
+#           Only the private instance; never a server this script did not start.
 #
 # Why it works the way it does:
 #   * No Docker: it has to work on a plain Debian/Ubuntu CI machine, so it uses
@@ -533,7 +537,20 @@ cmd_status() {
   fi
 }
 
-usage() { echo "usage: $0 up|down|env|status" >&2; exit 2; }
+cmd_restart_postgres() {
+  local down=${1:-0}
+  [[ $down =~ ^[0-9]+$ ]] || die "restart-postgres: SECONDS must be a whole number"
+  pg_initialized && pg_running || die "no private postgres is running (run 'up')"
+  PG_BIN=$(find_pg_bin "$(<"$PGDATA/PG_VERSION")") || die "binaries for $PGDATA are missing"
+  log "postgres: stopping the private instance for ${down}s"
+  as_pg "$PG_BIN/pg_ctl" stop -D "$PGDATA" -m fast -w -t "$WAIT_SECONDS" >&2
+  sleep "$down"
+  as_pg "$PG_BIN/pg_ctl" start -D "$PGDATA" -l "$PG_LOG" -w -t "$WAIT_SECONDS" >&2 ||
+    { tail -n 20 "$PG_LOG" >&2; die "postgres did not start again (log: $PG_LOG)"; }
+  log "postgres: private instance running again"
+}
+
+usage() { echo "usage: $0 up|down|env|status|restart-postgres [SECONDS]" >&2; exit 2; }
 
 [[ $PG_PORT =~ ^[0-9]+$ ]] || die "SB_PG_PORT must be a port number"
 [[ $REDIS_PORT =~ ^[0-9]+$ ]] || die "SB_REDIS_PORT must be a port number"
@@ -543,6 +560,7 @@ case ${1:-} in
   down) cmd_down ;;
   env) cmd_env ;;
   status) cmd_status ;;
-  -h | --help | help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
+  restart-postgres) cmd_restart_postgres "${2:-0}" ;;
+  -h | --help | help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
   *) usage ;;
 esac

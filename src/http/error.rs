@@ -138,10 +138,23 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Connection-level failures mean Postgres is unreachable: 503, not 500.
+/// Connection-level failures mean Postgres is unreachable: 503, not 500. So
+/// do the errors of a server going down or coming up: SQLSTATE class 08
+/// (connection exception) and 57P01-57P03 (shut down by the administrator,
+/// crash shutdown, cannot connect now).
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        let server_going = |e: &sqlx::Error| match e {
+            sqlx::Error::Database(db) => db
+                .code()
+                .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+            _ => false,
+        };
         match e {
+            e if server_going(&e) => {
+                tracing::warn!(error = %e, "postgres unavailable");
+                Self::Unavailable("database unavailable".into())
+            }
             sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)

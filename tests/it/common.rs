@@ -1,6 +1,9 @@
 //! Test support: a fresh database and Redis key prefix per test, the real app
 //! on port 0, and private Redis and SMTP server processes for fault tests.
 
+// Shared by the `it` and `faults` test crates; each uses a part of it.
+#![allow(dead_code)]
+
 use std::{
     net::TcpListener,
     path::{Path, PathBuf},
@@ -341,6 +344,20 @@ impl SmtpProcess {
     pub fn on_port(port: u16) -> Self {
         let maildir =
             std::env::temp_dir().join(format!("sbtest-smtp-{}", uuid::Uuid::new_v4().simple()));
+        let mut smtp = Self {
+            port,
+            maildir,
+            child: None,
+        };
+        smtp.start();
+        smtp
+    }
+
+    /// Starts the server again (after [`SmtpProcess::stop`]), on the same
+    /// port and Maildir.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let (port, maildir) = (self.port, &self.maildir);
         let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".dev/venv/bin/python");
         let support = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support");
         let child = Command::new(python)
@@ -354,16 +371,20 @@ impl SmtpProcess {
                 "-c",
                 "smtp_sink.RefusingMailbox",
             ])
-            .arg(&maildir)
+            .arg(maildir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("aiosmtpd in .dev/venv (make test installs it)");
+        self.child = Some(child);
         wait_for_port(port, Duration::from_secs(15));
-        Self {
-            port,
-            maildir,
-            child: Some(child),
+    }
+
+    /// Stops the server (SIGKILL: it is gone at once); what it received stays.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 
@@ -373,11 +394,20 @@ impl SmtpProcess {
 
     /// Every message received so far, raw.
     pub fn messages(&self) -> Vec<String> {
+        self.received().into_iter().map(|(_, m)| m).collect()
+    }
+
+    /// Every message received so far, raw, with when it was written.
+    pub fn received(&self) -> Vec<(std::time::SystemTime, String)> {
         let Ok(entries) = std::fs::read_dir(self.maildir.join("new")) else {
             return Vec::new();
         };
         entries
-            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .filter_map(|e| {
+                let path = e.ok()?.path();
+                let at = std::fs::metadata(&path).ok()?.modified().ok()?;
+                Some((at, std::fs::read_to_string(path).ok()?))
+            })
             .collect()
     }
 }
