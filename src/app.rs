@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    config::Config,
+    config::{Config, validate::Role},
     db, http,
     mail::Mailer,
     outbox::{relay::Relay, wake::RelayWaker},
@@ -32,6 +32,20 @@ impl Components {
         relay: true,
         worker: true,
     };
+
+    /// What the settings of a process running these must allow.
+    pub fn role(self) -> Role {
+        match self {
+            Self {
+                worker: true,
+                api: true,
+                ..
+            } => Role::Serve,
+            Self { worker: true, .. } => Role::Worker,
+            Self { relay: true, .. } => Role::Relay,
+            _ => Role::Tool,
+        }
+    }
 }
 
 /// The clients every component shares.
@@ -77,14 +91,13 @@ pub struct RunningApp {
 
 /// Starts `components`. `serve` migrates first, so a fresh database just works.
 pub async fn start(cfg: &Config, components: Components) -> anyhow::Result<RunningApp> {
-    // Checked before anything starts: a worker that would cut sends short
-    // must not run at all.
+    // Checked before anything starts (main checked already; tests and other
+    // embedders start here).
+    for warning in cfg.validate(components.role())? {
+        tracing::warn!("{warning}");
+    }
     let mailer = match components.worker {
-        true => {
-            let mailer = Mailer::from_config(&cfg.mail)?;
-            check_worker_times(cfg, tasks::effect_budget(&mailer))?;
-            Some(mailer)
-        }
+        true => Some(Mailer::from_config(&cfg.mail)?),
         false => None,
     };
     let clients = Clients::new(cfg)?;
@@ -107,7 +120,7 @@ pub async fn start(cfg: &Config, components: Components) -> anyhow::Result<Runni
             .with_context(|| format!("binding HTTP_ADDR {}", cfg.http.addr))?;
         let addr = listener.local_addr()?;
         http_addr = Some(addr);
-        let router = http::router(state, cfg.http.body_limit);
+        let router = http::router(state, &cfg.http);
         let stop = shutdown.clone();
         tracker.spawn(async move {
             tracing::info!(%addr, "start HTTP server");
@@ -173,26 +186,6 @@ pub async fn start(cfg: &Config, components: Components) -> anyhow::Result<Runni
 
 /// Most connections of the worker's own Postgres pool.
 const WORKER_POOL_MAX: u32 = 8;
-
-/// The worker's shutdown grace and lease against the longest effect of a
-/// run (`effect`: a send and its ledger record): a shutdown must not cut an
-/// effect short, and a run must find enough of its lease left to begin one.
-fn check_worker_times(cfg: &Config, effect: Duration) -> anyhow::Result<()> {
-    let w = &cfg.worker;
-    anyhow::ensure!(
-        w.shutdown_grace >= effect,
-        "WORKER_SHUTDOWN_GRACE ({}) must be at least {} (the longest send, SMTP_TIMEOUT, and its ledger record): a shutdown would cut sends short",
-        humantime::format_duration(w.shutdown_grace),
-        humantime::format_duration(effect),
-    );
-    anyhow::ensure!(
-        w.lease >= effect * 2,
-        "WORKER_LEASE ({}) must be at least {} (twice the longest send, SMTP_TIMEOUT, and its ledger record): runs would not find enough lease left to send",
-        humantime::format_duration(w.lease),
-        humantime::format_duration(effect * 2),
-    );
-    Ok(())
-}
 
 impl RunningApp {
     /// Asks every component to stop: HTTP stops accepting, the relay finishes

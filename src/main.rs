@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use simplebank::{
     app::{self, Clients, Components},
-    config::{Config, LogFormat, parse_duration},
+    config::{Config, LogFormat, parse_duration, validate::Role},
     db, telemetry,
 };
 use tokio_util::sync::CancellationToken;
@@ -46,6 +46,18 @@ enum Command {
     Queues,
 }
 
+impl Command {
+    /// What this command runs, for the settings it must allow.
+    fn role(&self) -> Role {
+        match self {
+            Command::Serve => Role::Serve,
+            Command::Worker => Role::Worker,
+            Command::Relay { once: false, .. } => Role::Relay,
+            Command::Relay { once: true, .. } | Command::Migrate | Command::Queues => Role::Tool,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     // A .env file is optional; one that does not parse is an error worth a line.
     if let Err(e) = dotenvy::dotenv()
@@ -56,9 +68,21 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let json_logs = cli.config.log.format == LogFormat::Json;
+    // A bad setting: one line naming it, and exit code 2, as for a setting
+    // the parser refused.
+    let warnings = match cli.config.validate(cli.command.role()) {
+        Ok(warnings) => warnings,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if let Err(e) = telemetry::init(&cli.config.log) {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;
+    }
+    for warning in warnings {
+        tracing::warn!("{warning}");
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -27,8 +27,16 @@ use tracing::Span;
 use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
+use std::sync::Arc;
+
+use axum::{extract::State, response::IntoResponse};
+use tokio::sync::Semaphore;
+
 use crate::{
-    config::SignupConfig, outbox::wake::RelayWaker, queue::Broker, users::password::PasswordHasher,
+    config::{HttpConfig, SignupConfig},
+    outbox::wake::RelayWaker,
+    queue::Broker,
+    users::password::PasswordHasher,
 };
 use error::{ApiError, REQUEST_ID};
 
@@ -53,7 +61,8 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The routes and their OpenAPI document, built from the same declarations so
 /// they cannot drift apart.
-pub fn router(state: AppState, body_limit: usize) -> Router {
+pub fn router(state: AppState, http: &HttpConfig) -> Router {
+    let in_flight = Arc::new(Semaphore::new(http.max_in_flight));
     let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(users::create_user))
         .routes(routes!(verify_email::verify_email))
@@ -64,7 +73,8 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
     api.route("/openapi.json", get(move || async move { Json(openapi) }))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(DefaultBodyLimit::max(http.body_limit))
+        .layer(middleware::from_fn_with_state(in_flight, limit_in_flight))
         .layer(middleware::from_fn(scope_request_id))
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
         .layer(
@@ -96,6 +106,24 @@ impl MakeRequestId for RandomRequestId {
     fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
         let id = uuid::Builder::from_random_bytes(rand::Rng::random(&mut rand::rng())).into_uuid();
         Some(RequestId::new(id.to_string().parse().ok()?))
+    }
+}
+
+/// At most `HTTP_MAX_IN_FLIGHT` requests are worked on at once; one more is
+/// refused at once (503 with Retry-After) instead of waiting, so a crowd
+/// costs a fast answer each, not memory and time for all of them.
+async fn limit_in_flight(
+    State(in_flight): State<Arc<Semaphore>>,
+    req: Request,
+    next: Next,
+) -> axum::response::Response {
+    match in_flight.try_acquire_owned() {
+        Ok(_permit) => next.run(req).await,
+        Err(_) => ApiError::Busy {
+            message: "too many requests at once; try again shortly".into(),
+            retry_after: Duration::from_secs(1),
+        }
+        .into_response(),
     }
 }
 

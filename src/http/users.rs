@@ -7,7 +7,11 @@ use utoipa::ToSchema;
 use super::{AppState, error::ApiError, error::ErrorBody, extract::ApiJson};
 use crate::{
     tasks::send_verify_email,
-    users::{User, repo, validation::SignUp},
+    users::{
+        User,
+        repo::{self, CreateUserError},
+        validation::SignUp,
+    },
 };
 
 #[derive(Deserialize, ToSchema)]
@@ -36,10 +40,10 @@ pub struct CreateUserResponse {
     responses(
         (status = 200, description = "User created", body = CreateUserResponse),
         (status = 400, description = "Malformed JSON or invalid fields", body = ErrorBody),
-        (status = 409, description = "Username or email already exists", body = ErrorBody),
+        (status = 409, description = "Username or email (in any case) already exists", body = ErrorBody),
         (status = 413, description = "Body over the limit", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
+        (status = 503, description = "Database unavailable, or too many sign-ups at once (see Retry-After)", body = ErrorBody),
         (status = 500, description = "Unexpected error", body = ErrorBody),
     ),
     tag = "users"
@@ -50,6 +54,10 @@ pub async fn create_user(
 ) -> Result<Json<CreateUserResponse>, ApiError> {
     let signup = SignUp::parse(req.username, req.full_name, req.email, req.password)
         .map_err(ApiError::invalid)?;
+    // Cheap checks first: a taken name or address costs no hash.
+    if let Some(taken) = repo::taken(&state.pool, &signup.username, &signup.email).await? {
+        return Err(CreateUserError::Taken(taken).into());
+    }
     let hashed = state.hasher.hash(signup.password).await?;
     let task = send_verify_email::task(&state.signup, &signup.username);
     let new_user = repo::NewUser {

@@ -67,6 +67,14 @@ pub struct Mailer {
 /// The longest a file mailer's send (write and sync one file) may take.
 const FILE_SEND_LIMIT: Duration = Duration::from_secs(2);
 
+/// The longest one send of the mailer `cfg` describes takes, start to end.
+pub fn send_limit(cfg: &MailConfig) -> Duration {
+    match cfg.smtp_url {
+        Some(_) => cfg.smtp_timeout,
+        None => FILE_SEND_LIMIT,
+    }
+}
+
 /// Where a message went, for the log.
 #[derive(Debug, Clone)]
 pub enum Delivered {
@@ -77,22 +85,20 @@ pub enum Delivered {
 impl Mailer {
     pub fn from_config(cfg: &MailConfig) -> Result<Self, MailError> {
         let from = Mailbox::new(Some(cfg.from_name.clone()), cfg.from_address.parse()?);
-        let (transport, limit) = match &cfg.smtp_url {
-            Some(url) => (
-                Transport::Smtp(
-                    AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
-                        .map_err(|e| MailError::Config(format!("SMTP_URL: {e}")))?
-                        .timeout(Some(cfg.smtp_timeout))
-                        .build(),
-                ),
-                cfg.smtp_timeout,
+        let transport = match &cfg.smtp_url {
+            // The error would quote the URL, password and all.
+            Some(url) => Transport::Smtp(
+                AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+                    .map_err(|_| MailError::Config("SMTP_URL is not a valid SMTP URL".into()))?
+                    .timeout(Some(cfg.smtp_timeout))
+                    .build(),
             ),
-            None => (Transport::File(cfg.dir.clone()), FILE_SEND_LIMIT),
+            None => Transport::File(cfg.dir.clone()),
         };
         Ok(Self {
             from,
             transport,
-            limit,
+            limit: send_limit(cfg),
         })
     }
 

@@ -49,12 +49,31 @@ pub async fn create_with_task(
     .await
     .map_err(|e| match unique_violation(&e) {
         Some("users_pkey") => CreateUserError::Taken(Taken::Username),
-        Some("users_email_key") => CreateUserError::Taken(Taken::Email),
+        Some("users_email_key" | "users_email_lower_key") => CreateUserError::Taken(Taken::Email),
         _ => CreateUserError::Db(e),
     })?;
     let task_id = write::insert(&mut tx, task).await?;
     tx.commit().await?;
     Ok((created, task_id))
+}
+
+/// Which of `username` and `email` (in any case) an account has already;
+/// `None` when neither. Cheap, so sign-up asks before hashing the password.
+pub async fn taken(
+    pool: &PgPool,
+    username: &str,
+    email: &str,
+) -> Result<Option<Taken>, sqlx::Error> {
+    let row = sqlx::query_file!("sql/users/taken.sql", username, email)
+        .fetch_one(pool)
+        .await?;
+    Ok(if row.username {
+        Some(Taken::Username)
+    } else if row.email {
+        Some(Taken::Email)
+    } else {
+        None
+    })
 }
 
 pub async fn get(pool: &PgPool, username: &str) -> Result<Option<User>, sqlx::Error> {

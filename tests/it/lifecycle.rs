@@ -136,3 +136,68 @@ async fn serve_exits_0_on_sigterm_and_sigint() {
         );
     }
 }
+
+/// `serve` with one bad setting: exit code 2 and one line naming it, before
+/// anything starts (so no database or Redis is needed here).
+#[test]
+fn a_bad_setting_is_refused_at_start_with_one_line_naming_it() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("RELAY_BATCH_SIZE", "0", "from 1 to"),
+        ("OUTBOX_CLEANUP_BATCH", "0", "from 1 to"),
+        ("WORKER_CONCURRENCY", "0", "from 1 to"),
+        ("WORKER_LEASE", "0s", "at least"),
+        ("WORKER_LEASE", "5s", "twice SMTP_TIMEOUT"),
+        ("WORKER_SHUTDOWN_GRACE", "1s", "SMTP_TIMEOUT"),
+        (
+            "WORKER_QUEUES",
+            "critical=4000000000,default=4000000000",
+            "1 to 1000",
+        ),
+        ("VERIFY_EMAIL_MAX_RETRY", "1000", "from 0 to 100"),
+        ("VERIFY_EMAIL_QUEUE", "nowhere", "WORKER_QUEUES"),
+        ("DATABASE_MAX_CONNECTIONS", "0", "from 1 to"),
+        ("REDIS_COMMAND_TIMEOUT", "0s", "at least"),
+        ("RELAY_POLL_INTERVAL", "0s", "at least"),
+        ("ARGON2_MEMORY_KIB", "1", "argon2"),
+        ("REDIS_URL", "redis://:hunter2@[::1", "Redis URL"),
+        ("DATABASE_URL", "mysql://u:hunter2@db/x", "postgres://"),
+        ("SMTP_URL", "ftp://u:hunter2@mail", "smtp://"),
+    ];
+    for (var, value, says) in cases {
+        let out = Command::new(BIN)
+            .arg("serve")
+            .env("DATABASE_URL", "postgres://u:p@127.0.0.1:1/db")
+            .env(var, value)
+            .current_dir(std::env::temp_dir())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}={value}: {stderr}");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{var}={value}: {stderr}"
+        );
+        assert!(
+            stderr.starts_with(&format!("error: {var} ")) && stderr.contains(says),
+            "{var}={value}: {stderr}"
+        );
+        assert!(!stderr.contains("hunter2"), "a password in: {stderr}");
+    }
+}
+
+#[test]
+fn help_shows_no_secret() {
+    let out = Command::new(BIN)
+        .arg("--help")
+        .env("DATABASE_URL", "postgres://u:hunter2@127.0.0.1:1/db")
+        .env("REDIS_URL", "redis://:hunter2@127.0.0.1:1/0")
+        .env("SMTP_URL", "smtp://u:hunter2@127.0.0.1:1")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("DATABASE_URL"), "{help}");
+    assert!(!help.contains("hunter2"), "{help}");
+}

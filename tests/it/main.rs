@@ -4,6 +4,7 @@
 mod common;
 
 mod api;
+mod edge;
 mod guarantees;
 mod lifecycle;
 mod queue;
