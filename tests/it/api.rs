@@ -65,18 +65,21 @@ async fn duplicate_username_or_email_is_409_and_adds_no_outbox_row() {
         "{body}"
     );
 
-    let mut other = user_json("bob2");
-    other["email"] = json!("bob@example.com");
-    let (status, body) = app.post_json("/v1/create_user", other).await;
-    assert_eq!(
-        (status, body["code"].as_str()),
-        (409, Some("already_exists")),
-        "{body}"
-    );
-    assert!(
-        body["message"].as_str().unwrap().contains("email"),
-        "{body}"
-    );
+    // The same address in any case is the same mailbox.
+    for email in ["bob@example.com", "BOB@Example.COM"] {
+        let mut other = user_json("bob2");
+        other["email"] = json!(email);
+        let (status, body) = app.post_json("/v1/create_user", other).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (409, Some("already_exists")),
+            "{email}: {body}"
+        );
+        assert!(
+            body["message"].as_str().unwrap().contains("email"),
+            "{body}"
+        );
+    }
 
     assert_eq!(env.count("SELECT count(*) FROM users").await, 1);
     assert_eq!(env.count("SELECT count(*) FROM outbox").await, 1);

@@ -10,30 +10,6 @@ use crate::common::{API_ONLY, TestEnv, free_port, user_json};
 const BIN: &str = env!("CARGO_BIN_EXE_simplebank");
 
 #[tokio::test]
-async fn email_addresses_are_unique_regardless_of_case() {
-    let env = TestEnv::new().await;
-    let app = env.start(API_ONLY).await;
-    assert_eq!(
-        app.post_json("/v1/create_user", user_json("alice")).await.0,
-        200
-    );
-    let mut bob = user_json("bob");
-    bob["email"] = "Alice@EXAMPLE.com".into();
-    let (status, body) = app.post_json("/v1/create_user", bob).await;
-    assert_eq!(
-        (status, body["code"].as_str()),
-        (409, Some("already_exists"))
-    );
-    assert!(
-        body["message"].as_str().unwrap().contains("email"),
-        "{body}"
-    );
-    assert_eq!(env.count("SELECT count(*) FROM users").await, 1);
-    assert_eq!(env.count("SELECT count(*) FROM outbox").await, 1);
-    app.stop().await;
-}
-
-#[tokio::test]
 async fn sign_ups_beyond_the_hashing_slots_are_refused_fast_with_retry_after() {
     let mut env = TestEnv::new().await;
     // One slot, a real hash (tens of ms), a short wait for the slot.
