@@ -169,7 +169,8 @@ pub async fn start(cfg: &Config, components: Components) -> anyhow::Result<Runni
             WorkerSettings::from(&cfg.worker),
             registry,
         )
-        .with_ledger(PgLedger::new(pool));
+        // The ledger record after a send never waits behind handlers' queries.
+        .with_ledger(PgLedger::new(db::pool(&cfg.db, cfg.database_url()?, 2)?));
         tracker.spawn(server.run(shutdown.clone()));
     }
 

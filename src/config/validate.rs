@@ -230,6 +230,16 @@ impl Config {
                 }
             }
             let effect = crate::mail::send_limit(mail) + LEDGER_ALLOWANCE;
+            if role == Role::Serve {
+                // The verify-email task's timeout (stored with each task at
+                // sign-up) must leave room for the send, or every attempt
+                // would stop at its fence and the task end in the archive.
+                at_least(
+                    "VERIFY_EMAIL_TIMEOUT",
+                    signup.verify_email_timeout,
+                    effect + s(1),
+                )?;
+            }
             at_least("WORKER_SHUTDOWN_GRACE", worker.shutdown_grace, effect).map_err(|e| {
                 bad(
                     e.var,

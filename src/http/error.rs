@@ -109,10 +109,6 @@ impl IntoResponse for ApiError {
                 tracing::error!(error = format!("{e:#}"), "internal error");
                 "internal error".to_owned()
             }
-            Self::Unavailable(what) => {
-                tracing::warn!(what, "dependency unavailable");
-                self.to_string()
-            }
             _ => self.to_string(),
         };
         let retry_after = match &self {
@@ -147,15 +143,22 @@ impl IntoResponse for ApiError {
 }
 
 /// Connection-level failures mean Postgres is unreachable: 503, not 500. So
-/// do the errors of a server going down or coming up: SQLSTATE class 08
-/// (connection exception) and 57P01-57P03 (shut down by the administrator,
-/// crash shutdown, cannot connect now).
+/// do the errors that pass when tried again (see the list below).
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        // Class 08 (connection), 53 (out of resources, say too many
+        // connections), 57P01-57P03 (shutting down, starting), 57014 (a
+        // statement timeout), 25006 (read-only: a replica after a failover),
+        // 40001 and 40P01 (serialization failure, deadlock): all pass.
         let server_going = |e: &sqlx::Error| match e {
-            sqlx::Error::Database(db) => db
-                .code()
-                .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+            sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+                c.starts_with("08")
+                    || c.starts_with("53")
+                    || matches!(
+                        &*c,
+                        "57P01" | "57P02" | "57P03" | "57014" | "25006" | "40001" | "40P01"
+                    )
+            }),
             _ => false,
         };
         match e {

@@ -45,6 +45,15 @@ impl HeldQueues {
             .collect()
     }
 
+    /// The held queues whose backoff is over: due for another try.
+    pub fn due(&self, now: Instant) -> Vec<String> {
+        self.map()
+            .iter()
+            .filter(|(_, h)| h.until <= now)
+            .map(|(q, _)| q.clone())
+            .collect()
+    }
+
     /// Whether any queue is failing (held now, or due for another try).
     pub fn any(&self) -> bool {
         !self.map().is_empty()
@@ -91,6 +100,8 @@ mod tests {
         assert!(!held.failed("a", now));
         assert_eq!(held.skipped(now), ["a"]);
         assert!(held.skipped(now + ms(100)).is_empty(), "due for a retry");
+        assert_eq!(held.due(now + ms(100)), ["a"]);
+        assert!(held.due(now).is_empty());
         assert!(held.any());
         assert!(held.failed("a", now));
         assert!(held.failed("a", now));

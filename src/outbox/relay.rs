@@ -111,7 +111,9 @@ impl Relay {
     /// refused stay undispatched, and that queue is held back from the next
     /// claims for a while; the other queues' rows are marked and committed.
     pub async fn forward_batch(&self) -> Result<Batch, RelayError> {
-        let skipped = self.held.skipped(Instant::now());
+        let now = Instant::now();
+        let skipped = self.held.skipped(now);
+        let due = self.held.due(now);
         let mut tx = self.pool.begin_with(BEGIN_BATCH).await?;
         let rows = sqlx::query_file_as!(
             OutboxRow,
@@ -122,6 +124,14 @@ impl Relay {
         .fetch_all(&mut *tx)
         .await?;
         let claimed = rows.len();
+        // A claim that was not full took every row it could: a held queue
+        // due for a try with no rows in it has none left (another relay
+        // forwarded them), and is held no more.
+        if claimed < self.cfg.batch_size as usize {
+            for queue in due.iter().filter(|q| !rows.iter().any(|r| &r.queue == *q)) {
+                self.held.recovered(queue);
+            }
+        }
         if rows.is_empty() {
             return Ok(Batch::default());
         }
@@ -154,9 +164,18 @@ impl Relay {
         };
         if let Some(e) = &failed {
             if ids.is_empty() {
-                // Every queue refused (Redis is down, most likely): an
-                // outage, which the caller logs. Dropping `tx` rolls back;
-                // the rows stay undispatched.
+                // Dropping `tx` rolls back; the rows stay undispatched.
+                if refused.iter().all(|(_, was_held)| *was_held) {
+                    // Only queues already held, tried again: held on, the
+                    // others go on.
+                    return Ok(Batch {
+                        claimed,
+                        forwarded: 0,
+                        failed,
+                    });
+                }
+                // Every queue refused, some for the first time (Redis is
+                // down, most likely): an outage, which the caller logs.
                 return Err(RelayError::Redis(e.clone()));
             }
             for (queue, was_held) in &refused {

@@ -1,18 +1,32 @@
 //! What a run knows of its own right to go on: the lease, the task's time
 //! budget, and the worker's shutdown. A handler calls [`Task::fence`] right
-//! before an effect that cannot be undone (an email); it passes only when the
-//! run will still hold its lease, and still be within its timeout, when the
-//! effect is over. No other worker can be handed the task before then, so
-//! two runs never both make the effect.
+//! before an effect that cannot be undone (an email). The fence renews the
+//! lease in Redis (one round trip, which also learns of a lease another
+//! delivery took), then passes only when the run will still hold its lease,
+//! and still be within its timeout, when the effect is over. No other worker
+//! can be handed the task before then, so two runs never both make the
+//! effect. A run past its fence is not cut short: not by a lost lease, not
+//! by the shutdown's abort (the grace covers an effect).
+//!
+//! The lease is counted on this process's monotonic clock from when the
+//! renewal was sent; Redis counts it on its own clock from when it ran the
+//! call, later. A Redis clock stepped forward by more than the lease's
+//! margin (a lease is twice the longest effect) can still end a lease early:
+//! keep Redis's clock synchronised.
 //!
 //! [`Task::fence`]: super::Task::fence
 
 use std::{
-    sync::Mutex,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use tokio_util::sync::CancellationToken;
+
+use super::{Broker, Delivery};
 
 /// Why a run may not go on to its effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +66,30 @@ pub struct RunGuard {
     lost: CancellationToken,
     /// Cancelled when the worker begins to shut down.
     stopping: CancellationToken,
+    /// Set once the run passed its fence: its effect may be under way.
+    passed: AtomicBool,
+    /// How to renew the lease in Redis (absent in unit tests).
+    renewal: Option<Renewal>,
+}
+
+/// The lease in Redis: which run, and for how long it is renewed.
+pub(crate) struct Renewal {
+    pub broker: Broker,
+    pub queue: String,
+    pub id: i64,
+    pub delivery: Delivery,
+    pub lease: Duration,
+}
+
+impl std::fmt::Debug for Renewal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Renewal")
+            .field("queue", &self.queue)
+            .field("id", &self.id)
+            .field("delivery", &self.delivery)
+            .field("lease", &self.lease)
+            .finish()
+    }
 }
 
 impl RunGuard {
@@ -61,7 +99,44 @@ impl RunGuard {
             timeout_at: Mutex::new(None),
             lost: CancellationToken::new(),
             stopping: CancellationToken::new(),
+            passed: AtomicBool::new(false),
+            renewal: None,
         }
+    }
+
+    pub(crate) fn with_renewal(mut self, renewal: Renewal) -> Self {
+        self.renewal = Some(renewal);
+        self
+    }
+
+    /// Whether the run passed its fence (its effect may be under way).
+    pub(crate) fn passed(&self) -> bool {
+        self.passed.load(Ordering::SeqCst)
+    }
+
+    /// The fence: renews the lease, then [`RunGuard::check`]s it.
+    pub(crate) async fn fence(&self, effect: Duration) -> Result<(), Fenced> {
+        self.check(Duration::ZERO, Instant::now())?;
+        if let Some(r) = &self.renewal {
+            let sent_at = Instant::now();
+            match r
+                .broker
+                .extend(&r.queue, r.lease, &[(r.id, r.delivery)])
+                .await
+            {
+                Ok(lost) if lost.is_empty() => self.extended(sent_at, r.lease),
+                Ok(_) => {
+                    self.lose();
+                    return Err(Fenced::LeaseLost);
+                }
+                // Unreachable: the lease as last renewed still counts, and
+                // the check below holds the run to it.
+                Err(_) => {}
+            }
+        }
+        self.check(effect, Instant::now())?;
+        self.passed.store(true, Ordering::SeqCst);
+        Ok(())
     }
 
     fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -75,7 +150,7 @@ impl RunGuard {
         *until = (*until).max(sent_at + lease);
     }
 
-    /// Marks the lease lost, and stops the run if it has not passed its fence.
+    /// Marks the lease lost: the run stops, unless it passed its fence.
     pub(crate) fn lose(&self) {
         self.lost.cancel();
     }

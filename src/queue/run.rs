@@ -3,7 +3,8 @@
 //! 1. Already in the ledger? Acknowledge without running.
 //! 2. Run the handler under its timeout, raced against the lease (a lost lease
 //!    stops the run) and the worker's abort (handed back). A handler calls
-//!    [`Task::fence`] before an effect that cannot be undone.
+//!    [`Task::fence`] before an effect that cannot be undone; past it, the run
+//!    is let finish.
 //! 3. Success: record it in the ledger, outside the timeout and again until it
 //!    succeeds (the effect happened; a retry would repeat it), then
 //!    acknowledge, again until Redis answers. If the lease was lost meanwhile
@@ -26,6 +27,10 @@ use super::{
     task::Task,
 };
 use crate::outage::Outage;
+
+/// The longest one attempt to record a run in the ledger may take before it
+/// is tried again.
+const LEDGER_CALL_LIMIT: Duration = Duration::from_secs(5);
 
 /// What a run needs besides the task.
 pub(super) struct RunContext<'a> {
@@ -71,11 +76,22 @@ async fn execute(task: &Task, handler: Option<Arc<dyn Handler>>, cx: &RunContext
             task.kind
         )));
     };
-    let result = tokio::select! {
-        biased;
-        _ = cx.abort.cancelled() => return Outcome::HandedBack,
-        _ = task.guard.lost() => return Outcome::LeaseLost,
-        result = run_handler(handler.as_ref(), task) => result,
+    // A lost lease or the end of the shutdown grace stops the run, unless
+    // it passed its fence: an effect under way is let finish (its lease and
+    // the grace both cover it).
+    let handling = run_handler(handler.as_ref(), task);
+    tokio::pin!(handling);
+    let result = loop {
+        let stop = tokio::select! {
+            biased;
+            result = &mut handling => break result,
+            _ = cx.abort.cancelled(), if !task.guard.passed() => Outcome::HandedBack,
+            _ = task.guard.lost(), if !task.guard.passed() => Outcome::LeaseLost,
+        };
+        // The fence may have passed while the other branch woke.
+        if !task.guard.passed() {
+            return stop;
+        }
     };
     match result {
         Ok(processed) => Outcome::Done(processed),
@@ -147,7 +163,10 @@ async fn mark_done(ledger: &dyn Ledger, task: &Task, abort: &CancellationToken) 
         Duration::from_secs(2),
     );
     loop {
-        match ledger.mark_done(task).await {
+        let attempt = tokio::time::timeout(LEDGER_CALL_LIMIT, ledger.mark_done(task))
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {LEDGER_CALL_LIMIT:?}")));
+        match attempt {
             Ok(()) => {
                 outage.up();
                 return true;

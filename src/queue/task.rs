@@ -1,12 +1,7 @@
 //! What travels through the queue: the message a producer enqueues, the task a
 //! handler is given, and what Redis holds of a task.
 
-use std::{
-    fmt,
-    str::FromStr,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{fmt, str::FromStr, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 
@@ -66,13 +61,12 @@ impl Task {
     }
 
     /// Call right before an effect that cannot be undone and takes up to
-    /// `effect` (an email: the SMTP timeout). Passes only if this run still
-    /// holds its lease, and is still within its timeout, when the effect is
-    /// over; see [`super::fence`]. Return its error from the handler.
-    pub fn fence(&self, effect: Duration) -> Result<(), TaskError> {
-        self.guard
-            .check(effect, Instant::now())
-            .map_err(TaskError::Fenced)
+    /// `effect` (an email: the SMTP timeout and the ledger record). Renews
+    /// the lease and passes only if this run will still hold it, and still
+    /// be within its timeout, when the effect is over; see [`super::fence`].
+    /// Return its error from the handler.
+    pub async fn fence(&self, effect: Duration) -> Result<(), TaskError> {
+        self.guard.fence(effect).await.map_err(TaskError::Fenced)
     }
 }
 

@@ -63,6 +63,10 @@ impl SendVerifyEmail {
                     payload.username
                 ))
             })?;
+        if user.is_email_verified {
+            // Verified meanwhile (through another link): nothing to send.
+            return Ok(Processed::default().with("skipped", "already verified"));
+        }
         let code = verify_email::get_or_create_for_task(
             &self.pool,
             task.id,
@@ -90,7 +94,7 @@ impl SendVerifyEmail {
         };
         // Past this point the email may go out: only while no other worker
         // can be handed this task before the send and its ledger record end.
-        task.fence(super::effect_budget(&self.mailer))?;
+        task.fence(super::effect_budget(&self.mailer)).await?;
         let delivered = self.mailer.send(&email).await.map_err(|e| {
             if e.is_permanent() {
                 // Ten more refusals over four hours would change nothing.

@@ -72,6 +72,12 @@ pub async fn request_resend(
     task: impl FnOnce(&str) -> NewTask,
 ) -> Result<Resend, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    sqlx::query_file!(
+        "sql/verify_emails/prune_resends.sql",
+        interval.as_secs_f64()
+    )
+    .execute(&mut *tx)
+    .await?;
     let claimed = sqlx::query_file_scalar!(
         "sql/verify_emails/claim_resend.sql",
         email,

@@ -314,7 +314,7 @@ async fn a_worker_cut_off_from_redis_past_its_lease_stops_before_its_effect() {
                     if name == "a" {
                         go.notified().await;
                     }
-                    t.fence(Duration::from_millis(100))?;
+                    t.fence(Duration::from_millis(100)).await?;
                     effects.lock().unwrap().push((name, t.id));
                     Ok(Processed::default())
                 }
@@ -377,7 +377,7 @@ async fn a_ledger_record_that_fails_after_the_effect_is_retried_not_the_run() {
         handler_fn(move |t: Task| {
             let (seen, cut) = (seen.clone(), cut.clone());
             async move {
-                t.fence(Duration::from_millis(100))?;
+                t.fence(Duration::from_millis(100)).await?;
                 seen.lock().unwrap().push(("w", t.id));
                 // The effect happened; now the ledger cannot be reached.
                 cut.lock().await.cut().await;
@@ -431,14 +431,14 @@ async fn a_shutdown_lets_a_send_under_way_finish_and_hands_back_what_has_not_beg
             async move {
                 if t.id == 1 {
                     // Task 1 is sending when the shutdown comes.
-                    t.fence(Duration::from_secs(1))?;
+                    t.fence(Duration::from_secs(1)).await?;
                     let _ = started_tx.send(t.id);
                     tokio::time::sleep(Duration::from_millis(800)).await;
                 } else {
                     // Task 2 reaches its send only after the shutdown began.
                     let _ = started_tx.send(t.id);
                     tokio::time::sleep(Duration::from_millis(400)).await;
-                    t.fence(Duration::from_secs(1))?;
+                    t.fence(Duration::from_secs(1)).await?;
                 }
                 seen.lock().unwrap().push(("w", t.id));
                 Ok(Processed::default())
@@ -484,7 +484,7 @@ async fn a_run_that_completed_after_its_lease_ran_out_is_completed_in_redis_too(
         handler_fn(move |t: Task| {
             let (seen, cut) = (seen.clone(), cut.clone());
             async move {
-                t.fence(Duration::from_millis(100))?;
+                t.fence(Duration::from_millis(100)).await?;
                 seen.lock().unwrap().push(("w", t.id));
                 // Done, and recorded in the ledger next; but Redis is out of
                 // reach for the acknowledgement, longer than the lease.
@@ -584,4 +584,77 @@ async fn the_archive_keeps_to_its_age_and_size_limits() {
         [6],
         "and those past the age limit"
     );
+}
+
+#[tokio::test]
+async fn a_fence_renews_the_lease_in_redis_and_a_gone_task_fences_off() {
+    let env = TestEnv::new().await;
+    let q = env.queue();
+    q.enqueue(&[msg(1, "default"), msg(2, "default")])
+        .await
+        .unwrap();
+    let held = take_one(&q, "default", LEASE).await;
+    held.fence(Duration::from_secs(1)).await.unwrap();
+    // Redis lost the other task's hash: locally its lease looks fine, but
+    // nothing in Redis stops another delivery now.
+    let gone = take_one(&q, "default", LEASE).await;
+    let raw = redis_client(&env.cfg.redis.url).await;
+    let _: () = raw.del(q.keys("default").task(gone.id)).await.unwrap();
+    let refused = gone.fence(Duration::from_secs(1)).await.unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            simplebank::queue::TaskError::Fenced(queue::Fenced::LeaseLost)
+        ),
+        "{refused}"
+    );
+    assert_eq!(
+        q.extend("default", LEASE, &[(gone.id, gone.delivery)])
+            .await
+            .unwrap(),
+        [gone.id]
+    );
+}
+
+#[tokio::test]
+async fn a_run_past_its_fence_is_let_finish_when_its_lease_is_lost() {
+    let env = TestEnv::new().await;
+    let direct = env.queue();
+    let effects: Effects = Arc::default();
+    let (fenced_tx, mut fenced) = tokio::sync::mpsc::unbounded_channel();
+    let mut registry = HandlerRegistry::default();
+    let seen = effects.clone();
+    registry.register(
+        "k",
+        handler_fn(move |t: Task| {
+            let (seen, fenced_tx) = (seen.clone(), fenced_tx.clone());
+            async move {
+                t.fence(Duration::from_millis(500)).await?;
+                let _ = fenced_tx.send(t.id);
+                // The send takes a while; meanwhile the lease is lost.
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                seen.lock().unwrap().push(("w", t.id));
+                Ok(Processed::default())
+            }
+        }),
+    );
+    let worker = start_worker(&env, &env.cfg.redis.url, env.pool.clone(), registry, |s| {
+        s.lease = Duration::from_millis(600)
+    });
+    direct.enqueue(&[one_task(1, 3)]).await.unwrap();
+    assert_eq!(fenced.recv().await, Some(1));
+    // The lease keeper (every 200 ms) finds the task gone: lease lost.
+    let raw = redis_client(&env.cfg.redis.url).await;
+    let _: () = raw.del(direct.keys("default").task(1)).await.unwrap();
+    eventually(Duration::from_secs(5), "the effect", || async {
+        (!effects.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        env.count("SELECT count(*) FROM task_ledger WHERE task_id = 1")
+            .await,
+        1,
+        "recorded: the run was let finish"
+    );
+    stop_worker(worker).await;
 }

@@ -210,6 +210,34 @@ async fn a_refused_recipient_is_archived_at_once_with_the_reason() {
 }
 
 #[tokio::test]
+async fn a_user_verified_meanwhile_gets_no_more_email() {
+    let mut env = TestEnv::new().await;
+    let smtp = SmtpProcess::on_port(free_port());
+    env.cfg.mail.smtp_url = Some(smtp.url());
+    sqlx::query(
+        "INSERT INTO users (username, hashed_password, full_name, email, is_email_verified)
+         VALUES ('vera', 'x', 'Vera', 'vera@example.com', true)",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO outbox (kind, queue, payload, max_retry, timeout_ms)
+         VALUES ('task:send_verify_email', 'critical', '{\"username\":\"vera\"}', 10, 60000)",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let app = env.start(RELAY_AND_WORKER).await;
+    let id = env.only_outbox_id().await;
+    wait_state(&env.queue(), "critical", id, TaskState::Completed).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(smtp.messages().is_empty(), "no email to a verified address");
+    assert_eq!(env.count("SELECT count(*) FROM verify_emails").await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_task_for_a_missing_user_is_archived_without_retries() {
     let env = TestEnv::new().await;
     sqlx::query(

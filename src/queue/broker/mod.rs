@@ -36,7 +36,7 @@ use futures::future::join_all;
 use self::{keys::QueueKeys, reply::Reply, scripts::SCRIPTS};
 use super::{
     QueueError,
-    fence::RunGuard,
+    fence::{Renewal, RunGuard},
     task::{Delivery, Task, TaskMessage},
 };
 
@@ -230,19 +230,32 @@ impl Broker {
         let mut reply = Reply::new(lua.name, reply)?;
         let mut tasks = Vec::with_capacity(reply.remaining() / 7);
         while reply.remaining() > 0 {
-            tasks.push(Task {
-                id: reply.int("id")?,
-                kind: reply.text("kind")?,
+            let id = reply.int("id")?;
+            let kind = reply.text("kind")?;
+            let payload = reply.text("payload")?;
+            let retried = u32::try_from(reply.count("retried")?)
+                .map_err(|_| reply.unexpected("retried is out of range".into()))?;
+            let max_retry = u32::try_from(reply.count("max_retry")?)
+                .map_err(|_| reply.unexpected("max_retry is out of range".into()))?;
+            let timeout = Duration::from_millis(reply.count("timeout_ms")?.max(1));
+            let delivery = Delivery(reply.count("delivery")?);
+            let renewal = Renewal {
+                broker: self.clone(),
                 queue: queue.to_owned(),
-                payload: reply.text("payload")?,
-                attempt: u32::try_from(reply.count("retried")?)
-                    .map_err(|_| reply.unexpected("retried is out of range".into()))?
-                    .saturating_add(1),
-                max_retry: u32::try_from(reply.count("max_retry")?)
-                    .map_err(|_| reply.unexpected("max_retry is out of range".into()))?,
-                timeout: Duration::from_millis(reply.count("timeout_ms")?.max(1)),
-                delivery: Delivery(reply.count("delivery")?),
-                guard: Arc::new(RunGuard::new(sent_at + lease)),
+                id,
+                delivery,
+                lease,
+            };
+            tasks.push(Task {
+                id,
+                kind,
+                queue: queue.to_owned(),
+                payload,
+                attempt: retried.saturating_add(1),
+                max_retry,
+                timeout,
+                delivery,
+                guard: Arc::new(RunGuard::new(sent_at + lease).with_renewal(renewal)),
             });
         }
         if tasks.len() > n {

@@ -3,9 +3,10 @@
 -- ARGV[1] lease_ms, then pairs: id, delivery
 -- Returns the ids whose lease was lost: their delivery number moved on, because
 -- the lease expired (forward.lua fences the worker off that way) or the task
--- was handed out again. A task this worker itself finished or handed back
--- since it listed its leases keeps our delivery number: neither extended nor
--- reported.
+-- was handed out again; or their hash is gone (Redis lost it, or the archive
+-- trimmed it), so nothing stops another delivery. A task this worker itself
+-- finished or handed back since it listed its leases keeps our delivery
+-- number: neither extended nor reported.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local deadline = now + tonumber(ARGV[1])
@@ -18,7 +19,7 @@ for i = 2, #ARGV, 2 do
   -- add it back anyway.
   if ours and f[2] == 'active' then
     redis.call('ZADD', KEYS[2], 'XX', deadline, id)
-  elseif f[1] and not ours then
+  elseif not ours then
     table.insert(lost, id)
   end
 end
