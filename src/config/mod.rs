@@ -138,6 +138,9 @@ pub struct HttpConfig {
         global = true
     )]
     pub max_in_flight: usize,
+    /// Longest a request may take; past it, it is answered 503.
+    #[arg(long = "http-request-timeout", env = "HTTP_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration, global = true)]
+    pub request_timeout: Duration,
     /// How long in-flight requests may take to finish at shutdown.
     #[arg(id = "http_shutdown_grace", value_name = "HTTP_SHUTDOWN_GRACE", long = "http-shutdown-grace", env = "HTTP_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration, global = true)]
     pub shutdown_grace: Duration,

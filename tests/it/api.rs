@@ -292,10 +292,7 @@ async fn postgres_unreachable_is_503() {
         .unwrap();
     assert_eq!(res.status().as_u16(), 503);
     let body: serde_json::Value = res.json().await.unwrap();
-    assert!(
-        body["postgres"].as_str().unwrap().starts_with("down"),
-        "{body}"
-    );
+    assert!(body["postgres"] == "down", "{body}");
     assert_eq!(body["redis"], "up", "{body}");
     server.abort();
     app.stop().await;
@@ -315,10 +312,7 @@ async fn redis_down_does_not_change_the_answer_and_the_task_arrives_later() {
     assert_eq!(status, 200, "{body}");
     let (status, body) = app.get_json("/readyz").await;
     assert_eq!(status, 503);
-    assert!(
-        body["redis"].as_str().unwrap().starts_with("down"),
-        "{body}"
-    );
+    assert!(body["redis"] == "down", "{body}");
     assert_eq!(body["postgres"], "up");
     assert_eq!(
         env.count("SELECT count(*) FROM outbox WHERE dispatched_at IS NULL")

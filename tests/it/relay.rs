@@ -470,7 +470,9 @@ async fn postgres_down_and_back_loses_nothing_and_the_listener_reconnects() {
     // The process reaches Postgres only through the link (pool and LISTEN);
     // the test keeps its own direct pool.
     env.cfg.db.url = Some(link.postgres_url(&env.db_url));
-    env.cfg.db.acquire_timeout = Duration::from_millis(500);
+    // Short, so outages answer quickly; not so short that a busy machine
+    // turns the first sign-up's connection set-up into a 503.
+    env.cfg.db.acquire_timeout = Duration::from_millis(1500);
     env.cfg.relay.max_backoff = Duration::from_millis(200);
     // With the poll an hour away, only wake-ups and retries deliver.
     env.cfg.relay.poll_interval = Duration::from_secs(3600);
@@ -494,10 +496,7 @@ async fn postgres_down_and_back_loses_nothing_and_the_listener_reconnects() {
     link.cut().await;
     let (status, body) = app.get_json("/readyz").await;
     assert_eq!(status, 503, "{body}");
-    assert!(
-        body["postgres"].as_str().unwrap().starts_with("down"),
-        "{body}"
-    );
+    assert!(body["postgres"] == "down", "{body}");
     let (status, body) = app.post_json("/v1/create_user", user_json("during")).await;
     assert_eq!(status, 503, "{body}");
     // Rows other processes committed meanwhile wait for the relay, which a

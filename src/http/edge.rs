@@ -1,0 +1,143 @@
+//! The layers every request passes, outermost first: a request id (the
+//! client's own only if short and plain), one span and one log line per
+//! request, the id echoed back, the id in scope for error bodies, at most
+//! `HTTP_MAX_IN_FLIGHT` requests at once and each within
+//! `HTTP_REQUEST_TIMEOUT`, a panic turned into the JSON 500, and the body
+//! limit. Each refusal is the usual error JSON.
+
+use std::{any::Any, sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, Request, State},
+    http::{HeaderName, Response},
+    middleware::{self, Next},
+    response::IntoResponse,
+};
+use tokio::sync::Semaphore;
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
+    trace::TraceLayer,
+};
+use tracing::Span;
+
+use super::error::{ApiError, REQUEST_ID};
+use crate::config::HttpConfig;
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The longest request id a client may choose.
+const MAX_CLIENT_REQUEST_ID: usize = 64;
+
+/// Limits shared by every request.
+#[derive(Clone)]
+struct Limits {
+    in_flight: Arc<Semaphore>,
+    timeout: Duration,
+}
+
+/// `router` behind the edge's layers.
+pub fn layers<S: Clone + Send + Sync + 'static>(router: Router<S>, http: &HttpConfig) -> Router<S> {
+    let limits = Limits {
+        in_flight: Arc::new(Semaphore::new(http.max_in_flight)),
+        timeout: http.request_timeout,
+    };
+    router
+        .layer(DefaultBodyLimit::max(http.body_limit))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn_with_state(limits, limit))
+        .layer(middleware::from_fn(scope_request_id))
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    let id = req.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+                    tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
+                })
+                .on_request(())
+                .on_response(|res: &Response<_>, took: Duration, _span: &Span| {
+                    tracing::info!(
+                        status_code = res.status().as_u16(),
+                        duration_ms = took.as_secs_f64() * 1000.0,
+                        "received an HTTP request"
+                    );
+                })
+                .on_failure(()),
+        )
+        .layer(SetRequestIdLayer::new(X_REQUEST_ID, RandomRequestId))
+        .layer(middleware::from_fn(plain_request_id))
+}
+
+/// A random (v4) UUID per request, from the thread's CSPRNG: `Uuid::new_v4`
+/// would make a getrandom system call for every request.
+#[derive(Clone, Copy)]
+struct RandomRequestId;
+
+impl MakeRequestId for RandomRequestId {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        let id = uuid::Builder::from_random_bytes(rand::Rng::random(&mut rand::rng())).into_uuid();
+        Some(RequestId::new(id.to_string().parse().ok()?))
+    }
+}
+
+/// A client's `x-request-id` is kept only if short and plain (letters,
+/// digits, `-`, `_`, `.`): it goes into every log line of the request, where
+/// anything else could forge or break lines. Otherwise a new one is made.
+async fn plain_request_id(mut req: Request, next: Next) -> axum::response::Response {
+    let plain = req.headers().get(&X_REQUEST_ID).is_none_or(|v| {
+        v.len() <= MAX_CLIENT_REQUEST_ID
+            && !v.is_empty()
+            && v.as_bytes()
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    });
+    if !plain {
+        req.headers_mut().remove(&X_REQUEST_ID);
+    }
+    next.run(req).await
+}
+
+/// At most `HTTP_MAX_IN_FLIGHT` requests are worked on at once; one more is
+/// refused at once (503 with Retry-After) instead of waiting, so a crowd
+/// costs a fast answer each, not memory and time for all of them. Each
+/// request gets `HTTP_REQUEST_TIMEOUT`.
+async fn limit(State(limits): State<Limits>, req: Request, next: Next) -> axum::response::Response {
+    let Ok(_permit) = limits.in_flight.try_acquire_owned() else {
+        return ApiError::Busy {
+            message: "too many requests at once; try again shortly".into(),
+            retry_after: Duration::from_secs(1),
+        }
+        .into_response();
+    };
+    match tokio::time::timeout(limits.timeout, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Busy {
+            message: "the request took too long; try again shortly".into(),
+            retry_after: Duration::from_secs(1),
+        }
+        .into_response(),
+    }
+}
+
+/// Makes the request id available to [`ApiError`]'s response body.
+async fn scope_request_id(req: Request, next: Next) -> axum::response::Response {
+    let id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    REQUEST_ID.scope(id, next.run(req)).await
+}
+
+/// A handler that panicked answers the usual JSON 500 (the panic is logged
+/// with the request id, not returned).
+fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response<axum::body::Body> {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into());
+    ApiError::Internal(anyhow::anyhow!("handler panicked: {message}")).into_response()
+}
