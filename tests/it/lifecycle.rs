@@ -1,7 +1,7 @@
 //! Start-up, health, configuration errors and graceful shutdown of the real binary.
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Read},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -200,4 +200,104 @@ fn help_shows_no_secret() {
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("DATABASE_URL"), "{help}");
     assert!(!help.contains("hunter2"), "{help}");
+}
+
+/// A whole sign-up to verification through `serve` logging at every level:
+/// the password, its hash and the verification code appear in no line.
+#[tokio::test]
+async fn no_secret_in_any_log_line_of_a_sign_up_and_its_verification() {
+    let env = TestEnv::new().await;
+    let mail_dir = std::env::temp_dir().join(format!("sblogs-{}", uuid::Uuid::new_v4().simple()));
+    let port = crate::common::free_port();
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .env("DATABASE_URL", &env.db_url)
+        .env("REDIS_URL", &env.cfg.redis.url)
+        .env("REDIS_KEY_PREFIX", &env.cfg.redis.key_prefix)
+        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("MAIL_DIR", &mail_dir)
+        .env("VERIFY_EMAIL_PROCESS_IN", "0s")
+        .env("ARGON2_MEMORY_KIB", "64")
+        .env("ARGON2_ITERATIONS", "1")
+        .env("RUST_LOG", "trace")
+        .env("LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .current_dir(std::env::temp_dir())
+        .spawn()
+        .unwrap();
+    let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let drain = |r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = BufReader::new(r).read_to_string(&mut s);
+            s
+        })
+    };
+    let (out, err) = (drain(Box::new(out)), drain(Box::new(err)));
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    eventually(Duration::from_secs(30), "serve up", || {
+        let req = http.get(format!("{base}/healthz")).send();
+        async move { req.await.ok().filter(|r| r.status() == 200) }
+    })
+    .await;
+    let password = "Sup3r-secret-pw";
+    let res = http
+        .post(format!("{base}/v1/create_user"))
+        .json(&serde_json::json!({
+            "username": "logan", "full_name": "Logan", "email": "logan@example.com", "password": password,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let (id, code): (i64, String) =
+        eventually(Duration::from_secs(20), "the verify row", || async {
+            sqlx::query_as("SELECT id, secret_code FROM verify_emails")
+                .fetch_optional(&env.pool)
+                .await
+                .unwrap()
+        })
+        .await;
+    let _eml = eventually(Duration::from_secs(20), "the email file", || async {
+        std::fs::read_dir(&mail_dir).ok()?.find(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "eml"))
+        })
+    })
+    .await;
+    let res = http
+        .get(format!(
+            "{base}/v1/verify_email?email_id={id}&secret_code={code}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let hash: String = sqlx::query_scalar("SELECT hashed_password FROM users")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+    let logs = out.join().unwrap() + &err.join().unwrap();
+    assert!(
+        logs.lines().count() > 50,
+        "logs at every level: {} lines",
+        logs.lines().count()
+    );
+    for (what, secret) in [
+        ("password", password),
+        ("hash", hash.as_str()),
+        ("code", code.as_str()),
+    ] {
+        let line = logs.lines().find(|l| l.contains(secret));
+        assert!(
+            line.is_none(),
+            "the {what} in a log line: {}",
+            line.unwrap_or_default()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&mail_dir);
 }
