@@ -794,6 +794,8 @@ impl Bench {
             let mut tx = conn.begin_with(relay::BEGIN_BATCH).await?;
             let ids: Vec<i64> = sqlx::query(include_str!("../sql/outbox/claim.sql"))
                 .bind(i64::from(batch))
+                // No queue held back, as in the relay's usual case.
+                .bind(Vec::<String>::new())
                 .fetch_all(&mut *tx)
                 .await?
                 .iter()
