@@ -1,5 +1,6 @@
--- Marks the code used if it is valid now; returns the username it verified.
+-- Marks the row used if it still may be; returns the username it verifies.
+-- The code itself was compared before, in constant time, against code_hash.
 UPDATE verify_emails
 SET is_used = true
-WHERE id = $1 AND secret_code = $2 AND NOT is_used AND expired_at > now()
+WHERE id = $1 AND NOT is_used AND expired_at > now()
 RETURNING username

@@ -1,18 +1,31 @@
-//! Email verification: a secret code per verify-email task, and its use.
+//! Email verification: a secret code per send of a verify-email task, kept
+//! only as its hash, and its use.
 
 use std::time::Duration;
 
 use rand::{Rng, distr::Alphanumeric};
+use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
 use crate::outbox::write::{self, NewTask};
 
-/// The code a verification link carries.
+/// A verification link about to be sent: the row's id and address, and the
+/// secret code, which exists only here and in the email (the row keeps its
+/// SHA-256).
 #[derive(Debug, Clone)]
 pub struct VerifyEmail {
     pub id: i64,
     pub email: String,
     pub secret_code: String,
+}
+
+fn hash_code(code: &str) -> [u8; 32] {
+    Sha256::digest(code.as_bytes()).into()
+}
+
+/// Equal in time that does not depend on where they differ.
+fn same_hash(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Length of the secret code: 32 alphanumerics carry about 190 bits.
@@ -27,10 +40,12 @@ fn secret_code() -> String {
         .collect()
 }
 
-/// The verification row of task `task_id`, about to be sent: created by its
-/// first attempt and returned to any later attempt, so every email of one
-/// task carries the same link; valid for `ttl` from this send (an attempt
-/// after a long mail outage sends a link that works).
+/// The verification row of task `task_id`, about to be sent, with a new code:
+/// created by the task's first attempt, reused by later ones (one row per
+/// task), the code's hash replaced and the link valid for `ttl` from this
+/// send (an attempt after a long mail outage sends a link that works). The
+/// row keeps only the hash, so a later send cannot repeat an earlier code:
+/// the newest link is the one that works.
 pub async fn get_or_create_for_task(
     pool: &PgPool,
     task_id: i64,
@@ -38,17 +53,22 @@ pub async fn get_or_create_for_task(
     email: &str,
     ttl: Duration,
 ) -> Result<VerifyEmail, sqlx::Error> {
-    sqlx::query_file_as!(
-        VerifyEmail,
+    let code = secret_code();
+    let row = sqlx::query_file!(
         "sql/verify_emails/get_or_create_for_task.sql",
         task_id,
         username,
         email,
-        secret_code(),
+        &hash_code(&code)[..],
         ttl.as_secs_f64()
     )
     .fetch_one(pool)
-    .await
+    .await?;
+    Ok(VerifyEmail {
+        id: row.id,
+        email: row.email,
+        secret_code: code,
+    })
 }
 
 /// What became of a request for a new verification link.
@@ -115,27 +135,46 @@ pub enum VerifyError {
     Db(#[from] sqlx::Error),
 }
 
-/// Marks the code used and its user verified, in one transaction.
+/// Marks the code used and its user verified, in one transaction. The code
+/// is compared by its hash, in constant time.
 pub async fn verify(pool: &PgPool, id: i64, code: &str) -> Result<(), VerifyError> {
     let mut tx = pool.begin().await?;
-    let Some(username) = sqlx::query_file_scalar!("sql/verify_emails/use_code.sql", id, code)
+    let row = sqlx::query_file!("sql/verify_emails/lookup.sql", id)
         .fetch_optional(&mut *tx)
         .await?
-    else {
-        // Say why, for the client; the update above changed nothing.
-        let row = sqlx::query_file!("sql/verify_emails/lookup.sql", id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        return Err(match row {
-            None => VerifyError::NotFound,
-            Some(r) if r.secret_code != code => VerifyError::WrongCode,
-            Some(r) if r.is_used => VerifyError::Used,
-            Some(_) => VerifyError::Expired,
-        });
-    };
+        .ok_or(VerifyError::NotFound)?;
+    if !same_hash(&row.code_hash, &hash_code(code)) {
+        return Err(VerifyError::WrongCode);
+    }
+    if row.is_used {
+        return Err(VerifyError::Used);
+    }
+    if !row.is_live {
+        return Err(VerifyError::Expired);
+    }
+    let username = sqlx::query_file_scalar!("sql/verify_emails/use_code.sql", id)
+        .fetch_optional(&mut *tx)
+        .await?
+        // The row is locked (FOR UPDATE) since the look-up: only the clock
+        // can have moved.
+        .ok_or(VerifyError::Expired)?;
     sqlx::query_file_scalar!("sql/users/mark_email_verified.sql", username)
         .fetch_one(&mut *tx)
         .await?;
     tx.commit().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_compare_by_hash() {
+        let code = secret_code();
+        assert_eq!(code.len(), SECRET_CODE_LEN);
+        assert!(same_hash(&hash_code(&code), &hash_code(&code)));
+        assert!(!same_hash(&hash_code(&code), &hash_code("other")));
+        assert!(!same_hash(&hash_code(&code)[..31], &hash_code(&code)));
+    }
 }
