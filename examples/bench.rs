@@ -667,6 +667,8 @@ impl Bench {
             // As many connections as pgbench has clients, and the emails
             // scheduled after the run: the same transactions, side by side.
             .env("DATABASE_MAX_CONNECTIONS", &clients)
+            // wrk's connections all come from one address.
+            .env("HTTP_RATE_LIMIT", "0")
             .env("VERIFY_EMAIL_PROCESS_IN", "1h")
             .env("MAIL_DIR", &mail_dir)
             .stdout(Stdio::piped())

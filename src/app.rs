@@ -124,9 +124,13 @@ pub async fn start(cfg: &Config, components: Components) -> anyhow::Result<Runni
         let stop = shutdown.clone();
         tracker.spawn(async move {
             tracing::info!(%addr, "start HTTP server");
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
+            // The peer's address, for the per-client rate limit.
+            let served = axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "HTTP server failed");
             }

@@ -141,6 +141,34 @@ pub struct HttpConfig {
     /// Longest a request may take; past it, it is answered 503.
     #[arg(long = "http-request-timeout", env = "HTTP_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration, global = true)]
     pub request_timeout: Duration,
+    /// Requests a minute one client address may make (0: no limit); over it,
+    /// 429 with Retry-After.
+    #[arg(
+        long = "http-rate-limit",
+        env = "HTTP_RATE_LIMIT",
+        default_value_t = 6000,
+        global = true
+    )]
+    pub rate_limit: u32,
+    /// How many requests a client may make at once before the per-minute
+    /// rate applies.
+    #[arg(
+        long = "http-rate-burst",
+        env = "HTTP_RATE_BURST",
+        default_value_t = 200,
+        global = true
+    )]
+    pub rate_burst: u32,
+    /// Addresses of reverse proxies whose X-Forwarded-For is believed (comma
+    /// separated). From anyone else the header is ignored: a client could
+    /// name any address in it.
+    #[arg(
+        long = "http-trusted-proxies",
+        env = "HTTP_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// How long in-flight requests may take to finish at shutdown.
     #[arg(id = "http_shutdown_grace", value_name = "HTTP_SHUTDOWN_GRACE", long = "http-shutdown-grace", env = "HTTP_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration, global = true)]
     pub shutdown_grace: Duration,

@@ -1,19 +1,30 @@
 //! The layers every request passes, outermost first: a request id (the
 //! client's own only if short and plain), one span and one log line per
-//! request, the id echoed back, the id in scope for error bodies, at most
-//! `HTTP_MAX_IN_FLIGHT` requests at once and each within
-//! `HTTP_REQUEST_TIMEOUT`, a panic turned into the JSON 500, and the body
-//! limit. Each refusal is the usual error JSON.
+//! request, the id echoed back, the id in scope for error bodies, a rate per
+//! client address (`HTTP_RATE_LIMIT`, X-Forwarded-For believed only from
+//! `HTTP_TRUSTED_PROXIES`), at most `HTTP_MAX_IN_FLIGHT` requests at once and
+//! each within `HTTP_REQUEST_TIMEOUT`, a panic turned into the JSON 500, and
+//! the body limit. Each refusal is the usual error JSON.
 
-use std::{any::Any, sync::Arc, time::Duration};
+use std::{
+    any::Any,
+    net::{IpAddr, SocketAddr},
+    num::NonZeroU32,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{
     Router,
-    extract::{DefaultBodyLimit, Request, State},
+    extract::{ConnectInfo, DefaultBodyLimit, Request, State},
     http::{HeaderName, Response},
     middleware::{self, Next},
     response::IntoResponse,
 };
+use governor::{DefaultKeyedRateLimiter, Quota, clock::Clock};
 use tokio::sync::Semaphore;
 use tower_http::{
     catch_panic::CatchPanicLayer,
@@ -35,13 +46,79 @@ const MAX_CLIENT_REQUEST_ID: usize = 64;
 struct Limits {
     in_flight: Arc<Semaphore>,
     timeout: Duration,
+    per_client: Option<Arc<PerClient>>,
+}
+
+/// The rate limit per client address.
+struct PerClient {
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    trusted_proxies: Vec<IpAddr>,
+    /// Requests seen, to forget idle clients now and then.
+    seen: AtomicU64,
+}
+
+/// Every this many requests, clients whose allowance is full again are
+/// forgotten, so the table holds only recent clients.
+const FORGET_EVERY: u64 = 4096;
+
+impl PerClient {
+    /// The client's address: the peer, or, when the peer is a trusted proxy,
+    /// the last address in X-Forwarded-For that is not one (proxies append
+    /// the address they received from; anything before can be forged).
+    fn client(&self, req: &Request) -> Option<IpAddr> {
+        let peer = req.extensions().get::<ConnectInfo<SocketAddr>>()?.0.ip();
+        if !self.trusted_proxies.contains(&peer) {
+            return Some(peer);
+        }
+        let forwarded = req
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+            .collect::<Vec<_>>();
+        Some(
+            forwarded
+                .into_iter()
+                .rev()
+                .find(|a| !self.trusted_proxies.contains(a))
+                .unwrap_or(peer),
+        )
+    }
+
+    /// `Err(wait)` when `req`'s client is over its rate.
+    fn check(&self, req: &Request) -> Result<(), Duration> {
+        if self.seen.fetch_add(1, Ordering::Relaxed) % FORGET_EVERY == FORGET_EVERY - 1 {
+            self.limiter.retain_recent();
+        }
+        // Without the peer's address (a server not started with it), no
+        // limit rather than one bucket for everybody.
+        let Some(client) = self.client(req) else {
+            return Ok(());
+        };
+        self.limiter.check_key(&client).map_err(|not_until| {
+            not_until.wait_time_from(governor::clock::DefaultClock::default().now())
+        })
+    }
 }
 
 /// `router` behind the edge's layers.
 pub fn layers<S: Clone + Send + Sync + 'static>(router: Router<S>, http: &HttpConfig) -> Router<S> {
+    let per_client = NonZeroU32::new(http.rate_limit).map(|per_minute| {
+        let burst = NonZeroU32::new(http.rate_burst).unwrap_or(NonZeroU32::MIN);
+        Arc::new(PerClient {
+            limiter: DefaultKeyedRateLimiter::keyed(
+                Quota::per_minute(per_minute).allow_burst(burst),
+            ),
+            trusted_proxies: http.trusted_proxies.clone(),
+            seen: AtomicU64::new(0),
+        })
+    });
     let limits = Limits {
         in_flight: Arc::new(Semaphore::new(http.max_in_flight)),
         timeout: http.request_timeout,
+        per_client,
     };
     router
         .layer(DefaultBodyLimit::max(http.body_limit))
@@ -98,11 +175,21 @@ async fn plain_request_id(mut req: Request, next: Next) -> axum::response::Respo
     next.run(req).await
 }
 
-/// At most `HTTP_MAX_IN_FLIGHT` requests are worked on at once; one more is
+/// Over its rate, a client gets 429 with Retry-After. At most
+/// `HTTP_MAX_IN_FLIGHT` requests are worked on at once; one more is
 /// refused at once (503 with Retry-After) instead of waiting, so a crowd
 /// costs a fast answer each, not memory and time for all of them. Each
 /// request gets `HTTP_REQUEST_TIMEOUT`.
 async fn limit(State(limits): State<Limits>, req: Request, next: Next) -> axum::response::Response {
+    if let Some(per_client) = &limits.per_client
+        && let Err(wait) = per_client.check(&req)
+    {
+        return ApiError::TooManyRequests {
+            message: "too many requests from this address; try again later".into(),
+            retry_after: wait,
+        }
+        .into_response();
+    }
     let Ok(_permit) = limits.in_flight.try_acquire_owned() else {
         return ApiError::Busy {
             message: "too many requests at once; try again shortly".into(),

@@ -43,6 +43,7 @@ pub struct CreateUserResponse {
         (status = 409, description = "Username or email (in any case) already exists", body = ErrorBody),
         (status = 413, description = "Body over the limit", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
+        (status = 429, description = "Too many requests from this address (see Retry-After)", body = ErrorBody),
         (status = 503, description = "Database unavailable, or too many sign-ups at once (see Retry-After)", body = ErrorBody),
         (status = 500, description = "Unexpected error", body = ErrorBody),
     ),

@@ -55,7 +55,13 @@ async fn serve_with_edge(env: &TestEnv, router: axum::Router) -> String {
     let router = simplebank::http::edge::layers(router, &env.cfg.http);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(axum::serve(listener, router).into_future());
+    tokio::spawn(
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .into_future(),
+    );
     format!("http://{addr}")
 }
 
@@ -122,4 +128,54 @@ async fn a_panic_a_slow_request_and_odd_request_ids_get_the_usual_answers() {
             "{odd:?} -> {id}"
         );
     }
+}
+
+#[tokio::test]
+async fn each_client_address_has_its_rate_and_forwarded_for_counts_only_from_trusted_proxies() {
+    let mut env = TestEnv::new().await;
+    env.cfg.http.rate_limit = 60;
+    env.cfg.http.rate_burst = 3;
+    let ok = || axum::Router::new().route("/ok", axum::routing::get(|| async { "ok" }));
+    let direct = serve_with_edge(&env, ok()).await;
+    env.cfg.http.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    let proxied = serve_with_edge(&env, ok()).await;
+    let http = reqwest::Client::new();
+    let get = |base: &str, forwarded: Option<&str>| {
+        let mut req = http.get(format!("{base}/ok"));
+        if let Some(f) = forwarded {
+            req = req.header("x-forwarded-for", f);
+        }
+        async move {
+            let res = req.send().await.unwrap();
+            let retry_after = res.headers().get("retry-after").cloned();
+            (res.status().as_u16(), retry_after)
+        }
+    };
+    // Straight from a client: three at once, then 429 with Retry-After,
+    // whatever X-Forwarded-For it claims.
+    for _ in 0..3 {
+        assert_eq!(get(&direct, None).await.0, 200);
+    }
+    let (status, retry_after) = get(&direct, Some("203.0.113.9")).await;
+    assert_eq!(status, 429);
+    assert!(
+        retry_after
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    // Behind a trusted proxy: one bucket per forwarded address; an address
+    // a client put before the proxy's own entry does not count.
+    for _ in 0..3 {
+        assert_eq!(get(&proxied, Some("198.51.100.1")).await.0, 200);
+    }
+    assert_eq!(get(&proxied, Some("198.51.100.1")).await.0, 429);
+    assert_eq!(get(&proxied, Some("198.51.100.2")).await.0, 200);
+    assert_eq!(
+        get(&proxied, Some("203.0.113.7, 198.51.100.1")).await.0,
+        429
+    );
 }
