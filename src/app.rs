@@ -121,19 +121,11 @@ pub async fn start(cfg: &Config, components: Components) -> anyhow::Result<Runni
         let addr = listener.local_addr()?;
         http_addr = Some(addr);
         let router = http::router(state, &cfg.http);
+        let (header_timeout, grace) = (cfg.http.header_timeout, cfg.http.shutdown_grace);
         let stop = shutdown.clone();
         tracker.spawn(async move {
             tracing::info!(%addr, "start HTTP server");
-            // The peer's address, for the per-client rate limit.
-            let served = axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
+            http::serve::serve(listener, router, header_timeout, grace, stop).await;
             tracing::info!("HTTP server stopped");
         });
         tracker.spawn(waker.clone().run_notifier(

@@ -141,6 +141,10 @@ pub struct HttpConfig {
     /// Longest a request may take; past it, it is answered 503.
     #[arg(long = "http-request-timeout", env = "HTTP_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration, global = true)]
     pub request_timeout: Duration,
+    /// Longest a client may take to send a request's headers; then the
+    /// connection is closed.
+    #[arg(long = "http-header-timeout", env = "HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub header_timeout: Duration,
     /// Requests a minute one client address may make (0: no limit); over it,
     /// 429 with Retry-After.
     #[arg(

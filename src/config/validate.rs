@@ -148,6 +148,7 @@ impl Config {
         in_range("HTTP_BODY_LIMIT", self.http.body_limit, 1024, 64 << 20)?;
         in_range("HTTP_MAX_IN_FLIGHT", self.http.max_in_flight, 1, 100_000)?;
         at_least("HTTP_REQUEST_TIMEOUT", self.http.request_timeout, ms(100))?;
+        at_least("HTTP_HEADER_TIMEOUT", self.http.header_timeout, ms(100))?;
         if self.http.rate_limit > 0 {
             in_range("HTTP_RATE_BURST", self.http.rate_burst, 1, 1_000_000)?;
         }

@@ -6,6 +6,7 @@ pub mod edge;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod serve;
 pub mod users;
 pub mod verify_email;
 

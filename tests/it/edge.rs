@@ -179,3 +179,27 @@ async fn each_client_address_has_its_rate_and_forwarded_for_counts_only_from_tru
         429
     );
 }
+
+#[tokio::test]
+async fn a_client_trickling_its_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut env = TestEnv::new().await;
+    env.cfg.http.header_timeout = Duration::from_millis(300);
+    let app = env.start(API_ONLY).await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"POST /v1/create_user HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // ...and never the rest. The server closes the connection.
+    let mut buf = [0u8; 256];
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf))
+        .await
+        .expect("the server ends the connection");
+    let n = read.unwrap_or(0);
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // Others are served as usual.
+    assert_eq!(app.get_json("/healthz").await.0, 200);
+    app.stop().await;
+}
