@@ -6,7 +6,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use simplebank::{
     app::{self, Clients, Components},
-    config::{Config, LogFormat, parse_duration, validate::Role},
+    config::{
+        Config, LogFormat, parse_duration,
+        scoped::{ForMigrate, ForQueues, ForRelay, ForWorker},
+        validate::Role,
+    },
     db, telemetry,
 };
 use tokio_util::sync::CancellationToken;
@@ -20,16 +24,19 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    #[command(flatten)]
-    config: Config,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP API, the outbox relay and the worker in one process (migrates first).
-    Serve,
+    Serve {
+        #[command(flatten)]
+        cfg: Box<Config>,
+    },
     /// Forward committed outbox rows to Redis.
     Relay {
+        #[command(flatten)]
+        cfg: Box<ForRelay>,
         /// Forward everything undispatched, print a summary and exit (the recovery tool).
         #[arg(long)]
         once: bool,
@@ -39,21 +46,43 @@ enum Command {
         redeliver_since: Option<Duration>,
     },
     /// Run the task worker alone.
-    Worker,
+    Worker {
+        #[command(flatten)]
+        cfg: Box<ForWorker>,
+    },
     /// Apply database migrations and exit.
-    Migrate,
+    Migrate {
+        #[command(flatten)]
+        cfg: ForMigrate,
+    },
     /// Print task counts per queue and state.
-    Queues,
+    Queues {
+        #[command(flatten)]
+        cfg: Box<ForQueues>,
+    },
 }
 
 impl Command {
     /// What this command runs, for the settings it must allow.
     fn role(&self) -> Role {
         match self {
-            Command::Serve => Role::Serve,
-            Command::Worker => Role::Worker,
+            Command::Serve { .. } => Role::Serve,
+            Command::Worker { .. } => Role::Worker,
             Command::Relay { once: false, .. } => Role::Relay,
-            Command::Relay { once: true, .. } | Command::Migrate | Command::Queues => Role::Tool,
+            Command::Relay { once: true, .. }
+            | Command::Migrate { .. }
+            | Command::Queues { .. } => Role::Tool,
+        }
+    }
+
+    /// The settings this command runs with: its own, the rest at defaults.
+    fn config(&self) -> Config {
+        match self {
+            Command::Serve { cfg } => (**cfg).clone(),
+            Command::Relay { cfg, .. } => (**cfg).clone().into(),
+            Command::Worker { cfg } => (**cfg).clone().into(),
+            Command::Migrate { cfg } => cfg.clone().into(),
+            Command::Queues { cfg } => (**cfg).clone().into(),
         }
     }
 }
@@ -67,17 +96,18 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let cli = Cli::parse();
-    let json_logs = cli.config.log.format == LogFormat::Json;
+    let cfg = cli.command.config();
+    let json_logs = cfg.log.format == LogFormat::Json;
     // A bad setting: one line naming it, and exit code 2, as for a setting
     // the parser refused.
-    let warnings = match cli.config.validate(cli.command.role()) {
+    let warnings = match cfg.validate(cli.command.role()) {
         Ok(warnings) => warnings,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = telemetry::init(&cli.config.log) {
+    if let Err(e) = telemetry::init(&cfg.log) {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;
     }
@@ -91,7 +121,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli.command, cfg)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: in the log stream where that is JSON for a collector,
@@ -126,11 +156,10 @@ fn error_chain(e: &anyhow::Error) -> String {
     line
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let cfg = cli.config;
-    match cli.command {
-        Command::Serve => run_until_signal(&cfg, Components::ALL).await,
-        Command::Worker => {
+async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { .. } => run_until_signal(&cfg, Components::ALL).await,
+        Command::Worker { .. } => {
             run_until_signal(
                 &cfg,
                 Components {
@@ -155,6 +184,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Relay {
             once: true,
             redeliver_since,
+            ..
         } => {
             let clients = Clients::new(&cfg)?;
             let relay = clients.relay(&cfg)?;
@@ -186,8 +216,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Migrate => db::migrate(&Clients::new(&cfg)?.pool).await,
-        Command::Queues => {
+        Command::Migrate { .. } => db::migrate(&Clients::new(&cfg)?.pool).await,
+        Command::Queues { .. } => {
             let clients = Clients::new(&cfg)?;
             for (queue, weight) in cfg.worker.queues.by_priority() {
                 let s = clients.queue.stats(&queue).await?;

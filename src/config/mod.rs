@@ -5,6 +5,7 @@
 //! without echoing their secrets), so a bad one stops start-up with one line
 //! naming it. URL settings never show their values in `--help`.
 
+pub mod scoped;
 pub mod validate;
 
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
@@ -41,8 +42,7 @@ pub struct DbConfig {
         value_name = "DATABASE_URL",
         long = "database-url",
         env = "DATABASE_URL",
-        hide_env_values = true,
-        global = true
+        hide_env_values = true
     )]
     pub url: Option<String>,
     /// Size of the connection pool.
@@ -51,12 +51,11 @@ pub struct DbConfig {
         value_name = "DATABASE_MAX_CONNECTIONS",
         long = "database-max-connections",
         env = "DATABASE_MAX_CONNECTIONS",
-        default_value_t = 16,
-        global = true
+        default_value_t = 16
     )]
     pub max_connections: u32,
     /// How long to wait for a pooled connection before answering 503.
-    #[arg(id = "database_acquire_timeout", value_name = "DATABASE_ACQUIRE_TIMEOUT", long = "database-acquire-timeout", env = "DATABASE_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = parse_duration, global = true)]
+    #[arg(id = "database_acquire_timeout", value_name = "DATABASE_ACQUIRE_TIMEOUT", long = "database-acquire-timeout", env = "DATABASE_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub acquire_timeout: Duration,
     /// A direct (not transaction-pooled) URL for the relay's LISTEN connection.
     /// LISTEN does not survive transaction-mode poolers such as PgBouncer.
@@ -66,8 +65,7 @@ pub struct DbConfig {
         value_name = "DATABASE_LISTEN_URL",
         long = "database-listen-url",
         env = "DATABASE_LISTEN_URL",
-        hide_env_values = true,
-        global = true
+        hide_env_values = true
     )]
     pub listen_url: Option<String>,
 }
@@ -82,8 +80,7 @@ pub struct RedisConfig {
         long = "redis-url",
         env = "REDIS_URL",
         default_value = "redis://127.0.0.1:6379/0",
-        hide_env_values = true,
-        global = true
+        hide_env_values = true
     )]
     pub url: String,
     /// Connections in the Redis pool.
@@ -92,15 +89,14 @@ pub struct RedisConfig {
         value_name = "REDIS_POOL_SIZE",
         long = "redis-pool-size",
         env = "REDIS_POOL_SIZE",
-        default_value_t = 4,
-        global = true
+        default_value_t = 4
     )]
     pub pool_size: usize,
     /// Timeout for establishing a Redis connection.
-    #[arg(id = "redis_connect_timeout", value_name = "REDIS_CONNECT_TIMEOUT", long = "redis-connect-timeout", env = "REDIS_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration, global = true)]
+    #[arg(id = "redis_connect_timeout", value_name = "REDIS_CONNECT_TIMEOUT", long = "redis-connect-timeout", env = "REDIS_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
     /// Timeout for one Redis command.
-    #[arg(id = "redis_command_timeout", value_name = "REDIS_COMMAND_TIMEOUT", long = "redis-command-timeout", env = "REDIS_COMMAND_TIMEOUT", default_value = "3s", value_parser = parse_duration, global = true)]
+    #[arg(id = "redis_command_timeout", value_name = "REDIS_COMMAND_TIMEOUT", long = "redis-command-timeout", env = "REDIS_COMMAND_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub command_timeout: Duration,
     /// Prefix of every Redis key and channel this service uses.
     #[arg(
@@ -108,8 +104,7 @@ pub struct RedisConfig {
         value_name = "REDIS_KEY_PREFIX",
         long = "redis-key-prefix",
         env = "REDIS_KEY_PREFIX",
-        default_value = "simplebank",
-        global = true
+        default_value = "simplebank"
     )]
     pub key_prefix: String,
 }
@@ -123,35 +118,32 @@ pub struct HttpConfig {
         value_name = "HTTP_ADDR",
         long = "http-addr",
         env = "HTTP_ADDR",
-        default_value = "0.0.0.0:8080",
-        global = true
+        default_value = "0.0.0.0:8080"
     )]
     pub addr: SocketAddr,
     /// Largest request body accepted, in bytes (larger answers 413).
-    #[arg(id = "http_body_limit", value_name = "HTTP_BODY_LIMIT", long = "http-body-limit", env = "HTTP_BODY_LIMIT", default_value_t = 64 * 1024, global = true)]
+    #[arg(id = "http_body_limit", value_name = "HTTP_BODY_LIMIT", long = "http-body-limit", env = "HTTP_BODY_LIMIT", default_value_t = 64 * 1024)]
     pub body_limit: usize,
     /// Most requests worked on at once; one more is answered 503 at once.
     #[arg(
         long = "http-max-in-flight",
         env = "HTTP_MAX_IN_FLIGHT",
-        default_value_t = 512,
-        global = true
+        default_value_t = 512
     )]
     pub max_in_flight: usize,
     /// Longest a request may take; past it, it is answered 503.
-    #[arg(long = "http-request-timeout", env = "HTTP_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration, global = true)]
+    #[arg(long = "http-request-timeout", env = "HTTP_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
     /// Longest a client may take to send a request's headers; then the
     /// connection is closed.
-    #[arg(long = "http-header-timeout", env = "HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    #[arg(long = "http-header-timeout", env = "HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
     /// Requests a minute one client address may make (0: no limit); over it,
     /// 429 with Retry-After.
     #[arg(
         long = "http-rate-limit",
         env = "HTTP_RATE_LIMIT",
-        default_value_t = 6000,
-        global = true
+        default_value_t = 6000
     )]
     pub rate_limit: u32,
     /// How many requests a client may make at once before the per-minute
@@ -159,8 +151,7 @@ pub struct HttpConfig {
     #[arg(
         long = "http-rate-burst",
         env = "HTTP_RATE_BURST",
-        default_value_t = 200,
-        global = true
+        default_value_t = 200
     )]
     pub rate_burst: u32,
     /// Addresses of reverse proxies whose X-Forwarded-For is believed (comma
@@ -169,12 +160,11 @@ pub struct HttpConfig {
     #[arg(
         long = "http-trusted-proxies",
         env = "HTTP_TRUSTED_PROXIES",
-        value_delimiter = ',',
-        global = true
+        value_delimiter = ','
     )]
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// How long in-flight requests may take to finish at shutdown.
-    #[arg(id = "http_shutdown_grace", value_name = "HTTP_SHUTDOWN_GRACE", long = "http-shutdown-grace", env = "HTTP_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration, global = true)]
+    #[arg(id = "http_shutdown_grace", value_name = "HTTP_SHUTDOWN_GRACE", long = "http-shutdown-grace", env = "HTTP_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 }
 
@@ -188,7 +178,7 @@ pub enum LogFormat {
 #[command(next_help_heading = "Logging")]
 pub struct LogConfig {
     /// Log line format.
-    #[arg(id = "log_format", value_name = "LOG_FORMAT", long = "log-format", env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
+    #[arg(id = "log_format", value_name = "LOG_FORMAT", long = "log-format", env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub format: LogFormat,
     /// Log filter, in tracing's EnvFilter syntax.
     #[arg(
@@ -196,8 +186,7 @@ pub struct LogConfig {
         value_name = "LOG_FILTER",
         long = "log-filter",
         env = "RUST_LOG",
-        default_value = "info",
-        global = true
+        default_value = "info"
     )]
     pub filter: String,
 }
@@ -206,55 +195,40 @@ pub struct LogConfig {
 #[command(next_help_heading = "Sign-up")]
 pub struct SignupConfig {
     /// argon2id memory cost in KiB (OWASP: 19456).
-    #[arg(
-        long,
-        env = "ARGON2_MEMORY_KIB",
-        default_value_t = 19_456,
-        global = true
-    )]
+    #[arg(long, env = "ARGON2_MEMORY_KIB", default_value_t = 19_456)]
     pub argon2_memory_kib: u32,
     /// argon2id iterations (OWASP: 2).
-    #[arg(long, env = "ARGON2_ITERATIONS", default_value_t = 2, global = true)]
+    #[arg(long, env = "ARGON2_ITERATIONS", default_value_t = 2)]
     pub argon2_iterations: u32,
     /// argon2id lanes (OWASP: 1).
-    #[arg(long, env = "ARGON2_PARALLELISM", default_value_t = 1, global = true)]
+    #[arg(long, env = "ARGON2_PARALLELISM", default_value_t = 1)]
     pub argon2_parallelism: u32,
     /// Most passwords hashed at once (each takes ARGON2_MEMORY_KIB of memory
     /// and a core). Default: the number of cores.
-    #[arg(long, env = "ARGON2_MAX_CONCURRENT", global = true)]
+    #[arg(long, env = "ARGON2_MAX_CONCURRENT")]
     pub argon2_max_concurrent: Option<usize>,
     /// How long a sign-up waits for a hashing slot before it is refused as
     /// busy (503 with Retry-After).
-    #[arg(long, env = "ARGON2_QUEUE_WAIT", default_value = "1s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "ARGON2_QUEUE_WAIT", default_value = "1s", value_parser = parse_duration)]
     pub argon2_queue_wait: Duration,
     /// Queue of the verify-email task.
-    #[arg(
-        long,
-        env = "VERIFY_EMAIL_QUEUE",
-        default_value = "critical",
-        global = true
-    )]
+    #[arg(long, env = "VERIFY_EMAIL_QUEUE", default_value = "critical")]
     pub verify_email_queue: String,
     /// Retries of the verify-email task before it is archived.
-    #[arg(
-        long,
-        env = "VERIFY_EMAIL_MAX_RETRY",
-        default_value_t = 10,
-        global = true
-    )]
+    #[arg(long, env = "VERIFY_EMAIL_MAX_RETRY", default_value_t = 10)]
     pub verify_email_max_retry: u32,
     /// Delay between sign-up and the verify-email task.
-    #[arg(long, env = "VERIFY_EMAIL_PROCESS_IN", default_value = "10s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "VERIFY_EMAIL_PROCESS_IN", default_value = "10s", value_parser = parse_duration)]
     pub verify_email_process_in: Duration,
     /// Longest one run of the verify-email task may take.
-    #[arg(long, env = "VERIFY_EMAIL_TIMEOUT", default_value = "60s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "VERIFY_EMAIL_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub verify_email_timeout: Duration,
     /// How long a verification link works, counted from each email that
     /// carries it.
-    #[arg(long, env = "VERIFY_EMAIL_LINK_TTL", default_value = "15m", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "VERIFY_EMAIL_LINK_TTL", default_value = "15m", value_parser = parse_duration)]
     pub verify_email_link_ttl: Duration,
     /// Shortest time between two requests for a new link to one address.
-    #[arg(long, env = "VERIFY_EMAIL_RESEND_INTERVAL", default_value = "60s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "VERIFY_EMAIL_RESEND_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub verify_email_resend_interval: Duration,
 }
 
@@ -267,33 +241,27 @@ pub struct RelayConfig {
         value_name = "RELAY_BATCH_SIZE",
         long = "relay-batch-size",
         env = "RELAY_BATCH_SIZE",
-        default_value_t = 500,
-        global = true
+        default_value_t = 500
     )]
     pub batch_size: u32,
     /// Batches one relay keeps in flight while draining a backlog: while one
     /// waits on Redis, the next is claimed in Postgres.
-    #[arg(id = "relay_parallel_batches", value_name = "RELAY_PARALLEL_BATCHES", long = "relay-parallel-batches", env = "RELAY_PARALLEL_BATCHES", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16), global = true)]
+    #[arg(id = "relay_parallel_batches", value_name = "RELAY_PARALLEL_BATCHES", long = "relay-parallel-batches", env = "RELAY_PARALLEL_BATCHES", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub parallel_batches: u32,
     /// Safety-net poll when no wake-up arrives (lost notification, dropped listener).
-    #[arg(id = "relay_poll_interval", value_name = "RELAY_POLL_INTERVAL", long = "relay-poll-interval", env = "RELAY_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration, global = true)]
+    #[arg(id = "relay_poll_interval", value_name = "RELAY_POLL_INTERVAL", long = "relay-poll-interval", env = "RELAY_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub poll_interval: Duration,
     /// Longest pause between retries while Redis or Postgres is down.
-    #[arg(id = "relay_max_backoff", value_name = "RELAY_MAX_BACKOFF", long = "relay-max-backoff", env = "RELAY_MAX_BACKOFF", default_value = "5s", value_parser = parse_duration, global = true)]
+    #[arg(id = "relay_max_backoff", value_name = "RELAY_MAX_BACKOFF", long = "relay-max-backoff", env = "RELAY_MAX_BACKOFF", default_value = "5s", value_parser = parse_duration)]
     pub max_backoff: Duration,
     /// How long dispatched rows are kept (the source for --redeliver-since).
-    #[arg(long, env = "OUTBOX_RETENTION", default_value = "24h", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "OUTBOX_RETENTION", default_value = "24h", value_parser = parse_duration)]
     pub outbox_retention: Duration,
     /// Rows deleted per retention batch.
-    #[arg(
-        long,
-        env = "OUTBOX_CLEANUP_BATCH",
-        default_value_t = 1000,
-        global = true
-    )]
+    #[arg(long, env = "OUTBOX_CLEANUP_BATCH", default_value_t = 1000)]
     pub outbox_cleanup_batch: u32,
     /// Shortest time between two post-commit pg_notify calls of one process.
-    #[arg(id = "relay_notify_coalesce", value_name = "RELAY_NOTIFY_COALESCE", long = "relay-notify-coalesce", env = "RELAY_NOTIFY_COALESCE", default_value = "5ms", value_parser = parse_duration, global = true)]
+    #[arg(id = "relay_notify_coalesce", value_name = "RELAY_NOTIFY_COALESCE", long = "relay-notify-coalesce", env = "RELAY_NOTIFY_COALESCE", default_value = "5ms", value_parser = parse_duration)]
     pub notify_coalesce: Duration,
 }
 
@@ -306,43 +274,41 @@ pub struct WorkerConfig {
         value_name = "WORKER_CONCURRENCY",
         long = "worker-concurrency",
         env = "WORKER_CONCURRENCY",
-        default_value_t = 16,
-        global = true
+        default_value_t = 16
     )]
     pub concurrency: usize,
     /// Queues and their weights, e.g. "critical=10,default=5".
-    #[arg(id = "worker_queues", value_name = "WORKER_QUEUES", long = "worker-queues", env = "WORKER_QUEUES", default_value = "critical=10,default=5", value_parser = parse_queues, global = true)]
+    #[arg(id = "worker_queues", value_name = "WORKER_QUEUES", long = "worker-queues", env = "WORKER_QUEUES", default_value = "critical=10,default=5", value_parser = parse_queues)]
     pub queues: QueueWeights,
     /// Serve queues in strict priority order (highest weight first) instead of by weight.
     #[arg(
         id = "worker_strict_priority",
         long = "worker-strict-priority",
         env = "WORKER_STRICT_PRIORITY",
-        default_value_t = false,
-        global = true
+        default_value_t = false
     )]
     pub strict_priority: bool,
     /// Lease of a running task; the worker extends it, and others take the task once it expires.
-    #[arg(id = "worker_lease", value_name = "WORKER_LEASE", long = "worker-lease", env = "WORKER_LEASE", default_value = "30s", value_parser = parse_duration, global = true)]
+    #[arg(id = "worker_lease", value_name = "WORKER_LEASE", long = "worker-lease", env = "WORKER_LEASE", default_value = "30s", value_parser = parse_duration)]
     pub lease: Duration,
     /// The retry schedule's second: retry n waits n^4 + 15 + rand(0..=30)*(n+1)
     /// of these (asynq's schedule; about 4.5 hours over 10 retries at 1s).
     /// Smaller values compress the schedule, for tests.
-    #[arg(id = "worker_retry_unit", value_name = "WORKER_RETRY_UNIT", long = "worker-retry-unit", env = "WORKER_RETRY_UNIT", default_value = "1s", value_parser = parse_duration, global = true)]
+    #[arg(id = "worker_retry_unit", value_name = "WORKER_RETRY_UNIT", long = "worker-retry-unit", env = "WORKER_RETRY_UNIT", default_value = "1s", value_parser = parse_duration)]
     pub retry_unit: Duration,
     /// Longest single retry delay.
-    #[arg(id = "worker_retry_max", value_name = "WORKER_RETRY_MAX", long = "worker-retry-max", env = "WORKER_RETRY_MAX", default_value = "24h", value_parser = parse_duration, global = true)]
+    #[arg(id = "worker_retry_max", value_name = "WORKER_RETRY_MAX", long = "worker-retry-max", env = "WORKER_RETRY_MAX", default_value = "24h", value_parser = parse_duration)]
     pub retry_max: Duration,
     /// How long running tasks may take to finish at shutdown before they are handed
     /// back. At least SMTP_TIMEOUT + 2s: a send under way is never cut short.
-    #[arg(id = "worker_shutdown_grace", value_name = "WORKER_SHUTDOWN_GRACE", long = "worker-shutdown-grace", env = "WORKER_SHUTDOWN_GRACE", default_value = "15s", value_parser = parse_duration, global = true)]
+    #[arg(id = "worker_shutdown_grace", value_name = "WORKER_SHUTDOWN_GRACE", long = "worker-shutdown-grace", env = "WORKER_SHUTDOWN_GRACE", default_value = "15s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
     /// How long a completed task's id is remembered in Redis, so a repeated enqueue is a no-op.
-    #[arg(id = "worker_done_retention", value_name = "WORKER_DONE_RETENTION", long = "worker-done-retention", env = "WORKER_DONE_RETENTION", default_value = "1h", value_parser = parse_duration, global = true)]
+    #[arg(id = "worker_done_retention", value_name = "WORKER_DONE_RETENTION", long = "worker-done-retention", env = "WORKER_DONE_RETENTION", default_value = "1h", value_parser = parse_duration)]
     pub done_retention: Duration,
     /// How long an archived task (retries used up) is kept for an operator to
     /// read or retry.
-    #[arg(id = "worker_archive_max_age", value_name = "WORKER_ARCHIVE_MAX_AGE", long = "worker-archive-max-age", env = "WORKER_ARCHIVE_MAX_AGE", default_value = "90d", value_parser = parse_duration, global = true)]
+    #[arg(id = "worker_archive_max_age", value_name = "WORKER_ARCHIVE_MAX_AGE", long = "worker-archive-max-age", env = "WORKER_ARCHIVE_MAX_AGE", default_value = "90d", value_parser = parse_duration)]
     pub archive_max_age: Duration,
     /// Most archived tasks kept per queue; the oldest go first.
     #[arg(
@@ -350,8 +316,7 @@ pub struct WorkerConfig {
         value_name = "WORKER_ARCHIVE_MAX_SIZE",
         long = "worker-archive-max-size",
         env = "WORKER_ARCHIVE_MAX_SIZE",
-        default_value_t = 10_000,
-        global = true
+        default_value_t = 10_000
     )]
     pub archive_max_size: u64,
 }
@@ -361,10 +326,10 @@ pub struct WorkerConfig {
 pub struct MailConfig {
     /// SMTP server: smtp://[user:password@]host[:port] (STARTTLS with ?tls=required),
     /// smtps://... (implicit TLS). Unset: messages are written as .eml files into MAIL_DIR.
-    #[arg(long, env = "SMTP_URL", hide_env_values = true, global = true)]
+    #[arg(long, env = "SMTP_URL", hide_env_values = true)]
     pub smtp_url: Option<String>,
     /// Timeout of one SMTP exchange.
-    #[arg(long, env = "SMTP_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "SMTP_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub smtp_timeout: Duration,
     /// Folder of the file mailer.
     #[arg(
@@ -372,8 +337,7 @@ pub struct MailConfig {
         value_name = "MAIL_DIR",
         long = "mail-dir",
         env = "MAIL_DIR",
-        default_value = ".dev/mail",
-        global = true
+        default_value = ".dev/mail"
     )]
     pub dir: PathBuf,
     /// Sender name.
@@ -382,8 +346,7 @@ pub struct MailConfig {
         value_name = "MAIL_FROM_NAME",
         long = "mail-from-name",
         env = "MAIL_FROM_NAME",
-        default_value = "Simple Bank",
-        global = true
+        default_value = "Simple Bank"
     )]
     pub from_name: String,
     /// Sender address.
@@ -392,17 +355,11 @@ pub struct MailConfig {
         value_name = "MAIL_FROM_ADDRESS",
         long = "mail-from-address",
         env = "MAIL_FROM_ADDRESS",
-        default_value = "no-reply@simplebank.local",
-        global = true
+        default_value = "no-reply@simplebank.local"
     )]
     pub from_address: String,
     /// Base URL of the links in emails.
-    #[arg(
-        long,
-        env = "APP_BASE_URL",
-        default_value = "http://localhost:8080",
-        global = true
-    )]
+    #[arg(long, env = "APP_BASE_URL", default_value = "http://localhost:8080")]
     pub app_base_url: String,
 }
 

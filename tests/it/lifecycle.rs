@@ -57,8 +57,9 @@ fn a_missing_database_url_is_one_clear_line() {
 
 #[test]
 fn a_malformed_url_is_named() {
+    // The relay takes REDIS_URL (migrate does not).
     let out = Command::new(BIN)
-        .arg("migrate")
+        .arg("relay")
         .env("REDIS_URL", "http://nope")
         .current_dir(std::env::temp_dir())
         .output()
@@ -189,7 +190,7 @@ fn a_bad_setting_is_refused_at_start_with_one_line_naming_it() {
 #[test]
 fn help_shows_no_secret() {
     let out = Command::new(BIN)
-        .arg("--help")
+        .args(["serve", "--help"])
         .env("DATABASE_URL", "postgres://u:hunter2@127.0.0.1:1/db")
         .env("REDIS_URL", "redis://:hunter2@127.0.0.1:1/0")
         .env("SMTP_URL", "smtp://u:hunter2@127.0.0.1:1")
@@ -302,4 +303,59 @@ async fn no_secret_in_any_log_line_of_a_sign_up_and_its_verification() {
         );
     }
     let _ = std::fs::remove_dir_all(&mail_dir);
+}
+
+#[test]
+fn each_command_takes_only_the_settings_it_uses() {
+    let help = |command: &str| {
+        let out = Command::new(BIN)
+            .args([command, "--help"])
+            .current_dir(std::env::temp_dir())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let cases: &[(&str, &[&str], &[&str])] = &[
+        (
+            "migrate",
+            &["DATABASE_URL"],
+            &["SMTP_URL", "REDIS_URL", "WORKER_LEASE", "HTTP_ADDR"],
+        ),
+        (
+            "relay",
+            &["RELAY_BATCH_SIZE", "REDIS_URL"],
+            &["SMTP_URL", "HTTP_ADDR", "WORKER_LEASE"],
+        ),
+        (
+            "worker",
+            &["SMTP_URL", "WORKER_LEASE"],
+            &["HTTP_ADDR", "RELAY_BATCH_SIZE"],
+        ),
+        (
+            "serve",
+            &["HTTP_ADDR", "SMTP_URL", "RELAY_BATCH_SIZE", "WORKER_LEASE"],
+            &[],
+        ),
+    ];
+    for (command, has, lacks) in cases {
+        let text = help(command);
+        for var in *has {
+            assert!(text.contains(var), "{command} --help lacks {var}");
+        }
+        for var in *lacks {
+            assert!(!text.contains(var), "{command} --help lists {var}");
+        }
+    }
+    // And a setting a command does not take cannot stop it.
+    let out = Command::new(BIN)
+        .arg("migrate")
+        .env("DATABASE_URL", "postgres://u:p@127.0.0.1:1/db")
+        .env("DATABASE_ACQUIRE_TIMEOUT", "200ms")
+        .env("WORKER_LEASE", "0s")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("WORKER_LEASE"), "{stderr}");
 }
