@@ -6,7 +6,7 @@ SERVICES := scripts/dev-services.sh
 # Exports DATABASE_URL and REDIS_URL of the running services.
 WITH_ENV = eval "$$($(SERVICES) env | sed 's/^/export /')" &&
 
-.PHONY: run test test-faults bench services services-down fmt lint sqlx-prepare
+.PHONY: run test test-faults test-schema bench services services-down fmt lint sqlx-prepare
 
 ## run: services, then the API + relay + worker on HTTP_ADDR (default :8080)
 run: services
@@ -21,6 +21,10 @@ test: services
 ## Redis, Postgres, a process, a link and the mail server fail (tests/faults.rs)
 test-faults: services
 	$(WITH_ENV) cargo test --test faults -- --ignored --nocapture
+
+## test-schema: the API against its own OpenAPI document (schemathesis)
+test-schema: services
+	scripts/test-schema.sh
 
 ## bench: the benchmark harness, release build (see BENCHMARKS.md; minutes, not in CI)
 bench:

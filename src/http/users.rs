@@ -17,12 +17,16 @@ use crate::{
 #[derive(Deserialize, ToSchema)]
 pub struct CreateUserRequest {
     /// 3-100 characters: lowercase letters, digits, underscore.
+    #[schema(min_length = 3, max_length = 100, pattern = "^[a-z0-9_]+$")]
     pub username: String,
     /// 3-100 characters: letters (any script) and spaces.
+    #[schema(min_length = 3, max_length = 100, pattern = "^([^\\W\\d_]| )+$")]
     pub full_name: String,
     /// A valid address, 3-200 characters.
+    #[schema(format = "email", min_length = 3, max_length = 200)]
     pub email: String,
     /// 6-100 characters.
+    #[schema(min_length = 6, max_length = 100, format = Password)]
     pub password: String,
 }
 

@@ -21,11 +21,13 @@ use crate::{
 /// Both are read as text so that a malformed value is reported as a field
 /// violation, like every other invalid input.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct VerifyEmailParams {
     /// The id from the link: a positive integer.
-    #[param(value_type = i64)]
+    #[param(value_type = i64, required = true, minimum = 1)]
     pub email_id: Option<String>,
     /// The secret code from the link: 32-128 characters.
+    #[param(value_type = String, required = true, min_length = 32, max_length = 128)]
     pub secret_code: Option<String>,
 }
 

@@ -375,6 +375,28 @@ async fn openapi_document_describes_every_endpoint() {
         .collect();
     required.sort();
     assert_eq!(required, ["email", "full_name", "password", "username"]);
+    // The document states the rules the server enforces.
+    let username = &schema["properties"]["username"];
+    assert_eq!(
+        (
+            &username["minLength"],
+            &username["maxLength"],
+            &username["pattern"]
+        ),
+        (&json!(3), &json!(100), &json!("^[a-z0-9_]+$"))
+    );
+    assert_eq!(schema["properties"]["email"]["format"], "email");
+    assert_eq!(schema["properties"]["password"]["minLength"], 6);
+    let params = paths["/v1/verify_email"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    for p in params {
+        assert_eq!(
+            (&p["in"], &p["required"]),
+            (&json!("query"), &json!(true)),
+            "{p}"
+        );
+    }
     let responses = paths["/v1/create_user"]["post"]["responses"]
         .as_object()
         .unwrap();
