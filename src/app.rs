@@ -121,11 +121,10 @@ pub async fn start(cfg: &Config, components: Components) -> anyhow::Result<Runni
         let addr = listener.local_addr()?;
         http_addr = Some(addr);
         let router = http::router(state, &cfg.http);
-        let (header_timeout, grace) = (cfg.http.header_timeout, cfg.http.shutdown_grace);
-        let stop = shutdown.clone();
+        let (stop, http_cfg) = (shutdown.clone(), cfg.http.clone());
         tracker.spawn(async move {
             tracing::info!(%addr, "start HTTP server");
-            http::serve::serve(listener, router, header_timeout, grace, stop).await;
+            http::serve::serve(listener, router, &http_cfg, stop).await;
             tracing::info!("HTTP server stopped");
         });
         tracker.spawn(waker.clone().run_notifier(

@@ -138,6 +138,13 @@ pub struct HttpConfig {
     /// connection is closed.
     #[arg(long = "http-header-timeout", env = "HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
+    /// Most connections open at once; more wait to be accepted.
+    #[arg(
+        long = "http-max-connections",
+        env = "HTTP_MAX_CONNECTIONS",
+        default_value_t = 4096
+    )]
+    pub max_connections: usize,
     /// Requests a minute one client address may make (0: no limit); over it,
     /// 429 with Retry-After.
     #[arg(

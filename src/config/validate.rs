@@ -149,6 +149,12 @@ impl Config {
         in_range("HTTP_MAX_IN_FLIGHT", self.http.max_in_flight, 1, 100_000)?;
         at_least("HTTP_REQUEST_TIMEOUT", self.http.request_timeout, ms(100))?;
         at_least("HTTP_HEADER_TIMEOUT", self.http.header_timeout, ms(100))?;
+        in_range(
+            "HTTP_MAX_CONNECTIONS",
+            self.http.max_connections,
+            1,
+            1_000_000,
+        )?;
         if self.http.rate_limit > 0 {
             in_range("HTTP_RATE_BURST", self.http.rate_burst, 1, 1_000_000)?;
         }
@@ -235,15 +241,22 @@ impl Config {
                 }
             }
             let effect = crate::mail::send_limit(mail) + LEDGER_ALLOWANCE;
-            if role == Role::Serve {
-                // The verify-email task's timeout (stored with each task at
-                // sign-up) must leave room for the send, or every attempt
-                // would stop at its fence and the task end in the archive.
-                at_least(
-                    "VERIFY_EMAIL_TIMEOUT",
-                    signup.verify_email_timeout,
-                    effect + s(1),
-                )?;
+            // The verify-email task's timeout (stored with each task at
+            // sign-up) must leave room for the send, or every attempt would
+            // stop at its fence and the task end in the archive.
+            let room = at_least(
+                "VERIFY_EMAIL_TIMEOUT",
+                signup.verify_email_timeout,
+                effect + s(1),
+            );
+            match (role, room) {
+                (Role::Serve, room) => room?,
+                // A worker runs tasks other processes stored: say so.
+                (_, Err(e)) => warnings.push(format!(
+                    "{} {} (tasks stored with it would time out before their send)",
+                    e.var, e.problem
+                )),
+                _ => {}
             }
             at_least("WORKER_SHUTDOWN_GRACE", worker.shutdown_grace, effect).map_err(|e| {
                 bad(

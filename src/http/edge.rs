@@ -29,6 +29,7 @@ use tokio::sync::Semaphore;
 use tower_http::{
     catch_panic::CatchPanicLayer,
     request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
+    timeout::RequestBodyTimeoutLayer,
     trace::TraceLayer,
 };
 use tracing::Span;
@@ -57,6 +58,24 @@ struct PerClient {
     seen: AtomicU64,
 }
 
+/// An X-Forwarded-For entry: an address, with or without a port.
+fn parse_forwarded(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .or_else(|_| entry.parse::<SocketAddr>().map(|s| s.ip()))
+        .ok()
+        .map(|a| a.to_canonical())
+}
+
+/// The key a client is counted under: its IPv4 address, or its IPv6 /64 (a
+/// host usually has a whole /64 and could take a new address per request).
+fn rate_key(client: IpAddr) -> IpAddr {
+    match client {
+        IpAddr::V4(_) => client,
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & (u128::MAX << 64)).into()),
+    }
+}
+
 /// Every this many requests, clients whose allowance is full again are
 /// forgotten, so the table holds only recent clients.
 const FORGET_EVERY: u64 = 4096;
@@ -66,25 +85,38 @@ impl PerClient {
     /// the last address in X-Forwarded-For that is not one (proxies append
     /// the address they received from; anything before can be forged).
     fn client(&self, req: &Request) -> Option<IpAddr> {
-        let peer = req.extensions().get::<ConnectInfo<SocketAddr>>()?.0.ip();
+        // IPv4 peers of a dual-stack socket arrive as ::ffff:a.b.c.d.
+        let peer = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()?
+            .0
+            .ip()
+            .to_canonical();
         if !self.trusted_proxies.contains(&peer) {
             return Some(peer);
         }
-        let forwarded = req
+        let entries: Vec<&str> = req
             .headers()
             .get_all("x-forwarded-for")
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|a| a.trim().parse::<IpAddr>().ok())
-            .collect::<Vec<_>>();
-        Some(
-            forwarded
-                .into_iter()
-                .rev()
-                .find(|a| !self.trusted_proxies.contains(a))
-                .unwrap_or(peer),
-        )
+            .map(str::trim)
+            .collect();
+        // From the right: the entries our proxies appended, then the client.
+        // An entry that does not read as an address ends the walk (it could
+        // hide where the forged part begins): the proxy's own address counts.
+        let mut client = peer;
+        for entry in entries.iter().rev() {
+            let Some(addr) = parse_forwarded(entry) else {
+                break;
+            };
+            client = addr;
+            if !self.trusted_proxies.contains(&addr) {
+                break;
+            }
+        }
+        Some(client)
     }
 
     /// `Err(wait)` when `req`'s client is over its rate.
@@ -97,9 +129,11 @@ impl PerClient {
         let Some(client) = self.client(req) else {
             return Ok(());
         };
-        self.limiter.check_key(&client).map_err(|not_until| {
-            not_until.wait_time_from(governor::clock::DefaultClock::default().now())
-        })
+        self.limiter
+            .check_key(&rate_key(client))
+            .map_err(|not_until| {
+                not_until.wait_time_from(governor::clock::DefaultClock::default().now())
+            })
     }
 }
 
@@ -122,6 +156,9 @@ pub fn layers<S: Clone + Send + Sync + 'static>(router: Router<S>, http: &HttpCo
     };
     router
         .layer(DefaultBodyLimit::max(http.body_limit))
+        // A body sent a byte at a time must not hold an in-flight slot for
+        // the whole request timeout.
+        .layer(RequestBodyTimeoutLayer::new(http.header_timeout))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn_with_state(limits, limit))
         .layer(middleware::from_fn(scope_request_id))
@@ -181,6 +218,10 @@ async fn plain_request_id(mut req: Request, next: Next) -> axum::response::Respo
 /// costs a fast answer each, not memory and time for all of them. Each
 /// request gets `HTTP_REQUEST_TIMEOUT`.
 async fn limit(State(limits): State<Limits>, req: Request, next: Next) -> axum::response::Response {
+    // Probes pass: an orchestrator must not restart a busy process for it.
+    if matches!(req.uri().path(), "/healthz" | "/readyz") {
+        return next.run(req).await;
+    }
     if let Some(per_client) = &limits.per_client
         && let Err(wait) = per_client.check(&req)
     {
@@ -227,4 +268,24 @@ fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response<axum::body::
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic without a message".into());
     ApiError::Internal(anyhow::anyhow!("handler panicked: {message}")).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_entries_and_rate_keys() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(parse_forwarded("10.0.0.1"), Some(ip("10.0.0.1")));
+        assert_eq!(parse_forwarded("10.0.0.1:4711"), Some(ip("10.0.0.1")));
+        assert_eq!(
+            parse_forwarded("[2001:db8::1]:443"),
+            Some(ip("2001:db8::1"))
+        );
+        assert_eq!(parse_forwarded("::ffff:10.0.0.1"), Some(ip("10.0.0.1")));
+        assert_eq!(parse_forwarded("unknown"), None);
+        assert_eq!(rate_key(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(rate_key(ip("2001:db8:1:2:aaaa::9")), ip("2001:db8:1:2::"));
+    }
 }

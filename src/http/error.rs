@@ -166,10 +166,12 @@ impl From<sqlx::Error> for ApiError {
                 tracing::warn!(error = %e, "postgres unavailable");
                 Self::Unavailable("database unavailable".into())
             }
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_) => {
+            // Every connection busy: overload, not an outage.
+            sqlx::Error::PoolTimedOut => Self::Busy {
+                message: "too busy to answer now; try again shortly".into(),
+                retry_after: std::time::Duration::from_secs(1),
+            },
+            sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
                 tracing::warn!(error = %e, "postgres unavailable");
                 Self::Unavailable("database unavailable".into())
             }

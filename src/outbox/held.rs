@@ -21,6 +21,8 @@ pub(super) struct HeldQueues {
 struct Held {
     until: Instant,
     backoff: Duration,
+    /// Whether its failure was logged (then so is its recovery).
+    announced: bool,
 }
 
 impl HeldQueues {
@@ -75,6 +77,7 @@ impl HeldQueues {
                     Held {
                         until: now + self.first_backoff,
                         backoff: self.first_backoff,
+                        announced: false,
                     },
                 );
                 false
@@ -82,9 +85,16 @@ impl HeldQueues {
         }
     }
 
-    /// `queue` took its rows: no longer held. Returns whether it was.
-    pub fn recovered(&self, queue: &str) -> bool {
-        self.map().remove(queue).is_some()
+    /// Notes that `queue`'s failure was logged.
+    pub fn announce(&self, queue: &str) {
+        if let Some(h) = self.map().get_mut(queue) {
+            h.announced = true;
+        }
+    }
+
+    /// `queue` took its rows: no longer held. `Some(announced)` when it was.
+    pub fn recovered(&self, queue: &str) -> Option<bool> {
+        self.map().remove(queue).map(|h| h.announced)
     }
 }
 
@@ -111,7 +121,9 @@ mod tests {
             "backoff capped at 300 ms"
         );
         assert!(held.skipped(now + ms(300)).is_empty());
-        assert!(held.recovered("a"));
+        held.announce("a");
+        assert_eq!(held.recovered("a"), Some(true));
+        assert_eq!(held.recovered("a"), None);
         assert!(!held.any());
     }
 }

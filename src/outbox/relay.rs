@@ -142,7 +142,8 @@ impl Relay {
         for (queue, outcome) in self.queue.enqueue_each(&tasks).await {
             match outcome {
                 Ok(_) => {
-                    if self.held.recovered(&queue) {
+                    // Its failure was logged (a partial one): so is this.
+                    if self.held.recovered(&queue) == Some(true) {
                         tracing::info!(queue = %queue, "queue takes tasks again");
                     }
                 }
@@ -181,6 +182,7 @@ impl Relay {
             for (queue, was_held) in &refused {
                 if !was_held {
                     tracing::warn!(queue = %queue, error = %e, "queue refuses tasks; its rows wait, the other queues go on");
+                    self.held.announce(queue);
                 }
             }
         }

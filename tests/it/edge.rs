@@ -199,6 +199,12 @@ async fn a_client_trickling_its_headers_is_cut_off() {
     let n = read.unwrap_or(0);
     let answer = String::from_utf8_lossy(&buf[..n]);
     assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // A client that connects and sends nothing at all is closed as well.
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf))
+        .await
+        .expect("the server ends a silent connection");
+    assert_eq!(read.unwrap_or(0), 0);
     // Others are served as usual.
     assert_eq!(app.get_json("/healthz").await.0, 200);
     app.stop().await;

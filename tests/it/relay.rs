@@ -238,6 +238,8 @@ async fn a_redis_outage_is_logged_once_not_once_per_retry() {
         (undispatched(&env).await == 0).then_some(())
     })
     .await;
+    // The recovery is logged right after the batch commits.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     child.kill().unwrap(); // its log lines are written whole, line by line
     let out = child.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&out.stdout);
