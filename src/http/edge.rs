@@ -145,7 +145,11 @@ pub fn layers<S: Clone + Send + Sync + 'static>(router: Router<S>, http: &HttpCo
             limiter: DefaultKeyedRateLimiter::keyed(
                 Quota::per_minute(per_minute).allow_burst(burst),
             ),
-            trusted_proxies: http.trusted_proxies.clone(),
+            trusted_proxies: http
+                .trusted_proxies
+                .iter()
+                .map(|a| a.to_canonical())
+                .collect(),
             seen: AtomicU64::new(0),
         })
     });
