@@ -1,2 +1,4 @@
-SELECT code_hash, is_used, expired_at > now() AS "is_live!" FROM verify_emails WHERE id = $1
+-- The row, locked until the verification commits: two clicks at once
+-- verify once.
+SELECT is_used FROM verify_emails WHERE id = $1
 FOR UPDATE

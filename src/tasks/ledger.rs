@@ -12,8 +12,9 @@
 //! Postgres until its shutdown) after an external side effect, such as the SMTP
 //! server accepting an email, and before the ledger commit. The task then runs
 //! again and repeats the side effect. Handlers key their rows by task id, so
-//! the repeat is the same email to the same address; its link is a new one
-//! (codes are kept only as hashes), and the newest link is the one that works.
+//! the repeat is the same email to the same address; its link carries a new
+//! code (codes are kept only as hashes), and both links work, each until its
+//! own expiry.
 
 use futures::future::BoxFuture;
 use sqlx::{PgConnection, PgPool};

@@ -41,11 +41,10 @@ fn secret_code() -> String {
 }
 
 /// The verification row of task `task_id`, about to be sent, with a new code:
-/// created by the task's first attempt, reused by later ones (one row per
-/// task), the code's hash replaced and the link valid for `ttl` from this
-/// send (an attempt after a long mail outage sends a link that works). The
-/// row keeps only the hash, so a later send cannot repeat an earlier code:
-/// the newest link is the one that works.
+/// the row is created by the task's first attempt and reused by later ones
+/// (one row per task); each send adds its code's hash, valid for `ttl` from
+/// that send, so an attempt after a long mail outage sends a link that
+/// works, and a link sent before keeps working until its own expiry.
 pub async fn get_or_create_for_task(
     pool: &PgPool,
     task_id: i64,
@@ -54,16 +53,24 @@ pub async fn get_or_create_for_task(
     ttl: Duration,
 ) -> Result<VerifyEmail, sqlx::Error> {
     let code = secret_code();
+    let mut tx = pool.begin().await?;
     let row = sqlx::query_file!(
         "sql/verify_emails/get_or_create_for_task.sql",
         task_id,
         username,
-        email,
+        email
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query_file!(
+        "sql/verify_emails/add_code.sql",
+        row.id,
         &hash_code(&code)[..],
         ttl.as_secs_f64()
     )
-    .fetch_one(pool)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(VerifyEmail {
         id: row.id,
         email: row.email,
@@ -139,25 +146,32 @@ pub enum VerifyError {
 /// is compared by its hash, in constant time.
 pub async fn verify(pool: &PgPool, id: i64, code: &str) -> Result<(), VerifyError> {
     let mut tx = pool.begin().await?;
-    let row = sqlx::query_file!("sql/verify_emails/lookup.sql", id)
+    let is_used = sqlx::query_file_scalar!("sql/verify_emails/lookup.sql", id)
         .fetch_optional(&mut *tx)
         .await?
         .ok_or(VerifyError::NotFound)?;
-    if !same_hash(&row.code_hash, &hash_code(code)) {
-        return Err(VerifyError::WrongCode);
-    }
-    if row.is_used {
-        return Err(VerifyError::Used);
-    }
-    if !row.is_live {
-        return Err(VerifyError::Expired);
+    let codes = sqlx::query_file!("sql/verify_emails/codes.sql", id)
+        .fetch_all(&mut *tx)
+        .await?;
+    let hash = hash_code(code);
+    // Every code is compared, matched or not: the time taken says nothing.
+    let matched = codes
+        .iter()
+        .fold(None, |found, c| match same_hash(&c.code_hash, &hash) {
+            true => Some(c.is_live),
+            false => found,
+        });
+    match matched {
+        None => return Err(VerifyError::WrongCode),
+        Some(_) if is_used => return Err(VerifyError::Used),
+        Some(false) => return Err(VerifyError::Expired),
+        Some(true) => {}
     }
     let username = sqlx::query_file_scalar!("sql/verify_emails/use_code.sql", id)
         .fetch_optional(&mut *tx)
         .await?
-        // The row is locked (FOR UPDATE) since the look-up: only the clock
-        // can have moved.
-        .ok_or(VerifyError::Expired)?;
+        // The row is locked since the look-up: it cannot have been used.
+        .ok_or(VerifyError::Used)?;
     sqlx::query_file_scalar!("sql/users/mark_email_verified.sql", username)
         .fetch_one(&mut *tx)
         .await?;

@@ -76,7 +76,7 @@ async fn sign_up_sends_one_email_whose_link_verifies_the_user() {
     assert!(code.len() >= 32, "{code}");
     // The database keeps the code's SHA-256, never the code.
     let stored: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM verify_emails WHERE code_hash = sha256(convert_to($1, 'UTF8'))",
+        "SELECT count(*) FROM verify_email_codes WHERE code_hash = sha256(convert_to($1, 'UTF8'))",
     )
     .bind(code)
     .fetch_one(&env.pool)
@@ -302,9 +302,12 @@ async fn verify_email_rejects_bad_links() {
     let env = TestEnv::new().await;
     sqlx::raw_sql(
         "INSERT INTO users (username, hashed_password, full_name, email) VALUES ('olga', 'x', 'Olga', 'olga@example.com');
-         INSERT INTO verify_emails (task_id, username, email, code_hash, expired_at) VALUES
-           (1, 'olga', 'olga@example.com', sha256(convert_to(repeat('a', 32), 'UTF8')), now() + interval '15 minutes'),
-           (2, 'olga', 'olga@example.com', sha256(convert_to(repeat('b', 32), 'UTF8')), now() - interval '1 minute');",
+         INSERT INTO verify_emails (task_id, username, email) VALUES
+           (1, 'olga', 'olga@example.com'), (2, 'olga', 'olga@example.com');
+         INSERT INTO verify_email_codes (verify_email_id, code_hash, expired_at)
+         SELECT id, sha256(convert_to(repeat(CASE task_id WHEN 1 THEN 'a' ELSE 'b' END, 32), 'UTF8')),
+                CASE task_id WHEN 1 THEN now() + interval '15 minutes' ELSE now() - interval '1 minute' END
+         FROM verify_emails;",
     )
     .execute(&env.pool)
     .await
@@ -388,7 +391,7 @@ async fn a_retry_after_the_link_expired_sends_a_link_that_works() {
     )
     .await;
     // The mail server stays down longer than a link lives.
-    sqlx::query("UPDATE verify_emails SET expired_at = now() - interval '1 minute'")
+    sqlx::query("UPDATE verify_email_codes SET expired_at = now() - interval '1 minute'")
         .execute(&env.pool)
         .await
         .unwrap();
@@ -474,4 +477,44 @@ async fn a_new_link_is_sent_on_request_and_the_answer_tells_nothing() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(smtp.messages().len(), 2);
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_link_already_sent_keeps_working_after_a_later_send() {
+    use simplebank::users::verify_email;
+    let env = TestEnv::new().await;
+    sqlx::query(
+        "INSERT INTO users (username, hashed_password, full_name, email)
+         VALUES ('pia', 'x', 'Pia', 'pia@example.com')",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let ttl = Duration::from_secs(900);
+    // Two sends of one task: the first one's email did arrive (an SMTP
+    // timeout after delivery, or a crash before the ledger), then the retry.
+    let first = verify_email::get_or_create_for_task(&env.pool, 7, "pia", "pia@example.com", ttl)
+        .await
+        .unwrap();
+    let second = verify_email::get_or_create_for_task(&env.pool, 7, "pia", "pia@example.com", ttl)
+        .await
+        .unwrap();
+    assert_eq!(first.id, second.id, "one row per task");
+    assert_ne!(first.secret_code, second.secret_code);
+    assert!(matches!(
+        verify_email::verify(&env.pool, first.id, &"x".repeat(32)).await,
+        Err(verify_email::VerifyError::WrongCode)
+    ));
+    verify_email::verify(&env.pool, first.id, &first.secret_code)
+        .await
+        .expect("the first link works");
+    assert!(matches!(
+        verify_email::verify(&env.pool, first.id, &second.secret_code).await,
+        Err(verify_email::VerifyError::Used)
+    ));
+    assert_eq!(
+        env.count("SELECT count(*) FROM users WHERE is_email_verified")
+            .await,
+        1
+    );
 }
