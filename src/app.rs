@@ -201,7 +201,14 @@ impl RunningApp {
         tokio::time::timeout(self.grace, self.tracker.wait())
             .await
             .map_err(|_| anyhow::anyhow!("components did not stop within {:?}", self.grace))?;
-        self.clients.pool.close().await;
+        // Waits for borrowed connections to come back; bounded, so a stuck
+        // query cannot keep the process from exiting.
+        if tokio::time::timeout(Duration::from_secs(5), self.clients.pool.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("database connections still in use at exit");
+        }
         Ok(())
     }
 }
