@@ -9,8 +9,10 @@
 //! keeping leases, wake-ups) and the batched acknowledgements of
 //! [`super::ack`], all stopped by one `CancellationToken`.
 //!
-//! At shutdown, running tasks get `shutdown_grace` to finish; the rest are
-//! handed back to the front of their pending list at once.
+//! At shutdown, runs that have not reached their fence are handed back
+//! untried when they do; runs past it get `shutdown_grace` to finish; what
+//! is left then goes back to the front of its pending list (see
+//! [`super::run`]).
 
 use std::{sync::Arc, time::Duration};
 
