@@ -287,6 +287,29 @@ async fn stop_worker((stop, handle): (CancellationToken, tokio::task::JoinHandle
         .unwrap();
 }
 
+/// Handlers of kind "k" that pass their fence, make their effect (noted in
+/// `effects`), then cut `link` and succeed.
+fn effect_then_cut(
+    effects: &Effects,
+    link: &Arc<tokio::sync::Mutex<CuttableLink>>,
+) -> HandlerRegistry {
+    let (seen, cut) = (effects.clone(), link.clone());
+    let mut registry = HandlerRegistry::default();
+    registry.register(
+        "k",
+        handler_fn(move |t: Task| {
+            let (seen, cut) = (seen.clone(), cut.clone());
+            async move {
+                t.fence(Duration::from_millis(100)).await?;
+                seen.lock().unwrap().push(("w", t.id));
+                cut.lock().await.cut().await;
+                Ok(Processed::default())
+            }
+        }),
+    );
+    registry
+}
+
 fn one_task(id: i64, max_retry: u32) -> TaskMessage {
     TaskMessage {
         max_retry,
@@ -370,21 +393,8 @@ async fn a_ledger_record_that_fails_after_the_effect_is_retried_not_the_run() {
         .await
         .unwrap();
     let effects: Effects = Arc::default();
-    let mut registry = HandlerRegistry::default();
-    let (seen, cut) = (effects.clone(), link.clone());
-    registry.register(
-        "k",
-        handler_fn(move |t: Task| {
-            let (seen, cut) = (seen.clone(), cut.clone());
-            async move {
-                t.fence(Duration::from_millis(100)).await?;
-                seen.lock().unwrap().push(("w", t.id));
-                // The effect happened; now the ledger cannot be reached.
-                cut.lock().await.cut().await;
-                Ok(Processed::default())
-            }
-        }),
-    );
+    // The effect happens; then the ledger cannot be reached.
+    let registry = effect_then_cut(&effects, &link);
     let worker = start_worker(&env, &env.cfg.redis.url, via_link, registry, |_| {});
     // A short timeout: the record's retries must not be cut by it either.
     let mut m = one_task(1, 3);
@@ -477,22 +487,9 @@ async fn a_run_that_completed_after_its_lease_ran_out_is_completed_in_redis_too(
         CuttableLink::to(redis_addr(&env.cfg.redis.url)).await,
     ));
     let effects: Effects = Arc::default();
-    let mut registry = HandlerRegistry::default();
-    let (seen, cut) = (effects.clone(), link.clone());
-    registry.register(
-        "k",
-        handler_fn(move |t: Task| {
-            let (seen, cut) = (seen.clone(), cut.clone());
-            async move {
-                t.fence(Duration::from_millis(100)).await?;
-                seen.lock().unwrap().push(("w", t.id));
-                // Done, and recorded in the ledger next; but Redis is out of
-                // reach for the acknowledgement, longer than the lease.
-                cut.lock().await.cut().await;
-                Ok(Processed::default())
-            }
-        }),
-    );
+    // Done, and recorded in the ledger next; but Redis is out of reach for
+    // the acknowledgement, longer than the lease.
+    let registry = effect_then_cut(&effects, &link);
     let url = link.lock().await.redis_url();
     let worker = start_worker(&env, &url, env.pool.clone(), registry, |s| {
         s.lease = Duration::from_secs(1)
