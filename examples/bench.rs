@@ -390,6 +390,8 @@ impl Bench {
                         max_retry: 0,
                         timeout: Duration::from_secs(30),
                         process_at: chrono::Utc::now(),
+                        request_id: None,
+                        created_at: chrono::Utc::now(),
                     })
                     .collect();
                 self.queue.enqueue(&tasks).await?;
@@ -516,6 +518,7 @@ impl Bench {
                     max_retry: 3,
                     timeout: Duration::from_secs(30),
                     process_in: Duration::ZERO,
+                    request_id: None,
                 };
                 let (_, id) = repo::create_with_task(&pool, &user, &task).await?;
                 if i >= warmup {

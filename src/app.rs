@@ -10,8 +10,10 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     config::{Config, validate::Role},
-    db, http,
+    db,
+    http::{self, health::Probes},
     mail::Mailer,
+    metrics::{self, Scrape},
     outbox::{relay::Relay, wake::RelayWaker},
     queue::{self, ArchiveLimits, Broker, WorkerServer, WorkerSettings},
     tasks::{self, ledger::PgLedger},
@@ -82,6 +84,8 @@ impl Clients {
 pub struct RunningApp {
     /// Where the API listens, when it runs.
     pub http_addr: Option<SocketAddr>,
+    /// Where /healthz, /readyz and /metrics are served, when ADMIN_ADDR is set.
+    pub admin_addr: Option<SocketAddr>,
     pub clients: Clients,
     pub waker: RelayWaker,
     shutdown: CancellationToken,
@@ -105,6 +109,14 @@ pub async fn start(cfg: &Config, components: Components) -> anyhow::Result<Runni
     let tracker = TaskTracker::new();
     let waker = RelayWaker::new();
     let mut http_addr = None;
+    // Installed before anything is counted.
+    metrics::handle();
+    let scrape = Scrape::new(
+        components.relay.then(|| clients.pool.clone()),
+        components
+            .worker
+            .then(|| (clients.queue.clone(), cfg.worker.queues.names())),
+    );
 
     if components.api {
         db::migrate(&clients.pool).await?;
@@ -114,6 +126,7 @@ pub async fn start(cfg: &Config, components: Components) -> anyhow::Result<Runni
             hasher: PasswordHasher::new(&cfg.signup)?,
             signup: cfg.signup.clone(),
             waker: waker.clone(),
+            scrape: scrape.clone(),
         };
         let listener = tokio::net::TcpListener::bind(cfg.http.addr)
             .await
@@ -133,6 +146,27 @@ pub async fn start(cfg: &Config, components: Components) -> anyhow::Result<Runni
             shutdown.clone(),
         ));
     }
+
+    let admin_addr = match cfg.admin.addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding ADMIN_ADDR {addr}"))?;
+            let addr = listener.local_addr()?;
+            let mut probes = Probes::new(clients.pool.clone(), clients.queue.clone());
+            if components.relay {
+                probes = probes.with_outbox_max_age(cfg.relay.ready_max_age);
+            }
+            let router = http::ops::router(probes, scrape.clone());
+            let (stop, http_cfg) = (shutdown.clone(), cfg.http.clone());
+            tracker.spawn(async move {
+                tracing::info!(%addr, "start admin listener (/healthz, /readyz, /metrics)");
+                http::serve::serve(listener, router, &http_cfg, stop).await;
+            });
+            Some(addr)
+        }
+        None => None,
+    };
 
     if components.relay {
         let listen_url = cfg
@@ -172,6 +206,7 @@ pub async fn start(cfg: &Config, components: Components) -> anyhow::Result<Runni
     tracker.close();
     Ok(RunningApp {
         http_addr,
+        admin_addr,
         clients,
         waker,
         shutdown,

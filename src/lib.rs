@@ -15,6 +15,10 @@ pub mod db;
 pub mod http;
 /// Outgoing email: the `Mailer` trait, SMTP and file mailers.
 pub mod mail;
+/// Prometheus metrics: names, the recorder, the gauges read at scrape time.
+pub mod metrics;
+/// The operator's commands: queues, tasks, outbox stats.
+pub mod ops;
 /// Living through an outage: log once when it begins and once when it ends, back off between.
 pub mod outage;
 /// The transactional outbox: the write side and the relay to Redis.

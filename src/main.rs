@@ -1,6 +1,7 @@
-//! The `simplebank` command: serve | relay [--once] | worker | migrate | queues.
+//! The `simplebank` command: serve | relay [--once] | worker | migrate, and
+//! the operator's queues | tasks | outbox.
 
-use std::{process::ExitCode, time::Duration, time::Instant};
+use std::{io::IsTerminal, process::ExitCode, time::Duration, time::Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -11,7 +12,9 @@ use simplebank::{
         scoped::{ForMigrate, ForQueues, ForRelay, ForWorker},
         validate::Role,
     },
-    db, telemetry,
+    db,
+    ops::{self, Ops, outbox::OutboxArgs, queues::QueuesArgs, tasks::TasksArgs},
+    telemetry,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -55,8 +58,24 @@ enum Command {
         #[command(flatten)]
         cfg: ForMigrate,
     },
-    /// Print task counts per queue and state.
+    /// Task counts, latency and pause per queue; pause or resume a queue.
     Queues {
+        #[command(flatten)]
+        args: QueuesArgs,
+        #[command(flatten)]
+        cfg: Box<ForQueues>,
+    },
+    /// List, show, retry or delete tasks.
+    Tasks {
+        #[command(flatten)]
+        args: TasksArgs,
+        #[command(flatten)]
+        cfg: Box<ForQueues>,
+    },
+    /// The outbox's backlog.
+    Outbox {
+        #[command(flatten)]
+        args: OutboxArgs,
         #[command(flatten)]
         cfg: Box<ForQueues>,
     },
@@ -71,7 +90,9 @@ impl Command {
             Command::Relay { once: false, .. } => Role::Relay,
             Command::Relay { once: true, .. }
             | Command::Migrate { .. }
-            | Command::Queues { .. } => Role::Tool,
+            | Command::Queues { .. }
+            | Command::Tasks { .. }
+            | Command::Outbox { .. } => Role::Tool,
         }
     }
 
@@ -82,7 +103,9 @@ impl Command {
             Command::Relay { cfg, .. } => (**cfg).clone().into(),
             Command::Worker { cfg } => (**cfg).clone().into(),
             Command::Migrate { cfg } => cfg.clone().into(),
-            Command::Queues { cfg } => (**cfg).clone().into(),
+            Command::Queues { cfg, .. }
+            | Command::Tasks { cfg, .. }
+            | Command::Outbox { cfg, .. } => (**cfg).clone().into(),
         }
     }
 }
@@ -107,7 +130,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = telemetry::init(&cfg.log) {
+    if let Err(e) = telemetry::init(&cfg.log, cli.command.role() == Role::Tool) {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;
     }
@@ -189,12 +212,20 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
             let clients = Clients::new(&cfg)?;
             let relay = clients.relay(&cfg)?;
             let started = Instant::now();
+            let progress = std::io::stderr()
+                .is_terminal()
+                .then(|| tokio::spawn(show_progress(relay.clone(), clients.pool.clone())));
             // A failed batch rolls back: what was not forwarded stays in the
             // outbox for the next run, which the message says.
-            let drained = relay
-                .drain(&CancellationToken::new())
-                .await
-                .context("forwarding stopped; the rest stays in the outbox")?;
+            let drained = relay.drain(&CancellationToken::new()).await;
+            if let Some(progress) = progress {
+                progress.abort();
+                // End the progress line, when one was shown.
+                if started.elapsed() >= Duration::from_millis(500) {
+                    eprintln!();
+                }
+            }
+            let drained = drained.context("forwarding stopped; the rest stays in the outbox")?;
             let forwarded = drained.forwarded;
             if let Some(e) = drained.failed {
                 return Err(anyhow::Error::new(e).context(format!(
@@ -217,17 +248,35 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate { .. } => db::migrate(&Clients::new(&cfg)?.pool).await,
-        Command::Queues { .. } => {
-            let clients = Clients::new(&cfg)?;
-            for (queue, weight) in cfg.worker.queues.by_priority() {
-                let s = clients.queue.stats(&queue).await?;
-                println!(
-                    "{queue} (weight {weight}): pending {} active {} scheduled {} retry {} archived {}",
-                    s.pending, s.active, s.scheduled, s.retry, s.archived
-                );
+        Command::Queues { args, .. } => ops::queues::run(&Ops::new(&cfg, args.json)?, &args).await,
+        Command::Tasks { args, .. } => ops::tasks::run(&Ops::new(&cfg, args.json)?, &args).await,
+        Command::Outbox { args, .. } => ops::outbox::run(&Ops::new(&cfg, args.json)?, &args).await,
+    }
+}
+
+/// Shows a long drain's progress on the terminal, on one line: rows
+/// forwarded, the rate, and how long the rest should take.
+async fn show_progress(relay: simplebank::outbox::relay::Relay, pool: sqlx::PgPool) {
+    let started = Instant::now();
+    let backlog = simplebank::outbox::stats::OutboxStats::read(&pool)
+        .await
+        .map(|s| s.undispatched)
+        .ok();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let done = relay.forwarded_so_far();
+        let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
+        let left = match backlog {
+            Some(total) if rate > 0.0 => {
+                let eta = total.saturating_sub(done) as f64 / rate;
+                format!(
+                    ", about {} of {total} left (~{eta:.0}s)",
+                    total.saturating_sub(done)
+                )
             }
-            Ok(())
-        }
+            _ => String::new(),
+        };
+        eprint!("\r\x1b[Krelay: {done} rows forwarded, {rate:.0} rows/s{left}");
     }
 }
 

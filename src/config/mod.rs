@@ -31,6 +31,8 @@ pub struct Config {
     pub worker: WorkerConfig,
     #[command(flatten)]
     pub mail: MailConfig,
+    #[command(flatten)]
+    pub admin: AdminConfig,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -170,6 +172,16 @@ pub struct HttpConfig {
         value_delimiter = ','
     )]
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Opens the dashboard at /admin of `serve` to whoever presents it (at
+    /// least 16 characters); unset, the dashboard is closed (401).
+    #[arg(
+        id = "admin_token",
+        value_name = "ADMIN_TOKEN",
+        long = "admin-token",
+        env = "ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
     /// How long in-flight requests may take to finish at shutdown.
     #[arg(id = "http_shutdown_grace", value_name = "HTTP_SHUTDOWN_GRACE", long = "http-shutdown-grace", env = "HTTP_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -240,6 +252,21 @@ pub struct SignupConfig {
 }
 
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Operations")]
+pub struct AdminConfig {
+    /// Where `relay` and `worker` (and `serve`, when set) serve /healthz,
+    /// /readyz and /metrics for the orchestrator and Prometheus; unset: no
+    /// such listener (`serve` answers them on its API port as well).
+    #[arg(
+        id = "admin_addr",
+        value_name = "ADMIN_ADDR",
+        long = "admin-addr",
+        env = "ADMIN_ADDR"
+    )]
+    pub addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Relay")]
 pub struct RelayConfig {
     /// Outbox rows claimed and forwarded per batch.
@@ -267,6 +294,10 @@ pub struct RelayConfig {
     /// Rows deleted per retention batch.
     #[arg(long, env = "OUTBOX_CLEANUP_BATCH", default_value_t = 1000)]
     pub outbox_cleanup_batch: u32,
+    /// A relay's /readyz (on ADMIN_ADDR) fails once the oldest undispatched
+    /// outbox row is older than this: a stuck relay shows to the orchestrator.
+    #[arg(id = "relay_ready_max_age", value_name = "RELAY_READY_MAX_AGE", long = "relay-ready-max-age", env = "RELAY_READY_MAX_AGE", default_value = "5m", value_parser = parse_duration)]
+    pub ready_max_age: Duration,
     /// Shortest time between two post-commit pg_notify calls of one process.
     #[arg(id = "relay_notify_coalesce", value_name = "RELAY_NOTIFY_COALESCE", long = "relay-notify-coalesce", env = "RELAY_NOTIFY_COALESCE", default_value = "5ms", value_parser = parse_duration)]
     pub notify_coalesce: Duration,
@@ -380,6 +411,11 @@ impl QueueWeights {
         let mut queues: Vec<_> = self.0.iter().map(|(q, w)| (q.clone(), *w)).collect();
         queues.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         queues
+    }
+
+    /// Queue names, highest weight first.
+    pub fn names(&self) -> Vec<String> {
+        self.by_priority().into_iter().map(|(q, _)| q).collect()
     }
 }
 

@@ -6,7 +6,8 @@
 use clap::{Args, FromArgMatches};
 
 use super::{
-    Config, DbConfig, LogConfig, MailConfig, RedisConfig, RelayConfig, SignupConfig, WorkerConfig,
+    AdminConfig, Config, DbConfig, LogConfig, MailConfig, RedisConfig, RelayConfig, SignupConfig,
+    WorkerConfig,
 };
 
 /// A settings group with every value at its default, whatever the
@@ -31,6 +32,8 @@ pub struct ForRelay {
     pub log: LogConfig,
     #[command(flatten)]
     pub relay: RelayConfig,
+    #[command(flatten)]
+    pub admin: AdminConfig,
 }
 
 impl From<ForRelay> for Config {
@@ -40,6 +43,7 @@ impl From<ForRelay> for Config {
             redis: s.redis,
             log: s.log,
             relay: s.relay,
+            admin: s.admin,
             http: defaults(),
             signup: defaults(),
             worker: defaults(),
@@ -64,6 +68,8 @@ pub struct ForWorker {
     pub worker: WorkerConfig,
     #[command(flatten)]
     pub mail: MailConfig,
+    #[command(flatten)]
+    pub admin: AdminConfig,
 }
 
 impl From<ForWorker> for Config {
@@ -75,6 +81,7 @@ impl From<ForWorker> for Config {
             signup: s.signup,
             worker: s.worker,
             mail: s.mail,
+            admin: s.admin,
             http: defaults(),
             relay: defaults(),
         }
@@ -101,6 +108,7 @@ impl From<ForMigrate> for Config {
             relay: defaults(),
             worker: defaults(),
             mail: defaults(),
+            admin: defaults(),
         }
     }
 }
@@ -129,6 +137,7 @@ impl From<ForQueues> for Config {
             signup: defaults(),
             relay: defaults(),
             mail: defaults(),
+            admin: defaults(),
         }
     }
 }
@@ -150,5 +159,6 @@ mod tests {
         let _: RedisConfig = defaults();
         let _: DbConfig = defaults();
         let _: LogConfig = defaults();
+        let _: AdminConfig = defaults();
     }
 }

@@ -195,6 +195,7 @@ impl Config {
         at_least("RELAY_POLL_INTERVAL", relay.poll_interval, ms(10))?;
         at_least("RELAY_MAX_BACKOFF", relay.max_backoff, ms(100))?;
         at_least("OUTBOX_RETENTION", relay.outbox_retention, s(60))?;
+        at_least("RELAY_READY_MAX_AGE", relay.ready_max_age, s(1))?;
         in_range(
             "OUTBOX_CLEANUP_BATCH",
             relay.outbox_cleanup_batch,
@@ -214,6 +215,16 @@ impl Config {
         at_least("WORKER_RETRY_UNIT", worker.retry_unit, ms(1))?;
         at_least("WORKER_RETRY_MAX", worker.retry_max, worker.retry_unit)?;
         at_least("WORKER_ARCHIVE_MAX_AGE", worker.archive_max_age, s(60))?;
+
+        // A token an attacker could guess opens every repair to them.
+        if let Some(token) = &self.http.admin_token
+            && token.chars().count() < 16
+        {
+            return Err(bad(
+                "ADMIN_TOKEN",
+                "must be at least 16 characters (or unset, which closes the dashboard)",
+            ));
+        }
 
         let mail = &self.mail;
         if let Some(url) = &mail.smtp_url

@@ -19,7 +19,7 @@ use std::{
 
 use axum::{
     Router,
-    extract::{ConnectInfo, DefaultBodyLimit, Request, State},
+    extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State},
     http::{HeaderName, Response},
     middleware::{self, Next},
     response::IntoResponse,
@@ -35,7 +35,10 @@ use tower_http::{
 use tracing::Span;
 
 use super::error::{ApiError, REQUEST_ID};
-use crate::config::HttpConfig;
+use crate::{
+    config::HttpConfig,
+    metrics::{self, Refusal},
+};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -165,6 +168,7 @@ pub fn layers<S: Clone + Send + Sync + 'static>(router: Router<S>, http: &HttpCo
         .layer(RequestBodyTimeoutLayer::new(http.header_timeout))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn_with_state(limits, limit))
+        .layer(middleware::from_fn(count_request))
         .layer(middleware::from_fn(scope_request_id))
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
         .layer(
@@ -229,6 +233,7 @@ async fn limit(State(limits): State<Limits>, req: Request, next: Next) -> axum::
     if let Some(per_client) = &limits.per_client
         && let Err(wait) = per_client.check(&req)
     {
+        metrics::edge_refused(Refusal::RateLimit);
         return ApiError::TooManyRequests {
             message: "too many requests from this address; try again later".into(),
             retry_after: wait,
@@ -236,6 +241,7 @@ async fn limit(State(limits): State<Limits>, req: Request, next: Next) -> axum::
         .into_response();
     }
     let Ok(_permit) = limits.in_flight.try_acquire_owned() else {
+        metrics::edge_refused(Refusal::InFlight);
         return ApiError::Busy {
             message: "too many requests at once; try again shortly".into(),
             retry_after: Duration::from_secs(1),
@@ -244,12 +250,40 @@ async fn limit(State(limits): State<Limits>, req: Request, next: Next) -> axum::
     };
     match tokio::time::timeout(limits.timeout, next.run(req)).await {
         Ok(response) => response,
-        Err(_) => ApiError::Busy {
-            message: "the request took too long; try again shortly".into(),
-            retry_after: Duration::from_secs(1),
+        Err(_) => {
+            metrics::edge_refused(Refusal::Timeout);
+            ApiError::Busy {
+                message: "the request took too long; try again shortly".into(),
+                retry_after: Duration::from_secs(1),
+            }
+            .into_response()
         }
-        .into_response(),
     }
+}
+
+/// Counts every answered request by route (the pattern, so a client making
+/// up paths adds no series), method and status, with its duration. Inside
+/// the routing, outside the limits: refusals are counted too.
+async fn count_request(req: Request, next: Next) -> axum::response::Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    // Methods outside the usual few (any token is valid) share one label.
+    let method = match req.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m.to_owned(),
+        _ => "other".to_owned(),
+    };
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    metrics::http_request(
+        &route,
+        &method,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 /// Makes the request id available to [`ApiError`]'s response body.

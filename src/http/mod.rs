@@ -6,17 +6,19 @@ pub mod edge;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod ops;
 pub mod serve;
 pub mod users;
 pub mod verify_email;
 
-use axum::{Json, Router, routing::get};
+use axum::{Json, Router, extract::State, routing::get};
 use sqlx::PgPool;
 use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     config::{HttpConfig, SignupConfig},
+    metrics::Scrape,
     outbox::wake::RelayWaker,
     queue::Broker,
     users::password::PasswordHasher,
@@ -31,6 +33,8 @@ pub struct AppState {
     pub hasher: PasswordHasher,
     pub signup: SignupConfig,
     pub waker: RelayWaker,
+    /// What /metrics reads.
+    pub scrape: Scrape,
 }
 
 #[derive(OpenApi)]
@@ -50,9 +54,15 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .split_for_parts();
-    let api = api
-        .route("/openapi.json", get(move || async move { Json(openapi) }))
-        .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
+    let api =
+        api.route("/openapi.json", get(move || async move { Json(openapi) }))
+            .route(
+                "/metrics",
+                get(|State(state): State<AppState>| async move {
+                    ops::metrics_text(&state.scrape).await
+                }),
+            )
+            .fallback(|| async { ApiError::NotFound("no such route".into()) })
+            .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
     edge::layers(api, http).with_state(state)
 }

@@ -20,7 +20,10 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::config::HttpConfig;
+use crate::{
+    config::HttpConfig,
+    metrics::{self, Refusal},
+};
 
 /// Serves `router` on `listener` until `stop`, then lets the open requests
 /// finish (within `HTTP_SHUTDOWN_GRACE`).
@@ -70,7 +73,11 @@ pub async fn serve(
             let mut first = [0u8; 1];
             match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
                 Ok(Ok(n)) if n > 0 => {}
-                _ => return,
+                Ok(_) => return,
+                Err(_) => {
+                    metrics::edge_refused(Refusal::SilentConnection);
+                    return;
+                }
             }
             let connection = builder.serve_connection_with_upgrades(
                 TokioIo::new(stream),

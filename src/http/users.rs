@@ -4,7 +4,11 @@ use axum::{Json, extract::State};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{AppState, error::ApiError, error::ErrorBody, extract::ApiJson};
+use super::{
+    AppState,
+    error::{ApiError, ErrorBody},
+    extract::{ApiJson, RequestId},
+};
 use crate::{
     tasks::send_verify_email,
     users::{
@@ -55,6 +59,7 @@ pub struct CreateUserResponse {
 )]
 pub async fn create_user(
     State(state): State<AppState>,
+    RequestId(request_id): RequestId,
     ApiJson(req): ApiJson<CreateUserRequest>,
 ) -> Result<Json<CreateUserResponse>, ApiError> {
     let signup = SignUp::parse(req.username, req.full_name, req.email, req.password)
@@ -64,7 +69,7 @@ pub async fn create_user(
         return Err(CreateUserError::Taken(taken).into());
     }
     let hashed = state.hasher.hash(signup.password).await?;
-    let task = send_verify_email::task(&state.signup, &signup.username);
+    let task = send_verify_email::task(&state.signup, &signup.username).caused_by(request_id);
     let new_user = repo::NewUser {
         username: &signup.username,
         full_name: &signup.full_name,

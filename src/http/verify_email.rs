@@ -8,7 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::{
     AppState,
     error::{ApiError, ErrorBody},
-    extract::{ApiJson, ApiQuery},
+    extract::{ApiJson, ApiQuery, RequestId},
 };
 use crate::{
     tasks::send_verify_email,
@@ -102,6 +102,7 @@ pub struct ResendVerifyEmailResponse {
 )]
 pub async fn resend_verify_email(
     State(state): State<AppState>,
+    RequestId(request_id): RequestId,
     ApiJson(req): ApiJson<ResendVerifyEmailRequest>,
 ) -> Result<(StatusCode, Json<ResendVerifyEmailResponse>), ApiError> {
     let mut v = Violations::default();
@@ -109,7 +110,7 @@ pub async fn resend_verify_email(
     v.finish().map_err(ApiError::invalid)?;
     let interval = state.signup.verify_email_resend_interval;
     let outcome = verify_email::request_resend(&state.pool, &req.email, interval, |username| {
-        send_verify_email::task(&state.signup, username)
+        send_verify_email::task(&state.signup, username).caused_by(request_id)
     })
     .await?;
     match outcome {

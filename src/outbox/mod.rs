@@ -7,6 +7,7 @@
 
 mod held;
 pub mod relay;
+pub mod stats;
 pub mod wake;
 pub mod write;
 
@@ -26,6 +27,10 @@ pub struct OutboxRow {
     pub max_retry: i32,
     pub timeout_ms: i64,
     pub process_at: DateTime<Utc>,
+    pub request_id: Option<String>,
+    /// When the sign-up's transaction wrote it: the start of the
+    /// commit-to-handled latency.
+    pub created_at: DateTime<Utc>,
 }
 
 impl From<OutboxRow> for TaskMessage {
@@ -38,6 +43,8 @@ impl From<OutboxRow> for TaskMessage {
             max_retry: r.max_retry.max(0) as u32,
             timeout: std::time::Duration::from_millis(r.timeout_ms.max(1) as u64),
             process_at: r.process_at,
+            request_id: r.request_id,
+            created_at: r.created_at,
         }
     }
 }

@@ -16,7 +16,10 @@
 //! ([`super::held`]); the other queues' rows go on.
 
 use std::{
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -27,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use super::{NOTIFY_CHANNEL, OutboxRow, held::HeldQueues, wake::RelayWaker};
 use crate::{
     config::RelayConfig,
+    metrics,
     outage::Outage,
     queue::{Broker, QueueError, TaskMessage},
 };
@@ -94,6 +98,8 @@ pub struct Relay {
     queue: Broker,
     cfg: RelayConfig,
     held: Arc<HeldQueues>,
+    /// Rows this relay forwarded, for progress reports.
+    forwarded: Arc<AtomicU64>,
 }
 
 impl Relay {
@@ -104,13 +110,31 @@ impl Relay {
             queue,
             cfg,
             held,
+            forwarded: Arc::default(),
         }
+    }
+
+    /// Rows this relay (and its clones) forwarded since it was made.
+    pub fn forwarded_so_far(&self) -> u64 {
+        self.forwarded.load(Ordering::Relaxed)
     }
 
     /// Claims, enqueues and marks one batch. The rows of a queue Redis
     /// refused stay undispatched, and that queue is held back from the next
     /// claims for a while; the other queues' rows are marked and committed.
     pub async fn forward_batch(&self) -> Result<Batch, RelayError> {
+        let batch = self.try_forward_batch().await;
+        match &batch {
+            Ok(Batch {
+                failed: Some(_), ..
+            }) => metrics::relay_error("redis"),
+            Err(e) => metrics::relay_error(e.side()),
+            Ok(_) => {}
+        }
+        batch
+    }
+
+    async fn try_forward_batch(&self) -> Result<Batch, RelayError> {
         let now = Instant::now();
         let skipped = self.held.skipped(now);
         let due = self.held.due(now);
@@ -190,6 +214,14 @@ impl Relay {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.forwarded
+            .fetch_add(ids.len() as u64, Ordering::Relaxed);
+        metrics::relay_batch(
+            tasks
+                .iter()
+                .filter(|t| !refused.iter().any(|(q, _)| *q == t.queue))
+                .map(|t| (t.queue.as_str(), t.created_at)),
+        );
         Ok(Batch {
             claimed,
             forwarded: ids.len(),

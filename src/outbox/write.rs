@@ -13,6 +13,15 @@ pub struct NewTask {
     pub max_retry: u32,
     pub timeout: Duration,
     pub process_in: Duration,
+    /// The HTTP request that wrote it, carried into the task's log lines.
+    pub request_id: Option<String>,
+}
+
+impl NewTask {
+    /// The task, carrying the id of the request that caused it.
+    pub fn caused_by(self, request_id: Option<String>) -> Self {
+        Self { request_id, ..self }
+    }
 }
 
 /// Inserts `task` on `conn` (a connection inside the caller's transaction) and
@@ -26,6 +35,7 @@ pub async fn insert(conn: &mut PgConnection, task: &NewTask) -> Result<i64, sqlx
         task.max_retry as i32,
         task.timeout.as_millis() as i64,
         task.process_in.as_millis() as f64,
+        task.request_id,
     )
     .fetch_one(conn)
     .await?;

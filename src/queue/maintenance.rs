@@ -261,6 +261,8 @@ mod tests {
             max_retry: 0,
             timeout: Duration::from_secs(1),
             delivery: Delivery(delivery),
+            request_id: None,
+            created_at: None,
             guard: Arc::new(RunGuard::new(Instant::now() + Duration::from_secs(30))),
         }
     }

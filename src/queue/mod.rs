@@ -22,7 +22,7 @@ pub mod server;
 pub mod task;
 
 pub use broker::{
-    AckOutcome, ArchiveLimits, Broker, FailOutcome, Forwarded, QueueStats, RequeueOutcome,
+    AckOutcome, ArchiveLimits, Broker, FailOutcome, Forwarded, QueueStats, Repair, RequeueOutcome,
 };
 pub use fence::Fenced;
 pub use handler::{Handler, HandlerRegistry, Ledger, Processed, handler_fn};

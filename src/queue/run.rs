@@ -26,7 +26,10 @@ use super::{
     handler::{Handler, Ledger, Processed, run_handler},
     task::Task,
 };
-use crate::outage::Outage;
+use crate::{
+    metrics::{self, RunEnd},
+    outage::Outage,
+};
 
 /// The longest one attempt to record a run in the ledger may take before it
 /// is tried again.
@@ -58,8 +61,17 @@ enum Outcome {
 /// the outcome.
 pub(super) async fn run(task: &Task, handler: Option<Arc<dyn Handler>>, cx: &RunContext<'_>) {
     let started = Instant::now();
+    // Metrics are labelled by kinds the worker knows: a kind enqueued by
+    // hand under any name adds one series, not one per name.
+    let kind = match handler {
+        Some(_) => task.kind.as_str(),
+        None => "unregistered",
+    };
     let outcome = execute(task, handler, cx).await;
-    record(task, outcome, started.elapsed(), cx).await;
+    let took = started.elapsed();
+    if let Some(end) = record(task, outcome, took, cx).await {
+        metrics::run_ended(kind, end, took, task.created_at);
+    }
 }
 
 async fn execute(task: &Task, handler: Option<Arc<dyn Handler>>, cx: &RunContext<'_>) -> Outcome {
@@ -101,50 +113,71 @@ async fn execute(task: &Task, handler: Option<Arc<dyn Handler>>, cx: &RunContext
     }
 }
 
-async fn record(task: &Task, outcome: Outcome, took: Duration, cx: &RunContext<'_>) {
+/// Records `outcome` in the ledger and Redis; returns how the run ended for
+/// the metrics (nothing for a run that did not end here).
+async fn record(
+    task: &Task,
+    outcome: Outcome,
+    took: Duration,
+    cx: &RunContext<'_>,
+) -> Option<RunEnd> {
     let took_ms = took.as_millis() as u64;
     match outcome {
         Outcome::Done(processed) => {
             if let Some(ledger) = cx.ledger
                 && !mark_done(ledger, task, cx.abort).await
             {
-                return;
+                return None;
             }
             tracing::info!(r#type = %task.kind, payload = %task.payload, took_ms, fields = %processed, "processed task");
             acknowledge(task, cx).await;
+            Some(RunEnd::Processed)
         }
         Outcome::AlreadyDone => {
             tracing::info!("task already completed: acknowledged without running it again");
             acknowledge(task, cx).await;
+            None
         }
         Outcome::Failed(error) => {
             let skip = matches!(error, TaskError::SkipRetry(_));
             let delay = cx.retry.delay(task.attempt - 1);
             match cx.broker.fail(task, &error.to_string(), delay, skip).await {
                 Ok(FailOutcome::Retry { at }) => {
-                    tracing::warn!(r#type = %task.kind, payload = %task.payload, error = %error, retry_in_ms = delay.as_millis() as u64, retry_at = %at, "task failed; will retry")
+                    tracing::warn!(r#type = %task.kind, payload = %task.payload, error = %error, retry_in_ms = delay.as_millis() as u64, retry_at = %at, "task failed; will retry");
+                    Some(RunEnd::Retried)
                 }
                 Ok(FailOutcome::Archived) => {
-                    tracing::error!(r#type = %task.kind, payload = %task.payload, error = %error, "task failed; archived")
+                    tracing::error!(r#type = %task.kind, payload = %task.payload, error = %error, "task failed; archived");
+                    Some(RunEnd::Archived)
                 }
-                Ok(FailOutcome::LeaseLost) => lease_lost("failed"),
+                Ok(FailOutcome::LeaseLost) => {
+                    lease_lost("failed");
+                    None
+                }
                 // The lease runs out and the forwarder counts the attempt.
                 Err(e) => {
-                    tracing::error!(error = %e, task_error = %error, "could not record the failure of the task")
+                    tracing::error!(error = %e, task_error = %error, "could not record the failure of the task");
+                    None
                 }
             }
         }
-        Outcome::HandedBack => match cx.broker.requeue(task).await {
-            Ok(RequeueOutcome::Pending) => tracing::info!("task handed back to pending"),
-            Ok(RequeueOutcome::LeaseLost) => lease_lost("handed back"),
-            Err(e) => {
-                tracing::error!(error = %e, "could not hand the task back; its lease will run out")
+        Outcome::HandedBack => {
+            match cx.broker.requeue(task).await {
+                Ok(RequeueOutcome::Pending) => tracing::info!("task handed back to pending"),
+                Ok(RequeueOutcome::LeaseLost) => lease_lost("handed back"),
+                Err(e) => {
+                    tracing::error!(error = %e, "could not hand the task back; its lease will run out")
+                }
             }
-        },
-        Outcome::LeaseLost => tracing::warn!(
-            took_ms,
-            "lease lost: the run stopped before its effect; the task is another worker's"
-        ),
+            None
+        }
+        Outcome::LeaseLost => {
+            tracing::warn!(
+                took_ms,
+                "lease lost: the run stopped before its effect; the task is another worker's"
+            );
+            None
+        }
     }
 }
 

@@ -20,6 +20,10 @@ pub struct TaskMessage {
     pub timeout: Duration,
     /// When the task may run; in the past or now means at once.
     pub process_at: DateTime<Utc>,
+    /// The request that caused it (the sign-up's), for the worker's log lines.
+    pub request_id: Option<String>,
+    /// When its outbox row was written, for the commit-to-handled latency.
+    pub created_at: DateTime<Utc>,
 }
 
 /// Numbers one hand-out of a task. Every call that changes a running task
@@ -48,6 +52,11 @@ pub struct Task {
     pub timeout: Duration,
     /// This hand-out of the task; see [`Delivery`].
     pub delivery: Delivery,
+    /// The request that caused it, when it came from one.
+    pub request_id: Option<String>,
+    /// When its outbox row was written; `None` for a task enqueued before
+    /// this was recorded.
+    pub created_at: Option<DateTime<Utc>>,
     /// The run's lease, timeout and shutdown, as far as this process knows.
     pub(crate) guard: Arc<RunGuard>,
 }
@@ -144,6 +153,10 @@ pub struct TaskInfo {
     pub last_failed_at: Option<DateTime<Utc>>,
     /// When the task reached Redis (Redis's clock).
     pub enqueued_at: Option<DateTime<Utc>>,
+    /// When its outbox row was written.
+    pub created_at: Option<DateTime<Utc>>,
+    /// The request that caused it.
+    pub request_id: Option<String>,
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ pub fn task(cfg: &SignupConfig, username: &str) -> NewTask {
         max_retry: cfg.verify_email_max_retry,
         timeout: cfg.verify_email_timeout,
         process_in: cfg.verify_email_process_in,
+        request_id: None,
     }
 }
 

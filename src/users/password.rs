@@ -17,7 +17,10 @@ use argon2::{
 use rand::Rng;
 use tokio::sync::Semaphore;
 
-use crate::config::SignupConfig;
+use crate::{
+    config::SignupConfig,
+    metrics::{self, Refusal},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
@@ -75,7 +78,10 @@ impl PasswordHasher {
         };
         let slot = tokio::time::timeout(self.wait, self.slots.clone().acquire_owned())
             .await
-            .map_err(|_| busy)?
+            .map_err(|_| {
+                metrics::edge_refused(Refusal::HashingBusy);
+                busy
+            })?
             .expect("the semaphore is never closed");
         let argon2 = self.argon2();
         let (params, buffers) = (self.params.clone(), self.buffers.clone());

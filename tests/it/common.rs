@@ -59,6 +59,11 @@ pub const RELAY_ONLY: Components = Components {
     relay: true,
     worker: false,
 };
+pub const WORKER_ONLY: Components = Components {
+    api: false,
+    relay: false,
+    worker: true,
+};
 pub const RELAY_AND_WORKER: Components = Components {
     api: false,
     relay: true,
@@ -124,11 +129,30 @@ impl TestEnv {
             .http_addr
             .map(|a| format!("http://{a}"))
             .unwrap_or_default();
+        let admin = app
+            .admin_addr
+            .map(|a| format!("http://{a}"))
+            .unwrap_or_default();
         TestApp {
             app: Some(app),
             base,
+            admin,
             http: reqwest::Client::new(),
         }
+    }
+
+    /// `simplebank args...` aimed at this test's database and Redis prefix,
+    /// as an operator would run it: a process of its own.
+    pub fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_simplebank"));
+        cmd.args(args)
+            .env("DATABASE_URL", &self.db_url)
+            .env("REDIS_URL", &self.cfg.redis.url)
+            .env("REDIS_KEY_PREFIX", &self.cfg.redis.key_prefix)
+            .env_remove("LOG_FORMAT")
+            .current_dir(std::env::temp_dir())
+            .stdin(std::process::Stdio::null());
+        cmd
     }
 
     /// A queue client on this test's prefix.
@@ -179,6 +203,8 @@ pub async fn wait_state(q: &Broker, queue: &str, id: i64, state: TaskState) -> T
 pub struct TestApp {
     app: Option<RunningApp>,
     pub base: String,
+    /// The ADMIN_ADDR listener's base URL, when one was asked for.
+    pub admin: String,
     pub http: reqwest::Client,
 }
 

@@ -33,6 +33,8 @@ fn msg(id: i64, queue: &str) -> TaskMessage {
         max_retry: 3,
         timeout: Duration::from_secs(30),
         process_at: Utc::now(),
+        request_id: None,
+        created_at: Utc::now(),
     }
 }
 

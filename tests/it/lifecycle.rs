@@ -204,7 +204,8 @@ fn help_shows_no_secret() {
 }
 
 /// A whole sign-up to verification through `serve` logging at every level:
-/// the password, its hash and the verification code appear in no line.
+/// the password, its hash and the verification code appear in no line, and
+/// the worker's line carries the sign-up's request id.
 #[tokio::test]
 async fn no_secret_in_any_log_line_of_a_sign_up_and_its_verification() {
     let env = TestEnv::new().await;
@@ -246,6 +247,7 @@ async fn no_secret_in_any_log_line_of_a_sign_up_and_its_verification() {
     let password = "Sup3r-secret-pw";
     let res = http
         .post(format!("{base}/v1/create_user"))
+        .header("x-request-id", "signup-req-4711")
         .json(&serde_json::json!({
             "username": "logan", "full_name": "Logan", "email": "logan@example.com", "password": password,
         }))
@@ -289,6 +291,16 @@ async fn no_secret_in_any_log_line_of_a_sign_up_and_its_verification() {
         logs.lines().count() > 50,
         "logs at every level: {} lines",
         logs.lines().count()
+    );
+    // The sign-up's request id travelled with its outbox row into the task:
+    // the worker's line for it carries the id.
+    let processed = logs
+        .lines()
+        .find(|l| l.contains("processed task"))
+        .expect("a processed-task line");
+    assert!(
+        processed.contains(r#""request_id":"signup-req-4711""#),
+        "the worker's line lacks the sign-up's request id: {processed}"
     );
     for (what, secret) in [
         ("password", password),

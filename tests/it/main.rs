@@ -7,6 +7,7 @@ mod api;
 mod edge;
 mod guarantees;
 mod lifecycle;
+mod operate;
 mod queue;
 mod relay;
 mod verify_email;

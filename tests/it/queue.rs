@@ -26,6 +26,8 @@ fn msg(id: i64, kind: &str, queue: &str) -> TaskMessage {
         max_retry: 3,
         timeout: Duration::from_secs(30),
         process_at: Utc::now(),
+        request_id: None,
+        created_at: Utc::now(),
     }
 }
 

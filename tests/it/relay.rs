@@ -323,16 +323,8 @@ async fn a_relay_killed_between_redis_and_commit_leaves_one_task_per_row() {
 
 /// The `simplebank relay` binary aimed at this test's database and prefix.
 fn relay_command(env: &TestEnv, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_simplebank"));
-    cmd.arg("relay")
-        .args(args)
-        .env("DATABASE_URL", &env.db_url)
-        .env("REDIS_URL", &env.cfg.redis.url)
-        .env("REDIS_KEY_PREFIX", &env.cfg.redis.key_prefix)
-        .env("RUST_LOG", "warn")
-        .env_remove("LOG_FORMAT")
-        .current_dir(std::env::temp_dir())
-        .stdin(Stdio::null());
+    let mut cmd = env.command(&[&["relay"], args].concat());
+    cmd.env("RUST_LOG", "warn");
     cmd
 }
 

@@ -13,6 +13,7 @@
 //! | `<prefix>:{q}:retry`         | zset   | ids waiting for their next attempt (ms)             |
 //! | `<prefix>:{q}:archived`      | zset   | ids that will not run again, scored by when (ms)    |
 //! | `<prefix>:{q}:deliveries`    | string | counter numbering every hand-out; never goes back  |
+//! | `<prefix>:{q}:paused`        | string | present while the queue is paused (when, in ms)    |
 //! | `<prefix>:{q}:wake` (channel)| pubsub | published when ids become pending or due times change |
 //!
 //! The task id is the outbox row id. A completed task's hash is kept (without
@@ -29,6 +30,7 @@ pub struct QueueKeys {
     pub retry: String,
     pub archived: String,
     pub deliveries: String,
+    pub paused: String,
     pub wake_channel: String,
 }
 
@@ -44,6 +46,7 @@ impl QueueKeys {
             retry: format!("{base}retry"),
             archived: format!("{base}archived"),
             deliveries: format!("{base}deliveries"),
+            paused: format!("{base}paused"),
             wake_channel: format!("{base}wake"),
         }
     }
@@ -67,6 +70,7 @@ mod tests {
             &k.retry,
             &k.archived,
             &k.deliveries,
+            &k.paused,
             &k.task(7),
         ] {
             assert!(key.starts_with("sb:{critical}:"), "{key}");

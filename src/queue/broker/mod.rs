@@ -20,6 +20,7 @@
 
 pub mod keys;
 mod reads;
+mod repairs;
 mod reply;
 mod scripts;
 
@@ -41,6 +42,7 @@ use super::{
 };
 
 pub use reads::QueueStats;
+pub use repairs::Repair;
 
 /// What became of an acknowledgement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,7 +172,7 @@ impl Broker {
 
     async fn enqueue_one(&self, queue: &str, tasks: &[&TaskMessage]) -> Result<usize, QueueError> {
         let keys = self.keys(queue);
-        let mut args = Vec::with_capacity(1 + tasks.len() * 6);
+        let mut args = Vec::with_capacity(1 + tasks.len() * 8);
         args.push(keys.wake_channel.clone());
         for t in tasks {
             args.extend([
@@ -180,6 +182,8 @@ impl Broker {
                 t.max_retry.to_string(),
                 t.timeout.as_millis().to_string(),
                 t.process_at.timestamp_millis().to_string(),
+                t.request_id.clone().unwrap_or_default(),
+                t.created_at.timestamp_millis().to_string(),
             ]);
         }
         let lua = &SCRIPTS.enqueue;
@@ -223,12 +227,18 @@ impl Broker {
         let reply = self
             .run(
                 lua,
-                vec![keys.task_prefix, keys.pending, keys.active, keys.deliveries],
+                vec![
+                    keys.task_prefix,
+                    keys.pending,
+                    keys.active,
+                    keys.deliveries,
+                    keys.paused,
+                ],
                 vec![n.to_string(), lease.as_millis().to_string()],
             )
             .await?;
         let mut reply = Reply::new(lua.name, reply)?;
-        let mut tasks = Vec::with_capacity(reply.remaining() / 7);
+        let mut tasks = Vec::with_capacity(reply.remaining() / 9);
         while reply.remaining() > 0 {
             let id = reply.int("id")?;
             let kind = reply.text("kind")?;
@@ -238,6 +248,10 @@ impl Broker {
             let max_retry = u32::try_from(reply.count("max_retry")?)
                 .map_err(|_| reply.unexpected("max_retry is out of range".into()))?;
             let timeout = Duration::from_millis(reply.count("timeout_ms")?.max(1));
+            let request_id = reply.opt_text("request_id")?;
+            let created_at = reply
+                .opt_count("created_at")?
+                .and_then(|ms| DateTime::from_timestamp_millis(ms.try_into().ok()?));
             let delivery = Delivery(reply.count("delivery")?);
             let renewal = Renewal {
                 broker: self.clone(),
@@ -255,6 +269,8 @@ impl Broker {
                 max_retry,
                 timeout,
                 delivery,
+                request_id,
+                created_at,
                 guard: Arc::new(RunGuard::new(sent_at + lease).with_renewal(renewal)),
             });
         }

@@ -3,10 +3,10 @@
 //! scripts: a read changes nothing, so a snapshot that is a moment old is
 //! fine.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, Utc};
-use fred::prelude::*;
+use fred::{cmd, prelude::*};
 
 use super::Broker;
 use crate::queue::{
@@ -15,7 +15,9 @@ use crate::queue::{
 };
 
 /// How many tasks of a queue are in each state (completed tasks are not
-/// counted: they are only remembered, one key each, until their retention ends).
+/// counted: they are only remembered, one key each, until their retention
+/// ends), how long the oldest pending task has waited, and whether the queue
+/// is paused.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct QueueStats {
     pub pending: u64,
@@ -23,25 +25,81 @@ pub struct QueueStats {
     pub scheduled: u64,
     pub retry: u64,
     pub archived: u64,
+    /// The age of the oldest pending task (Redis's clock); `None` when none
+    /// is pending.
+    #[serde(
+        rename = "latency_seconds",
+        serialize_with = "crate::outbox::stats::as_seconds"
+    )]
+    pub latency: Option<Duration>,
+    pub paused: bool,
+}
+
+impl QueueStats {
+    /// The count of `state`; `None` for completed tasks, which are not counted.
+    pub fn count(&self, state: TaskState) -> Option<u64> {
+        match state {
+            TaskState::Pending => Some(self.pending),
+            TaskState::Active => Some(self.active),
+            TaskState::Scheduled => Some(self.scheduled),
+            TaskState::Retry => Some(self.retry),
+            TaskState::Archived => Some(self.archived),
+            TaskState::Completed => None,
+        }
+    }
 }
 
 impl Broker {
-    /// Task counts of `queue` by state, in one round trip.
+    /// Task counts of `queue` by state, its latency and pause, in two round
+    /// trips (the second reads when the oldest pending task became pending).
     pub async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError> {
         let k = self.keys(queue);
-        let pipe = self.pool.next().pipeline();
+        let client = self.pool.next();
+        let pipe = client.pipeline();
         let _: () = pipe.llen(&k.pending).await?;
         let _: () = pipe.zcard(&k.active).await?;
         let _: () = pipe.zcard(&k.scheduled).await?;
         let _: () = pipe.zcard(&k.retry).await?;
         let _: () = pipe.zcard(&k.archived).await?;
-        let (pending, active, scheduled, retry, archived) = pipe.all().await?;
+        let _: () = pipe.exists(&k.paused).await?;
+        // The oldest pending id is at the right end (ids are pushed left).
+        let _: () = pipe.lindex(&k.pending, -1).await?;
+        let (pending, active, scheduled, retry, archived, paused, oldest): (
+            u64,
+            u64,
+            u64,
+            u64,
+            u64,
+            u64,
+            Option<i64>,
+        ) = pipe.all().await?;
+        let latency = match oldest {
+            Some(id) => {
+                let pipe = client.pipeline();
+                let _: () = pipe
+                    .hmget(k.task(id), vec!["pending_since", "enqueued_at"])
+                    .await?;
+                let _: () = pipe.custom(cmd!("TIME"), Vec::<String>::new()).await?;
+                let (since, now): (Vec<Option<i64>>, (i64, i64)) = pipe.all().await?;
+                let now_ms = now.0 * 1000 + now.1 / 1000;
+                // A task enqueued before pending_since was kept has its
+                // enqueue time; one taken meanwhile, neither (no latency).
+                since
+                    .into_iter()
+                    .flatten()
+                    .next()
+                    .map(|ms| Duration::from_millis(now_ms.saturating_sub(ms).max(0) as u64))
+            }
+            None => None,
+        };
         Ok(QueueStats {
             pending,
             active,
             scheduled,
             retry,
             archived,
+            latency,
+            paused: paused > 0,
         })
     }
 
@@ -147,5 +205,7 @@ fn task_info(
         last_error: take("last_error"),
         last_failed_at: time("last_failed_at", take("last_failed_at"))?,
         enqueued_at: time("enqueued_at", take("enqueued_at"))?,
+        created_at: time("created_at", take("created_at"))?,
+        request_id: take("request_id").filter(|id| !id.is_empty()),
     })
 }

@@ -68,10 +68,26 @@ impl Reply {
     /// A string.
     pub fn text(&mut self, what: &str) -> Result<String, QueueError> {
         match self.next(what)? {
+            Value::Null => Err(bad(self.script, format!("{what} is nil"))),
+            v => self.string(what, v),
+        }
+    }
+
+    fn string(&self, what: &str, v: Value) -> Result<String, QueueError> {
+        match v {
             Value::String(s) => Ok(s.to_string()),
             Value::Bytes(b) => String::from_utf8(b.to_vec())
                 .map_err(|_| bad(self.script, format!("{what} is not UTF-8"))),
             v => Err(bad(self.script, format!("{what} {v:?} is not a string"))),
+        }
+    }
+
+    /// A string, or `None` for nil (a field the hash does not have) or the
+    /// empty string.
+    pub fn opt_text(&mut self, what: &str) -> Result<Option<String>, QueueError> {
+        match self.next(what)? {
+            Value::Null => Ok(None),
+            v => Ok(Some(self.string(what, v)?).filter(|s| !s.is_empty())),
         }
     }
 

@@ -49,6 +49,8 @@ pub(super) struct Scripts {
     pub trim_archive: Lua,
     pub extend: Lua,
     pub forward: Lua,
+    pub run_now: Lua,
+    pub delete: Lua,
 }
 
 pub(super) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -82,6 +84,10 @@ pub(super) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     extend: Lua::new("extend", include_str!("scripts/extend.lua"), Replay::Safe),
     // A second pass moves what is due by then, as the next pass would.
     forward: Lua::new("forward", include_str!("scripts/forward.lua"), Replay::Safe),
+    // A repeat finds the task pending (or gone) and leaves it: the same
+    // effect, though the caller then hears of the repeat's finding.
+    run_now: Lua::new("run_now", include_str!("scripts/run_now.lua"), Replay::Safe),
+    delete: Lua::new("delete", include_str!("scripts/delete.lua"), Replay::Safe),
 });
 
 impl Broker {

@@ -1,7 +1,10 @@
 -- Take up to N pending tasks, each under a lease.
--- KEYS[1] task key prefix, KEYS[2] pending, KEYS[3] active, KEYS[4] delivery counter
+-- KEYS[1] task key prefix, KEYS[2] pending, KEYS[3] active, KEYS[4] delivery counter,
+-- KEYS[5] paused flag
 -- ARGV[1] count, ARGV[2] lease_ms
--- Returns a flat list, 7 per task: id, kind, payload, retried, max_retry, timeout_ms, delivery.
+-- Returns a flat list, 9 per task: id, kind, payload, retried, max_retry, timeout_ms,
+-- request_id ('' for none), created_at (nil for a task enqueued before it was kept),
+-- delivery.
 -- `delivery` numbers this hand-out of the task: acks, retries and lease extensions
 -- quote it, so a worker whose lease expired cannot touch the task a later worker
 -- holds. It comes from a counter of the queue that never goes back, not from the
@@ -12,6 +15,8 @@
 -- Numbers are written as integer text: some Redis versions (7.2.0-7.2.4)
 -- format a Lua number passed to redis.call as 1e+08.
 local function int(n) return string.format('%d', n) end
+-- A paused queue hands out nothing (the operator's `queues pause`).
+if redis.call('EXISTS', KEYS[5]) == 1 then return {} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local deadline = now + tonumber(ARGV[2])
@@ -20,13 +25,14 @@ for _ = 1, tonumber(ARGV[1]) do
   local id = redis.call('RPOP', KEYS[2])
   if not id then break end
   local key = KEYS[1] .. id
-  local f = redis.call('HMGET', key, 'kind', 'payload', 'retried', 'max_retry', 'timeout_ms')
+  local f = redis.call('HMGET', key, 'kind', 'payload', 'retried', 'max_retry', 'timeout_ms',
+    'request_id', 'created_at')
   if f[1] then
     local delivery = redis.call('INCR', KEYS[4])
     redis.call('HSET', key, 'deliveries', int(delivery), 'state', 'active')
     redis.call('ZADD', KEYS[3], deadline, id)
     table.insert(out, id)
-    for j = 1, 5 do table.insert(out, f[j]) end
+    for j = 1, 7 do table.insert(out, f[j]) end
     table.insert(out, delivery)
   end
 end

@@ -1,11 +1,14 @@
 -- Enqueue a batch of tasks into one queue; an id that already exists is left alone.
 -- KEYS[1] task key prefix, KEYS[2] pending, KEYS[3] scheduled
--- ARGV[1] wake channel, then 6 per task: id, kind, payload, max_retry, timeout_ms, process_at_ms
+-- ARGV[1] wake channel, then 8 per task: id, kind, payload, max_retry, timeout_ms,
+-- process_at_ms, request_id ('' for none), created_at_ms (the outbox row's)
 -- Returns one flag per task: 1 enqueued now, 0 already present
 --
 -- This runs once per relay batch, so its cost per task bounds the relay's drain
 -- rate. Values are written as the strings they arrived as: a Lua number passed
 -- to redis.call is formatted back with printf, which costs more than the HSET.
+-- pending_since (the queue's latency is the age of its oldest pending task)
+-- is overwritten when a scheduled task becomes pending.
 -- New pending ids are pushed in one LPUSH per chunk (the same order as one push
 -- each), a chunk staying well below Lua's limit on unpacked values.
 -- Refused before anything is written when a list or set has the wrong type:
@@ -22,7 +25,7 @@ local now = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
 local now_ms = tonumber(now)
 local flags, fresh = {}, {}
 local added = 0
-for i = 2, #ARGV, 6 do
+for i = 2, #ARGV, 8 do
   local id = ARGV[i]
   local key = KEYS[1] .. id
   if redis.call('EXISTS', key) == 1 then
@@ -33,7 +36,8 @@ for i = 2, #ARGV, 6 do
     if tonumber(process_at) > now_ms then state = 'scheduled' end
     redis.call('HSET', key, 'kind', ARGV[i + 1], 'payload', ARGV[i + 2], 'max_retry', ARGV[i + 3],
       'timeout_ms', ARGV[i + 4], 'process_at', process_at, 'retried', '0', 'deliveries', '0',
-      'state', state, 'enqueued_at', now)
+      'state', state, 'enqueued_at', now, 'pending_since', now,
+      'request_id', ARGV[i + 6], 'created_at', ARGV[i + 7])
     if state == 'pending' then
       fresh[#fresh + 1] = id
     else

@@ -16,7 +16,7 @@ for _, set in ipairs({KEYS[3], KEYS[4]}) do
   local ids = redis.call('ZRANGE', set, '-inf', now, 'BYSCORE', 'LIMIT', 0, limit)
   for _, id in ipairs(ids) do
     redis.call('ZREM', set, id)
-    redis.call('HSET', KEYS[1] .. id, 'state', 'pending')
+    redis.call('HSET', KEYS[1] .. id, 'state', 'pending', 'pending_since', int(now))
     redis.call('LPUSH', KEYS[2], id)
     moved = moved + 1
   end
@@ -34,7 +34,7 @@ for _, id in ipairs(expired) do
     redis.call('HSET', key, 'state', 'archived')
     redis.call('ZADD', KEYS[6], now, id)
   else
-    redis.call('HSET', key, 'state', 'pending', 'retried', int(retried + 1))
+    redis.call('HSET', key, 'state', 'pending', 'retried', int(retried + 1), 'pending_since', int(now))
     redis.call('LPUSH', KEYS[2], id)
     moved = moved + 1
   end

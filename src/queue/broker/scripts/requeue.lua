@@ -8,6 +8,7 @@
 local f = redis.call('HMGET', KEYS[1], 'deliveries', 'state')
 if f[1] ~= ARGV[2] or f[2] ~= 'active' then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
+-- Its wait counts from when it first became pending: pending_since is kept.
 redis.call('HSET', KEYS[1], 'state', 'pending')
 redis.call('RPUSH', KEYS[3], ARGV[1])
 redis.call('PUBLISH', ARGV[3], 1)
