@@ -9,7 +9,8 @@
 #           from <repo>/.env) is used as-is if it answers.  Otherwise a private
 #           instance is started with its data under <repo>/.dev/ (git-ignored).
 #           Also makes sure <repo>/.dev/venv has the `aiosmtpd` package (the
-#           tests use it as a throw-away SMTP server).  Idempotent.
+#           tests use it as a throw-away SMTP server), and that Chromium and
+#           chromedriver are installed (the dashboard's browser test).  Idempotent.
 #   down    Stop the private instances started by `up` (only those; never a
 #           server this script did not start).  Idempotent.
 #   env     Print DATABASE_URL=... and REDIS_URL=... lines, e.g.
@@ -456,6 +457,17 @@ venv_up() {
     die "pip install aiosmtpd failed"
 }
 
+# ------------------------------------------------------ browser (tests) ---
+
+# The dashboard's browser test drives Debian's headless Chromium through
+# chromedriver. Installed as root when missing; as a normal user, the test
+# itself says what to install.
+browser_up() {
+  command -v chromedriver >/dev/null && command -v chromium >/dev/null && return 0
+  apt_install chromium chromium-driver ||
+    log "warning: chromium/chromedriver not found; the dashboard's browser test needs them ('sudo apt-get install -y chromium chromium-driver')"
+}
+
 # ------------------------------------------------------------------- .env ---
 
 write_env_file() {
@@ -478,6 +490,7 @@ cmd_up() {
   pg_up
   redis_up
   venv_up
+  browser_up
   write_env_file
   log "ready; settings written to $ENV_FILE"
   printf 'DATABASE_URL=%s\nREDIS_URL=%s\n' "$DB_URL" "$REDIS_URL_USED"

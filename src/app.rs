@@ -9,6 +9,7 @@ use sqlx::PgPool;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    admin::Dashboard,
     config::{Config, validate::Role},
     db,
     http::{self, health::Probes},
@@ -133,7 +134,14 @@ pub async fn start(cfg: &Config, components: Components) -> anyhow::Result<Runni
             .with_context(|| format!("binding HTTP_ADDR {}", cfg.http.addr))?;
         let addr = listener.local_addr()?;
         http_addr = Some(addr);
-        let router = http::router(state, &cfg.http);
+        let dashboard = Dashboard::new(
+            cfg.http.admin_token.as_deref(),
+            clients.queue.clone(),
+            clients.pool.clone(),
+            cfg.worker.queues.by_priority(),
+            cfg.relay.ready_max_age,
+        );
+        let router = http::router(state, &cfg.http, Some(dashboard));
         let (stop, http_cfg) = (shutdown.clone(), cfg.http.clone());
         tracker.spawn(async move {
             tracing::info!(%addr, "start HTTP server");

@@ -5,6 +5,8 @@
 //! transaction) -> `outbox` (the relay forwards committed rows to Redis) -> `queue`
 //! (the Redis task queue and worker server) -> `tasks` (the handlers) -> `mail`.
 
+/// The dashboard at /admin: queues, archived tasks, the outbox; token-guarded.
+pub mod admin;
 /// Wiring and lifecycle: starts the components and shuts them down in order.
 pub mod app;
 /// Configuration from flags, the environment and `.env`.

@@ -17,6 +17,7 @@ use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
+    admin::{self, Dashboard},
     config::{HttpConfig, SignupConfig},
     metrics::Scrape,
     outbox::wake::RelayWaker,
@@ -45,8 +46,9 @@ pub struct AppState {
 struct ApiDoc;
 
 /// The routes and their OpenAPI document, built from the same declarations so
-/// they cannot drift apart, behind the edge's layers ([`edge`]).
-pub fn router(state: AppState, http: &HttpConfig) -> Router {
+/// they cannot drift apart, and the dashboard when given, behind the edge's
+/// layers ([`edge`]).
+pub fn router(state: AppState, http: &HttpConfig, dashboard: Option<Dashboard>) -> Router {
     let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(users::create_user))
         .routes(routes!(verify_email::verify_email))
@@ -54,7 +56,7 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .split_for_parts();
-    let api =
+    let mut api =
         api.route("/openapi.json", get(move || async move { Json(openapi) }))
             .route(
                 "/metrics",
@@ -64,5 +66,8 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
             )
             .fallback(|| async { ApiError::NotFound("no such route".into()) })
             .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
+    if let Some(dashboard) = dashboard {
+        api = api.merge(admin::router(dashboard));
+    }
     edge::layers(api, http).with_state(state)
 }

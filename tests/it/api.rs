@@ -269,7 +269,7 @@ async fn postgres_unreachable_is_503() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(
-        axum::serve(listener, simplebank::http::router(state, &cfg.http)).into_future(),
+        axum::serve(listener, simplebank::http::router(state, &cfg.http, None)).into_future(),
     );
     let res = app
         .http

@@ -176,6 +176,21 @@ impl TestEnv {
     }
 }
 
+/// A task of `kind` for `queue` with no retries, as the relay would enqueue it.
+pub fn task_msg(id: i64, kind: &str, queue: &str) -> simplebank::queue::TaskMessage {
+    simplebank::queue::TaskMessage {
+        id,
+        kind: kind.into(),
+        queue: queue.into(),
+        payload: "{}".into(),
+        max_retry: 0,
+        timeout: Duration::from_secs(5),
+        process_at: chrono::Utc::now(),
+        request_id: None,
+        created_at: chrono::Utc::now(),
+    }
+}
+
 /// Waits (up to `limit`) until task `id` of `queue` exists and passes `ok`.
 pub async fn wait_task(
     q: &Broker,

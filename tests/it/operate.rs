@@ -244,20 +244,6 @@ async fn cli_json(env: &TestEnv, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
 }
 
-fn task_msg(id: i64, kind: &str, queue: &str) -> simplebank::queue::TaskMessage {
-    simplebank::queue::TaskMessage {
-        id,
-        kind: kind.into(),
-        queue: queue.into(),
-        payload: "{}".into(),
-        max_retry: 0,
-        timeout: Duration::from_secs(5),
-        process_at: chrono::Utc::now(),
-        request_id: None,
-        created_at: chrono::Utc::now(),
-    }
-}
-
 /// A paused queue hands out nothing; resumed, its tasks run. Each change
 /// leaves one audit line naming the user.
 #[tokio::test]

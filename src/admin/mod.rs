@@ -1,0 +1,410 @@
+//! The dashboard at `/admin` of `serve`: each queue's counts, latency and
+//! pause, the archived tasks with their last error and retry / delete
+//! buttons, the outbox backlog and whether the relay keeps up. Server-rendered
+//! HTML (askama templates in `templates/admin/`), refreshing itself; no
+//! JavaScript.
+//!
+//! Closed unless `ADMIN_TOKEN` is set: without a valid session every route
+//! answers 401 (with the login form). Changes are POSTs checked for CSRF
+//! ([`auth`]) and made through the queue broker, which logs the audit line.
+
+mod auth;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use askama::Template;
+use axum::{
+    Extension, Form, Router,
+    extract::{ConnectInfo, Path, Query, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{Html, IntoResponse, Redirect, Response},
+    routing::{get, post},
+};
+use serde::Deserialize;
+use sqlx::PgPool;
+
+use crate::{
+    outbox::stats::OutboxStats,
+    queue::{Broker, Repair, TaskState},
+};
+use auth::{Key, Session};
+
+/// Archived tasks shown per queue, newest first.
+const ARCHIVED_SHOWN: u64 = 50;
+/// How often the page reloads itself.
+const REFRESH_SECONDS: u32 = 5;
+
+/// What the dashboard reads and changes.
+pub struct Dashboard {
+    /// `None`: ADMIN_TOKEN is unset and the dashboard closed.
+    key: Option<Key>,
+    broker: Broker,
+    pool: PgPool,
+    queues: Vec<(String, u32)>,
+    relay_max_age: Duration,
+}
+
+impl Dashboard {
+    pub fn new(
+        token: Option<&str>,
+        broker: Broker,
+        pool: PgPool,
+        queues: Vec<(String, u32)>,
+        relay_max_age: Duration,
+    ) -> Self {
+        Self {
+            key: token.map(Key::new),
+            broker,
+            pool,
+            queues,
+            relay_max_age,
+        }
+    }
+
+    fn session(&self, headers: &HeaderMap) -> Option<Session> {
+        self.key
+            .as_ref()?
+            .session(headers, chrono::Utc::now().timestamp())
+    }
+
+    fn knows_queue(&self, queue: &str) -> bool {
+        self.queues.iter().any(|(q, _)| q == queue)
+    }
+}
+
+/// The dashboard's routes, for any router state.
+pub fn router<S: Clone + Send + Sync + 'static>(dashboard: Dashboard) -> Router<S> {
+    Router::new()
+        .route("/admin", get(index))
+        .route("/admin/login", post(login))
+        .route("/admin/logout", post(logout))
+        .route("/admin/queues/{queue}/{action}", post(queue_action))
+        .route("/admin/tasks/{queue}/{id}/{action}", post(task_action))
+        .route("/admin/{*rest}", get(unknown).post(unknown))
+        .with_state(Arc::new(dashboard))
+}
+
+type Shared = State<Arc<Dashboard>>;
+
+/// Every page: not cached, not framed (no clickjacking of its buttons).
+fn page(status: StatusCode, html: String) -> Response {
+    let mut res = (status, Html(html)).into_response();
+    let h = res.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
+    );
+    res
+}
+
+fn render(template: &impl Template) -> String {
+    template
+        .render()
+        .unwrap_or_else(|e| format!("<p>the page could not be rendered: {e}</p>"))
+}
+
+#[derive(Template)]
+#[template(path = "admin/login.html")]
+struct LoginPage<'a> {
+    /// Why the form is shown again.
+    problem: Option<&'a str>,
+    closed: bool,
+}
+
+/// 401 with the login form (or, when closed, a page saying so).
+fn unauthorized(d: &Dashboard, problem: Option<&str>) -> Response {
+    let mut res = page(
+        StatusCode::UNAUTHORIZED,
+        render(&LoginPage {
+            problem,
+            closed: d.key.is_none(),
+        }),
+    );
+    res.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(r#"Bearer realm="simplebank admin""#),
+    );
+    res
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+async fn login(State(d): Shared, Form(form): Form<LoginForm>) -> Response {
+    let Some(key) = &d.key else {
+        return unauthorized(&d, None);
+    };
+    if !key.is_token(&form.token) {
+        tracing::warn!(target: "audit", action = "login", outcome = "refused", "audit");
+        return unauthorized(&d, Some("That is not the token."));
+    }
+    let cookie = key.new_session(chrono::Utc::now().timestamp());
+    let mut res = Redirect::to("/admin").into_response();
+    res.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&auth::set_cookie(Some(&cookie))).expect("cookie text is ASCII"),
+    );
+    res
+}
+
+async fn logout() -> Response {
+    let mut res = Redirect::to("/admin").into_response();
+    res.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&auth::set_cookie(None)).expect("cookie text is ASCII"),
+    );
+    res
+}
+
+async fn unknown(State(d): Shared, headers: HeaderMap) -> Response {
+    match d.session(&headers) {
+        Some(_) => page(StatusCode::NOT_FOUND, "<p>No such page.</p>".into()),
+        None => unauthorized(&d, None),
+    }
+}
+
+/// One queue's line.
+struct QueueRow {
+    name: String,
+    weight: u32,
+    paused: bool,
+    counts: [u64; 5],
+    latency: String,
+}
+
+/// One archived task.
+struct ArchivedRow {
+    queue: String,
+    id: i64,
+    kind: String,
+    retried: String,
+    failed_at: String,
+    error: String,
+}
+
+#[derive(Template)]
+#[template(path = "admin/dashboard.html")]
+struct DashboardPage {
+    refresh: u32,
+    csrf: String,
+    notice: Option<String>,
+    problems: Vec<String>,
+    queues: Vec<QueueRow>,
+    archived: Vec<ArchivedRow>,
+    undispatched: String,
+    oldest: String,
+    relay: &'static str,
+    relay_max_age: String,
+    now: String,
+}
+
+/// Where a change redirects to: what was done, as known words only (a link
+/// cannot make the page say something of an attacker's choosing).
+#[derive(Deserialize, Default)]
+struct Done {
+    done: Option<String>,
+    queue: Option<String>,
+    task: Option<i64>,
+}
+
+impl Done {
+    fn notice(&self, d: &Dashboard) -> Option<String> {
+        let verb = match self.done.as_deref()? {
+            v @ ("retried" | "deleted" | "paused" | "resumed" | "unchanged") => v,
+            _ => return None,
+        };
+        let queue = self.queue.as_deref().filter(|q| d.knows_queue(q))?;
+        Some(match (verb, self.task) {
+            ("unchanged", Some(id)) => format!("Task {id} of {queue}: nothing to change."),
+            ("unchanged", None) => format!("Queue {queue}: nothing to change."),
+            (verb, Some(id)) => format!("Task {id} of {queue} {verb}."),
+            (verb, None) => format!("Queue {queue} {verb}."),
+        })
+    }
+}
+
+fn human(d: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+}
+
+async fn index(State(d): Shared, headers: HeaderMap, Query(done): Query<Done>) -> Response {
+    let Some(session) = d.session(&headers) else {
+        return unauthorized(&d, None);
+    };
+    let mut problems = Vec::new();
+    let mut queues = Vec::new();
+    let mut archived = Vec::new();
+    for (name, weight) in &d.queues {
+        let stats = match d.broker.stats(name).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(queue = %name, error = %e, "dashboard: cannot read the queue");
+                problems.push(format!("Queue {name}: Redis did not answer."));
+                continue;
+            }
+        };
+        let from = stats.archived.saturating_sub(ARCHIVED_SHOWN);
+        match d
+            .broker
+            .list(name, TaskState::Archived, from, ARCHIVED_SHOWN)
+            .await
+        {
+            Ok(tasks) => archived.extend(tasks.into_iter().rev().map(|t| {
+                ArchivedRow {
+                    queue: name.clone(),
+                    id: t.id,
+                    kind: t.kind,
+                    retried: format!("{}/{}", t.retried, t.max_retry),
+                    failed_at: t
+                        .last_failed_at
+                        .map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string()),
+                    error: t.last_error.unwrap_or_default(),
+                }
+            })),
+            Err(e) => {
+                tracing::warn!(queue = %name, error = %e, "dashboard: cannot list archived tasks");
+                problems.push(format!(
+                    "Queue {name}: its archived tasks could not be read."
+                ));
+            }
+        }
+        queues.push(QueueRow {
+            name: name.clone(),
+            weight: *weight,
+            paused: stats.paused,
+            counts: [
+                stats.pending,
+                stats.active,
+                stats.scheduled,
+                stats.retry,
+                stats.archived,
+            ],
+            latency: stats.latency.map_or("-".into(), human),
+        });
+    }
+    let (undispatched, oldest, relay) = match OutboxStats::read(&d.pool).await {
+        Ok(s) => (
+            s.undispatched.to_string(),
+            s.oldest_age.map_or("-".into(), human),
+            match s.oldest_age {
+                Some(age) if age > d.relay_max_age => "stalled",
+                _ => "flowing",
+            },
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "dashboard: cannot read the outbox");
+            problems.push("The outbox could not be read: Postgres did not answer.".into());
+            ("?".into(), "?".into(), "unknown")
+        }
+    };
+    let html = render(&DashboardPage {
+        refresh: REFRESH_SECONDS,
+        csrf: session.csrf,
+        notice: done.notice(&d),
+        problems,
+        queues,
+        archived,
+        undispatched,
+        oldest,
+        relay,
+        relay_max_age: human(d.relay_max_age),
+        now: chrono::Utc::now()
+            .format("%Y-%m-%d %H:%M:%S UTC")
+            .to_string(),
+    });
+    page(StatusCode::OK, html)
+}
+
+#[derive(Deserialize)]
+struct ChangeForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// Why a change to `queue` is refused: no session (401), a CSRF field or
+/// origin that does not pass (403), a queue not in WORKER_QUEUES (404).
+/// `None`: it may go on.
+fn refusal(d: &Dashboard, headers: &HeaderMap, form: &ChangeForm, queue: &str) -> Option<Response> {
+    let (Some(key), Some(session)) = (&d.key, d.session(headers)) else {
+        return Some(unauthorized(d, None));
+    };
+    if !key.allows_change(&session, headers, &form.csrf) {
+        return Some(page(
+            StatusCode::FORBIDDEN,
+            "<p>This form is stale or did not come from the dashboard. Reload the dashboard and try again.</p>".into(),
+        ));
+    }
+    (!d.knows_queue(queue)).then(|| page(StatusCode::NOT_FOUND, "<p>No such queue.</p>".into()))
+}
+
+/// Who made a change, for the audit line.
+fn actor(peer: Option<Extension<ConnectInfo<SocketAddr>>>) -> String {
+    match peer {
+        Some(Extension(ConnectInfo(addr))) => format!("dashboard:{}", addr.ip().to_canonical()),
+        None => "dashboard".into(),
+    }
+}
+
+fn back(verb: &str, queue: &str, task: Option<i64>) -> Response {
+    let task = task.map(|id| format!("&task={id}")).unwrap_or_default();
+    let queue: String = url::form_urlencoded::byte_serialize(queue.as_bytes()).collect();
+    Redirect::to(&format!("/admin?done={verb}&queue={queue}{task}")).into_response()
+}
+
+async fn queue_action(
+    State(d): Shared,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    Path((queue, action)): Path<(String, String)>,
+    Form(form): Form<ChangeForm>,
+) -> Response {
+    if let Some(refused) = refusal(&d, &headers, &form, &queue) {
+        return refused;
+    }
+    let actor = actor(peer);
+    let (changed, verb) = match action.as_str() {
+        "pause" => (d.broker.pause(&queue, &actor).await, "paused"),
+        "resume" => (d.broker.resume(&queue, &actor).await, "resumed"),
+        _ => return page(StatusCode::NOT_FOUND, "<p>No such action.</p>".into()),
+    };
+    match changed {
+        Ok(true) => back(verb, &queue, None),
+        Ok(false) => back("unchanged", &queue, None),
+        Err(e) => failed(&e),
+    }
+}
+
+async fn task_action(
+    State(d): Shared,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    Path((queue, id, action)): Path<(String, i64, String)>,
+    Form(form): Form<ChangeForm>,
+) -> Response {
+    if let Some(refused) = refusal(&d, &headers, &form, &queue) {
+        return refused;
+    }
+    let actor = actor(peer);
+    let (repair, verb) = match action.as_str() {
+        "retry" => (d.broker.run_now(&queue, id, &actor).await, "retried"),
+        "delete" => (d.broker.delete(&queue, id, &actor).await, "deleted"),
+        _ => return page(StatusCode::NOT_FOUND, "<p>No such action.</p>".into()),
+    };
+    match repair {
+        Ok(Repair::Done { .. }) => back(verb, &queue, Some(id)),
+        Ok(_) => back("unchanged", &queue, Some(id)),
+        Err(e) => failed(&e),
+    }
+}
+
+fn failed(e: &crate::queue::QueueError) -> Response {
+    tracing::warn!(error = %e, "dashboard: a change failed");
+    page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "<p>Redis did not answer; nothing may have changed. Go back and try again.</p>".into(),
+    )
+}

@@ -1,0 +1,311 @@
+//! The dashboard at /admin: closed without ADMIN_TOKEN, every route 401
+//! without a session, changes only with the session's CSRF field; and in a
+//! real browser (headless Chromium through chromedriver): log in, see an
+//! archived task, press retry, see it leave the archived list.
+
+use std::{process::Stdio, time::Duration};
+
+use fantoccini::{ClientBuilder, Locator};
+use simplebank::{app::Components, queue::TaskState};
+
+use crate::common::*;
+
+const TOKEN: &str = "test-admin-token-0123456789";
+
+/// A task of a kind no handler knows, in queue `default`: archived as soon
+/// as the worker takes it. The queue is paused afterwards, so a retried
+/// task stays pending (and out of the archive) for the test to see.
+async fn archived_task(env: &TestEnv, id: i64) {
+    let broker = env.queue();
+    broker
+        .enqueue(&[task_msg(id, "task:nobody", "default")])
+        .await
+        .unwrap();
+    wait_state(&broker, "default", id, TaskState::Archived).await;
+    broker.pause("default", "test").await.unwrap();
+}
+
+fn plain_http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn form(req: reqwest::RequestBuilder, body: &str) -> reqwest::RequestBuilder {
+    req.header("content-type", "application/x-www-form-urlencoded")
+        .body(body.to_owned())
+}
+
+#[tokio::test]
+async fn without_admin_token_the_dashboard_is_closed() {
+    let env = TestEnv::new().await;
+    let app = env.start(Components::ALL).await;
+    let http = plain_http();
+    for (method, path) in [
+        ("GET", "/admin"),
+        ("GET", "/admin/anything"),
+        ("POST", "/admin/tasks/default/1/retry"),
+        ("POST", "/admin/queues/default/pause"),
+        ("POST", "/admin/login"),
+    ] {
+        let req = match method {
+            "GET" => http.get(app.url(path)),
+            _ => form(http.post(app.url(path)), &format!("token={TOKEN}&csrf=")),
+        };
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 401, "{method} {path}");
+        assert!(
+            res.text().await.unwrap().contains("closed"),
+            "{method} {path}"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_change_needs_a_session_and_its_csrf_field() {
+    let mut env = TestEnv::new().await;
+    env.cfg.http.admin_token = Some(TOKEN.into());
+    let app = env.start(Components::ALL).await;
+    archived_task(&env, 7).await;
+    let broker = env.queue();
+    let http = plain_http();
+
+    // No session: the login form, 401, on every route.
+    let res = http.get(app.url("/admin")).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    assert!(res.text().await.unwrap().contains("name=\"token\""));
+    let res = form(http.post(app.url("/admin/tasks/default/7/retry")), "csrf=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let res = form(http.post(app.url("/admin/login")), "token=not-the-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+
+    // Logged in: a cookie, and the page shows the archived task.
+    let res = form(
+        http.post(app.url("/admin/login")),
+        &format!("token={TOKEN}"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 303);
+    let set_cookie = res.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"));
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let res = http
+        .get(app.url("/admin"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let page = res.text().await.unwrap();
+    assert!(page.contains("id=\"archived-7\""), "{page}");
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a csrf field")
+        .to_owned();
+    let res = http
+        .get(app.url("/admin/no-such-page"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+
+    // The session without its CSRF field (a forged form), or with another
+    // origin: refused, nothing changed.
+    for (body, origin) in [
+        ("csrf=".to_owned(), None),
+        (format!("csrf={}", "ab".repeat(32)), None),
+        (format!("csrf={csrf}"), Some("http://evil.example")),
+    ] {
+        let mut req = form(http.post(app.url("/admin/tasks/default/7/retry")), &body)
+            .header("cookie", &cookie);
+        if let Some(origin) = origin {
+            req = req.header("origin", origin);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 403, "{body} {origin:?}");
+        assert_eq!(
+            broker.task("default", 7).await.unwrap().unwrap().state,
+            TaskState::Archived
+        );
+    }
+    // With it: retried, and back on the page with a notice.
+    let res = form(
+        http.post(app.url("/admin/tasks/default/7/retry")),
+        &format!("csrf={csrf}"),
+    )
+    .header("cookie", &cookie)
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 303);
+    assert_eq!(
+        res.headers()["location"],
+        "/admin?done=retried&queue=default&task=7"
+    );
+    assert_eq!(
+        broker.task("default", 7).await.unwrap().unwrap().state,
+        TaskState::Pending
+    );
+    // A script's way in: the token as a bearer credential (no cookie, no CSRF).
+    let res = form(http.post(app.url("/admin/tasks/default/7/delete")), "")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    assert!(broker.task("default", 7).await.unwrap().is_none());
+    app.stop().await;
+}
+
+/// chromedriver on a port of its own, stopped (by its PID) when dropped.
+struct Driver {
+    process: std::process::Child,
+    port: u16,
+    profile: std::path::PathBuf,
+}
+
+impl Driver {
+    async fn start() -> Self {
+        let port = free_port();
+        let process = std::process::Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver: `make services` installs it as root (apt-get install chromium chromium-driver)");
+        let profile =
+            std::env::temp_dir().join(format!("sbchrome-{}", uuid::Uuid::new_v4().simple()));
+        eventually(
+            Duration::from_secs(20),
+            "chromedriver listening",
+            || async {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()
+            },
+        )
+        .await;
+        Self {
+            process,
+            port,
+            profile,
+        }
+    }
+
+    /// A headless Chromium session, kept off the network but for loopback.
+    async fn browser(&self) -> fantoccini::Client {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({
+                "binary": "/usr/bin/chromium",
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-quic", "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--window-size=1280,900",
+                    format!("--user-data-dir={}", self.profile.display()),
+                ],
+            }),
+        );
+        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{}", self.port))
+            .await
+            .expect("a Chromium session")
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+#[tokio::test]
+async fn in_a_browser_an_archived_task_is_retried_from_the_dashboard() {
+    let mut env = TestEnv::new().await;
+    env.cfg.http.admin_token = Some(TOKEN.into());
+    let app = env.start(Components::ALL).await;
+    // Something to look at besides: a sign-up whose email went out.
+    let (status, _) = app.post_json("/v1/create_user", user_json("dasha")).await;
+    assert_eq!(status, 200);
+    archived_task(&env, 41).await;
+    let driver = Driver::start().await;
+    let browser = driver.browser().await;
+
+    browser.goto(&app.url("/admin")).await.unwrap();
+    browser
+        .find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(TOKEN)
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Id("login"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let row = browser
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("archived-41"))
+        .await
+        .expect("the archived task on the dashboard");
+    let text = row.text().await.unwrap();
+    assert!(
+        text.contains("task:nobody") && text.contains("no handler"),
+        "{text}"
+    );
+    let shot = browser.screenshot().await.unwrap();
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::write(dir.join("admin-dashboard.png"), &shot).unwrap();
+
+    browser
+        .find(Locator::Id("retry-41"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let notice = browser
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("notice"))
+        .await
+        .expect("a notice after the retry");
+    assert_eq!(notice.text().await.unwrap(), "Task 41 of default retried.");
+    assert!(
+        browser.find(Locator::Id("archived-41")).await.is_err(),
+        "the task left the archived list"
+    );
+    assert_eq!(
+        env.queue()
+            .task("default", 41)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        TaskState::Pending
+    );
+    browser.close().await.unwrap();
+    drop(driver);
+    app.stop().await;
+}
