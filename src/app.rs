@@ -127,20 +127,16 @@ pub async fn start(cfg: &Config, components: Components) -> anyhow::Result<Runni
             hasher: PasswordHasher::new(&cfg.signup)?,
             signup: cfg.signup.clone(),
             waker: waker.clone(),
-            scrape: scrape.clone(),
+            // With ADMIN_ADDR set, /metrics is served there only: queue
+            // names and counts are no business of the public port.
+            scrape: cfg.admin.addr.is_none().then(|| scrape.clone()),
         };
         let listener = tokio::net::TcpListener::bind(cfg.http.addr)
             .await
             .with_context(|| format!("binding HTTP_ADDR {}", cfg.http.addr))?;
         let addr = listener.local_addr()?;
         http_addr = Some(addr);
-        let dashboard = Dashboard::new(
-            cfg.http.admin_token.as_deref(),
-            clients.queue.clone(),
-            clients.pool.clone(),
-            cfg.worker.queues.by_priority(),
-            cfg.relay.ready_max_age,
-        );
+        let dashboard = Dashboard::new(cfg, clients.queue.clone(), clients.pool.clone());
         let router = http::router(state, &cfg.http, Some(dashboard));
         let (stop, http_cfg) = (shutdown.clone(), cfg.http.clone());
         tracker.spawn(async move {
@@ -162,7 +158,11 @@ pub async fn start(cfg: &Config, components: Components) -> anyhow::Result<Runni
                 .with_context(|| format!("binding ADMIN_ADDR {addr}"))?;
             let addr = listener.local_addr()?;
             let mut probes = Probes::new(clients.pool.clone(), clients.queue.clone());
-            if components.relay {
+            // A relay process is not ready while the outbox does not flow.
+            // A serve process stays ready: taking it out of the load
+            // balancer would stop the sign-ups the outbox keeps safe while
+            // Redis is away (the outbox alert says it instead).
+            if components.relay && !components.api {
                 probes = probes.with_outbox_max_age(cfg.relay.ready_max_age);
             }
             let router = http::ops::router(probes, scrape.clone());

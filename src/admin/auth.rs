@@ -112,14 +112,23 @@ impl Key {
         if !session.by_cookie {
             return true;
         }
-        let same_origin = match (headers.get(header::ORIGIN), headers.get(header::HOST)) {
-            (None, _) => true,
-            (Some(origin), Some(host)) => origin
+        // The host the browser addressed: Host, or the X-Forwarded-Host of a
+        // proxy that rewrote Host. A page elsewhere cannot set either on a
+        // form's POST, so taking either is no opening.
+        let same_origin = match headers.get(header::ORIGIN) {
+            None => true,
+            Some(origin) => origin
                 .to_str()
                 .ok()
                 .and_then(|o| o.split_once("://"))
-                .is_some_and(|(_, rest)| host.to_str().is_ok_and(|h| h == rest)),
-            (Some(_), None) => false,
+                .is_some_and(|(_, origin_host)| {
+                    [header::HOST.as_str(), "x-forwarded-host"].iter().any(|h| {
+                        headers
+                            .get(*h)
+                            .and_then(|v| v.to_str().ok())
+                            .is_some_and(|v| v == origin_host)
+                    })
+                }),
         };
         same_origin && cookie(headers, COOKIE).is_some_and(|c| self.verify("csrf", c, csrf))
     }
@@ -137,14 +146,16 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-/// The Set-Cookie value for a session (or, with `None`, one that ends it).
-pub fn set_cookie(value: Option<&str>) -> String {
+/// The Set-Cookie value for a session (or, with `None`, one that ends it);
+/// `secure` when the browser came over TLS.
+pub fn set_cookie(value: Option<&str>, secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
     match value {
         Some(v) => format!(
-            "{COOKIE}={v}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age={}",
+            "{COOKIE}={v}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
             SESSION_TTL.as_secs()
         ),
-        None => format!("{COOKIE}=; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=0"),
+        None => format!("{COOKIE}=; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=0{secure}"),
     }
 }
 

@@ -15,8 +15,9 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use askama::Template;
 use axum::{
     Extension, Form, Router,
-    extract::{ConnectInfo, Path, Query, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    extract::{ConnectInfo, Path, Query, Request, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    middleware::{self, Next},
     response::{Html, IntoResponse, Redirect, Response},
     routing::{get, post},
 };
@@ -24,6 +25,7 @@ use serde::Deserialize;
 use sqlx::PgPool;
 
 use crate::{
+    config::Config,
     outbox::stats::OutboxStats,
     queue::{Broker, Repair, TaskState},
 };
@@ -31,8 +33,6 @@ use auth::{Key, Session};
 
 /// Archived tasks shown per queue, newest first.
 const ARCHIVED_SHOWN: u64 = 50;
-/// How often the page reloads itself.
-const REFRESH_SECONDS: u32 = 5;
 
 /// What the dashboard reads and changes.
 pub struct Dashboard {
@@ -42,22 +42,23 @@ pub struct Dashboard {
     pool: PgPool,
     queues: Vec<(String, u32)>,
     relay_max_age: Duration,
+    /// How long a deleted task's tombstone stays (WORKER_DONE_RETENTION).
+    retention: Duration,
+    /// How often the page reloads itself (ADMIN_REFRESH).
+    refresh: Duration,
 }
 
 impl Dashboard {
-    pub fn new(
-        token: Option<&str>,
-        broker: Broker,
-        pool: PgPool,
-        queues: Vec<(String, u32)>,
-        relay_max_age: Duration,
-    ) -> Self {
+    /// The dashboard of a `serve` with these settings.
+    pub fn new(cfg: &Config, broker: Broker, pool: PgPool) -> Self {
         Self {
-            key: token.map(Key::new),
+            key: cfg.http.admin_token.as_deref().map(Key::new),
             broker,
             pool,
-            queues,
-            relay_max_age,
+            queues: cfg.worker.queues.by_priority(),
+            relay_max_age: cfg.relay.ready_max_age,
+            retention: cfg.worker.done_retention,
+            refresh: cfg.http.admin_refresh,
         }
     }
 
@@ -74,14 +75,31 @@ impl Dashboard {
 
 /// The dashboard's routes, for any router state.
 pub fn router<S: Clone + Send + Sync + 'static>(dashboard: Dashboard) -> Router<S> {
+    let dashboard = Arc::new(dashboard);
     Router::new()
         .route("/admin", get(index))
         .route("/admin/login", post(login))
         .route("/admin/logout", post(logout))
         .route("/admin/queues/{queue}/{action}", post(queue_action))
         .route("/admin/tasks/{queue}/{id}/{action}", post(task_action))
+        .route("/admin/", get(unknown).post(unknown))
         .route("/admin/{*rest}", get(unknown).post(unknown))
-        .with_state(Arc::new(dashboard))
+        // On every route, before its extractors and its 405: whatever is
+        // asked, without a session the answer is 401.
+        .layer(middleware::from_fn_with_state(dashboard.clone(), gate))
+        .with_state(dashboard)
+}
+
+/// Lets through the login form's own routes, and requests with a session.
+async fn gate(State(d): Shared, req: Request, next: Next) -> Response {
+    let open = matches!(
+        (req.method(), req.uri().path()),
+        (&Method::GET, "/admin") | (&Method::POST, "/admin/login" | "/admin/logout")
+    );
+    match open || d.session(req.headers()).is_some() {
+        true => next.run(req).await,
+        false => unauthorized(&d, None),
+    }
 }
 
 type Shared = State<Arc<Dashboard>>;
@@ -134,28 +152,46 @@ struct LoginForm {
     token: String,
 }
 
-async fn login(State(d): Shared, Form(form): Form<LoginForm>) -> Response {
+async fn login(
+    State(d): Shared,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
     let Some(key) = &d.key else {
         return unauthorized(&d, None);
     };
+    let actor = actor(peer);
     if !key.is_token(&form.token) {
-        tracing::warn!(target: "audit", action = "login", outcome = "refused", "audit");
+        tracing::warn!(target: "audit", actor, action = "login", outcome = "refused", "audit");
         return unauthorized(&d, Some("That is not the token."));
     }
+    tracing::info!(target: "audit", actor, action = "login", outcome = "logged in", "audit");
     let cookie = key.new_session(chrono::Utc::now().timestamp());
     let mut res = Redirect::to("/admin").into_response();
     res.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_str(&auth::set_cookie(Some(&cookie))).expect("cookie text is ASCII"),
+        HeaderValue::from_str(&auth::set_cookie(Some(&cookie), behind_tls(&headers)))
+            .expect("cookie text is ASCII"),
     );
     res
 }
 
-async fn logout() -> Response {
+/// Whether the browser reached us over TLS (a proxy in front says so): the
+/// cookie is then Secure, never sent in clear. A forged header only keeps
+/// the forger's own cookie off plain HTTP.
+fn behind_tls(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
+}
+
+async fn logout(headers: HeaderMap) -> Response {
     let mut res = Redirect::to("/admin").into_response();
     res.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_str(&auth::set_cookie(None)).expect("cookie text is ASCII"),
+        HeaderValue::from_str(&auth::set_cookie(None, behind_tls(&headers)))
+            .expect("cookie text is ASCII"),
     );
     res
 }
@@ -189,7 +225,7 @@ struct ArchivedRow {
 #[derive(Template)]
 #[template(path = "admin/dashboard.html")]
 struct DashboardPage {
-    refresh: u32,
+    refresh: u64,
     csrf: String,
     notice: Option<String>,
     problems: Vec<String>,
@@ -288,7 +324,7 @@ async fn index(State(d): Shared, headers: HeaderMap, Query(done): Query<Done>) -
     }
     let (undispatched, oldest, relay) = match OutboxStats::read(&d.pool).await {
         Ok(s) => (
-            s.undispatched.to_string(),
+            s.undispatched_text(),
             s.oldest_age.map_or("-".into(), human),
             match s.oldest_age {
                 Some(age) if age > d.relay_max_age => "stalled",
@@ -302,7 +338,7 @@ async fn index(State(d): Shared, headers: HeaderMap, Query(done): Query<Done>) -
         }
     };
     let html = render(&DashboardPage {
-        refresh: REFRESH_SECONDS,
+        refresh: d.refresh.as_secs(),
         csrf: session.csrf,
         notice: done.notice(&d),
         problems,
@@ -391,7 +427,10 @@ async fn task_action(
     let actor = actor(peer);
     let (repair, verb) = match action.as_str() {
         "retry" => (d.broker.run_now(&queue, id, &actor).await, "retried"),
-        "delete" => (d.broker.delete(&queue, id, &actor).await, "deleted"),
+        "delete" => (
+            d.broker.delete(&queue, id, d.retention, &actor).await,
+            "deleted",
+        ),
         _ => return page(StatusCode::NOT_FOUND, "<p>No such action.</p>".into()),
     };
     match repair {

@@ -182,6 +182,9 @@ pub struct HttpConfig {
         hide_env_values = true
     )]
     pub admin_token: Option<String>,
+    /// How often the dashboard page reloads itself.
+    #[arg(id = "admin_refresh", value_name = "ADMIN_REFRESH", long = "admin-refresh", env = "ADMIN_REFRESH", default_value = "5s", value_parser = parse_duration)]
+    pub admin_refresh: Duration,
     /// How long in-flight requests may take to finish at shutdown.
     #[arg(id = "http_shutdown_grace", value_name = "HTTP_SHUTDOWN_GRACE", long = "http-shutdown-grace", env = "HTTP_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,

@@ -216,6 +216,7 @@ impl Config {
         at_least("WORKER_RETRY_MAX", worker.retry_max, worker.retry_unit)?;
         at_least("WORKER_ARCHIVE_MAX_AGE", worker.archive_max_age, s(60))?;
 
+        at_least("ADMIN_REFRESH", self.http.admin_refresh, s(1))?;
         // A token an attacker could guess opens every repair to them.
         if let Some(token) = &self.http.admin_token
             && token.chars().count() < 16

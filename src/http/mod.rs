@@ -11,7 +11,7 @@ pub mod serve;
 pub mod users;
 pub mod verify_email;
 
-use axum::{Json, Router, extract::State, routing::get};
+use axum::{Json, Router, routing::get};
 use sqlx::PgPool;
 use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -34,8 +34,8 @@ pub struct AppState {
     pub hasher: PasswordHasher,
     pub signup: SignupConfig,
     pub waker: RelayWaker,
-    /// What /metrics reads.
-    pub scrape: Scrape,
+    /// What /metrics reads; `None`: no /metrics here (it is on ADMIN_ADDR).
+    pub scrape: Option<Scrape>,
 }
 
 #[derive(OpenApi)]
@@ -56,16 +56,16 @@ pub fn router(state: AppState, http: &HttpConfig, dashboard: Option<Dashboard>) 
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .split_for_parts();
-    let mut api =
-        api.route("/openapi.json", get(move || async move { Json(openapi) }))
-            .route(
-                "/metrics",
-                get(|State(state): State<AppState>| async move {
-                    ops::metrics_text(&state.scrape).await
-                }),
-            )
-            .fallback(|| async { ApiError::NotFound("no such route".into()) })
-            .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
+    let mut api = api
+        .route("/openapi.json", get(move || async move { Json(openapi) }))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
+    if let Some(scrape) = state.scrape.clone() {
+        api = api.route(
+            "/metrics",
+            get(move || async move { ops::metrics_text(&scrape).await }),
+        );
+    }
     if let Some(dashboard) = dashboard {
         api = api.merge(admin::router(dashboard));
     }

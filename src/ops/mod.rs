@@ -24,6 +24,8 @@ pub struct Ops {
     pub queues: Vec<(String, u32)>,
     /// `--json`: one JSON document on stdout instead of a table.
     pub json: bool,
+    /// How long a deleted task's tombstone stays (WORKER_DONE_RETENTION).
+    pub retention: std::time::Duration,
 }
 
 impl Ops {
@@ -34,6 +36,7 @@ impl Ops {
             broker: clients.queue,
             queues: cfg.worker.queues.by_priority(),
             json,
+            retention: cfg.worker.done_retention,
         })
     }
 

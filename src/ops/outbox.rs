@@ -47,7 +47,7 @@ pub async fn run(ops: &Ops, args: &OutboxArgs) -> anyhow::Result<()> {
             }
             let mut t = table(["undispatched", "oldest waits", "dispatched, kept"]);
             t.add_row([
-                report.backlog.undispatched.to_string(),
+                report.backlog.undispatched_text(),
                 report.backlog.oldest_age.map_or("-".to_owned(), human),
                 report.dispatched_kept.to_string(),
             ]);

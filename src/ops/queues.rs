@@ -52,14 +52,27 @@ pub async fn run(ops: &Ops, args: &QueuesArgs) -> anyhow::Result<()> {
         }
         None => match args.watch {
             None => show(ops, false).await,
-            Some(every) => loop {
-                show(ops, true).await?;
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = tokio::signal::ctrl_c() => return Ok(()),
-                }
-            },
+            Some(every) => watch(ops, every).await,
         },
+    }
+}
+
+/// Shows the queues every `every` until Ctrl-C, which ends a read under
+/// way too (Redis may not answer). A failed read is shown and tried again.
+async fn watch(ops: &Ops, every: Duration) -> anyhow::Result<()> {
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        let pass = async {
+            if let Err(e) = show(ops, true).await {
+                eprintln!("error: {e:#}");
+            }
+            tokio::time::sleep(every).await;
+        };
+        tokio::select! {
+            _ = pass => {}
+            _ = &mut interrupted => return Ok(()),
+        }
     }
 }
 

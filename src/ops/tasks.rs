@@ -33,8 +33,8 @@ pub enum TasksAction {
         /// scheduled, pending, active, retry or archived.
         #[arg(long)]
         state: TaskState,
-        /// Only tasks that failed (retry, archived) or were enqueued (the
-        /// other states) within this long, e.g. 1h.
+        /// Only tasks that last failed, or (never having failed) were
+        /// enqueued, within this long, e.g. 1h.
         #[arg(long, value_parser = parse_duration)]
         since: Option<Duration>,
         /// Only tasks whose last error contains this text.
@@ -120,7 +120,10 @@ pub async fn run(ops: &Ops, args: &TasksArgs) -> anyhow::Result<()> {
         }
         TasksAction::Delete { id, queue } => {
             let (queue, _) = locate(ops, *id, queue.as_deref()).await?;
-            let repair = ops.broker.delete(&queue, *id, &cli_actor()).await?;
+            let repair = ops
+                .broker
+                .delete(&queue, *id, ops.retention, &cli_actor())
+                .await?;
             report_repair(ops, &queue, *id, repair, "deleted")
         }
     }
@@ -198,27 +201,46 @@ fn time(t: Option<DateTime<Utc>>) -> String {
 }
 
 /// Where task `id` is in Redis: in `queue` when given, else in its outbox
-/// row's queue, else in whichever of WORKER_QUEUES has it.
+/// row's queue, else in whichever of WORKER_QUEUES has it. `Err` when it is
+/// in none of them, naming where it looked.
 async fn locate(ops: &Ops, id: i64, queue: Option<&str>) -> anyhow::Result<(String, TaskInfo)> {
-    let candidates: Vec<String> = match queue {
-        Some(q) => vec![ops.queue(q)?.to_owned()],
+    let (found, looked) = find(ops, id, queue).await?;
+    found.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no task {id} in Redis (queues looked in: {})",
+            looked.join(", ")
+        )
+    })
+}
+
+/// [`locate`]'s search: the task if found, and the queues looked in.
+async fn find(
+    ops: &Ops,
+    id: i64,
+    queue: Option<&str>,
+) -> anyhow::Result<(Option<(String, TaskInfo)>, Vec<String>)> {
+    let mut candidates: Vec<String> = Vec::new();
+    match queue {
+        Some(q) => candidates.push(ops.queue(q)?.to_owned()),
         None => {
-            let row = OutboxEntry::read(ops, id).await?;
-            let mut queues: Vec<String> = row.map(|r| r.queue).into_iter().collect();
-            queues.extend(ops.queues.iter().map(|(q, _)| q.clone()));
-            queues.dedup();
-            queues
-        }
-    };
-    for queue in &candidates {
-        if let Some(task) = ops.broker.task(queue, id).await? {
-            return Ok((queue.clone(), task));
+            // The outbox row's queue first: it is where the relay put it,
+            // whether or not this shell's WORKER_QUEUES names it.
+            if let Some(row) = OutboxEntry::read(ops, id).await? {
+                candidates.push(row.queue);
+            }
+            for (q, _) in &ops.queues {
+                if !candidates.contains(q) {
+                    candidates.push(q.clone());
+                }
+            }
         }
     }
-    bail!(
-        "no task {id} in Redis (queues looked in: {})",
-        candidates.join(", ")
-    )
+    for queue in &candidates {
+        if let Some(task) = ops.broker.task(queue, id).await? {
+            return Ok((Some((queue.clone(), task)), candidates));
+        }
+    }
+    Ok((None, candidates))
 }
 
 fn report_repair(
@@ -354,10 +376,8 @@ struct Shown {
 
 async fn show(ops: &Ops, id: i64, queue: Option<&str>) -> anyhow::Result<()> {
     let outbox = OutboxEntry::read(ops, id).await?;
-    let redis = match locate(ops, id, queue.or(outbox.as_ref().map(|o| o.queue.as_str()))).await {
-        Ok((_, task)) => Some(task),
-        Err(_) => None,
-    };
+    // A Redis that does not answer is an error, not "no task".
+    let redis = find(ops, id, queue).await?.0.map(|(_, task)| task);
     let ledger = sqlx::query_file_as!(LedgerEntry, "sql/ledger/entry.sql", id)
         .fetch_optional(&ops.pool)
         .await?;

@@ -7,9 +7,14 @@ use std::time::Duration;
 use serde::Serialize;
 use sqlx::PgPool;
 
+/// Undispatched rows are counted up to this many: a count costs a read of
+/// each row, and a backlog this large is news enough.
+pub const COUNT_LIMIT: u64 = 1_000_000;
+
 /// The undispatched rows.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct OutboxStats {
+    /// At most [`COUNT_LIMIT`].
     pub undispatched: u64,
     /// How long the oldest undispatched row has waited; `None` when none waits.
     #[serde(rename = "oldest_age_seconds", serialize_with = "as_seconds")]
@@ -18,7 +23,7 @@ pub struct OutboxStats {
 
 impl OutboxStats {
     pub async fn read(pool: &PgPool) -> Result<Self, sqlx::Error> {
-        let row = sqlx::query_file!("sql/outbox/backlog.sql")
+        let row = sqlx::query_file!("sql/outbox/backlog.sql", COUNT_LIMIT as i64)
             .fetch_one(pool)
             .await?;
         Ok(Self {
@@ -27,6 +32,16 @@ impl OutboxStats {
                 .oldest_age_seconds
                 .map(|s| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX)),
         })
+    }
+}
+
+impl OutboxStats {
+    /// The count for people: "1000000+" once it reached the limit.
+    pub fn undispatched_text(&self) -> String {
+        match self.undispatched >= COUNT_LIMIT {
+            true => format!("{COUNT_LIMIT}+"),
+            false => self.undispatched.to_string(),
+        }
     }
 }
 

@@ -67,6 +67,9 @@ where
 }
 
 /// Handlers by task kind.
+/// The metrics label of a task kind no handler knows.
+pub(super) const UNREGISTERED: &str = "unregistered";
+
 #[derive(Default, Clone)]
 pub struct HandlerRegistry {
     handlers: HashMap<String, Arc<dyn Handler>>,
@@ -80,6 +83,15 @@ impl HandlerRegistry {
 
     pub(super) fn get(&self, kind: &str) -> Option<Arc<dyn Handler>> {
         self.handlers.get(kind).cloned()
+    }
+
+    /// `kind` as a metrics label: a kind no handler knows (enqueued by hand
+    /// under any name) is "unregistered", one series rather than one per name.
+    pub(super) fn label<'a>(&self, kind: &'a str) -> &'a str {
+        match self.handlers.contains_key(kind) {
+            true => kind,
+            false => UNREGISTERED,
+        }
     }
 }
 

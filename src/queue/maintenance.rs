@@ -19,8 +19,11 @@ use fred::{clients::SubscriberClient, prelude::*};
 use tokio::sync::{Notify, broadcast::error::RecvError};
 use tokio_util::sync::CancellationToken;
 
-use super::{Broker, Delivery, Task, fence::RunGuard};
-use crate::outage::Outage;
+use super::{Broker, Delivery, HandlerRegistry, Task, fence::RunGuard};
+use crate::{
+    metrics::{self, RunEnd},
+    outage::Outage,
+};
 
 /// Most tasks moved between sets by one forward script call.
 pub(super) const FORWARD_BATCH: u32 = 1000;
@@ -94,6 +97,7 @@ impl RunningTasks {
 pub(super) async fn forward_due(
     broker: Broker,
     queues: Vec<String>,
+    registry: HandlerRegistry,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
@@ -112,6 +116,15 @@ pub(super) async fn forward_due(
                 Ok(f) => {
                     if f.recovered > 0 {
                         tracing::warn!(queue = %queue, recovered = f.recovered, "recovered tasks whose lease expired");
+                    }
+                    // Their runs ended with no worker to count them.
+                    for (kinds, end) in [
+                        (&f.expired_archived, RunEnd::Archived),
+                        (&f.expired_retried, RunEnd::Retried),
+                    ] {
+                        for kind in kinds {
+                            metrics::run_failed(registry.label(kind), end);
+                        }
                     }
                     again |= f.moved >= u64::from(FORWARD_BATCH);
                     if let Some(due) = f.next_due {
@@ -263,6 +276,7 @@ mod tests {
             delivery: Delivery(delivery),
             request_id: None,
             created_at: None,
+            process_at: None,
             guard: Arc::new(RunGuard::new(Instant::now() + Duration::from_secs(30))),
         }
     }

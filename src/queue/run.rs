@@ -65,12 +65,12 @@ pub(super) async fn run(task: &Task, handler: Option<Arc<dyn Handler>>, cx: &Run
     // hand under any name adds one series, not one per name.
     let kind = match handler {
         Some(_) => task.kind.as_str(),
-        None => "unregistered",
+        None => super::handler::UNREGISTERED,
     };
     let outcome = execute(task, handler, cx).await;
     let took = started.elapsed();
     if let Some(end) = record(task, outcome, took, cx).await {
-        metrics::run_ended(kind, end, took, task.created_at);
+        metrics::run_ended(kind, end, took, task.due_at());
     }
 }
 

@@ -146,6 +146,7 @@ impl WorkerServer {
         loops.spawn(maintenance::forward_due(
             inner.broker.clone(),
             queue_names,
+            inner.registry.clone(),
             forward_wake,
             shutdown.clone(),
         ));

@@ -57,6 +57,8 @@ pub struct Task {
     /// When its outbox row was written; `None` for a task enqueued before
     /// this was recorded.
     pub created_at: Option<DateTime<Utc>>,
+    /// When it was to run at the earliest (its delay after the commit).
+    pub process_at: Option<DateTime<Utc>>,
     /// The run's lease, timeout and shutdown, as far as this process knows.
     pub(crate) guard: Arc<RunGuard>,
 }
@@ -77,10 +79,19 @@ impl Task {
     pub async fn fence(&self, effect: Duration) -> Result<(), TaskError> {
         self.guard.fence(effect).await.map_err(TaskError::Fenced)
     }
+
+    /// When the pipeline owed this task a run: its commit, or its
+    /// process_at when it was to wait longer (a delay on purpose is not
+    /// latency). The start of the commit-to-handled latency.
+    pub fn due_at(&self) -> Option<DateTime<Utc>> {
+        let created_at = self.created_at?;
+        Some(self.process_at.map_or(created_at, |p| p.max(created_at)))
+    }
 }
 
 /// Where a task is in its life:
-/// scheduled -> pending -> active -> completed | retry -> pending ... | archived.
+/// scheduled -> pending -> active -> completed | retry -> pending ... | archived;
+/// an operator may delete a task that is not active.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskState {
@@ -96,16 +107,19 @@ pub enum TaskState {
     Archived,
     /// Ran successfully; remembered for the retention time.
     Completed,
+    /// Deleted by an operator; remembered for the retention time.
+    Deleted,
 }
 
 impl TaskState {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Scheduled,
         Self::Pending,
         Self::Active,
         Self::Retry,
         Self::Archived,
         Self::Completed,
+        Self::Deleted,
     ];
 
     /// The name Redis stores and the CLI shows.
@@ -117,6 +131,7 @@ impl TaskState {
             Self::Retry => "retry",
             Self::Archived => "archived",
             Self::Completed => "completed",
+            Self::Deleted => "deleted",
         }
     }
 }

@@ -81,6 +81,19 @@ async fn a_change_needs_a_session_and_its_csrf_field() {
         .await
         .unwrap();
     assert_eq!(res.status(), 401);
+    // Whatever the method or path: 401 first (not 405, 400 or 404).
+    for (method, path) in [
+        ("GET", "/admin/login"),
+        ("GET", "/admin/queues/default/pause"),
+        ("POST", "/admin/tasks/default/not-a-number/retry"),
+        ("GET", "/admin/"),
+    ] {
+        let req = match method {
+            "GET" => http.get(app.url(path)),
+            _ => http.post(app.url(path)),
+        };
+        assert_eq!(req.send().await.unwrap().status(), 401, "{method} {path}");
+    }
     let res = form(http.post(app.url("/admin/login")), "token=not-the-token")
         .send()
         .await
@@ -108,6 +121,10 @@ async fn a_change_needs_a_session_and_its_csrf_field() {
     assert_eq!(res.status(), 200);
     let page = res.text().await.unwrap();
     assert!(page.contains("id=\"archived-7\""), "{page}");
+    assert!(
+        page.contains(r#"http-equiv="refresh" content="5; url=/admin""#),
+        "reloads itself"
+    );
     let csrf = page
         .split("name=\"csrf\" value=\"")
         .nth(1)
@@ -166,7 +183,12 @@ async fn a_change_needs_a_session_and_its_csrf_field() {
         .await
         .unwrap();
     assert_eq!(res.status(), 303);
-    assert!(broker.task("default", 7).await.unwrap().is_none());
+    // Gone from every list; a tombstone keeps a repeated enqueue a no-op.
+    assert_eq!(
+        broker.task("default", 7).await.unwrap().unwrap().state,
+        TaskState::Deleted
+    );
+    assert_eq!(broker.stats("default").await.unwrap().pending, 0);
     app.stop().await;
 }
 
@@ -236,10 +258,49 @@ impl Drop for Driver {
     }
 }
 
+/// The page reloads itself every few seconds: an element found just before
+/// a reload is stale after it. Each of these finds its element afresh, up
+/// to three times.
+async fn text_of(browser: &fantoccini::Client, id: &str) -> String {
+    let mut last = None;
+    for _ in 0..3 {
+        let found = browser
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Id(id))
+            .await;
+        match found {
+            Ok(element) => match element.text().await {
+                Ok(text) => return text,
+                Err(e) => last = Some(e),
+            },
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("#{id}: {last:?}")
+}
+
+async fn click(browser: &fantoccini::Client, id: &str) {
+    let mut last = None;
+    for _ in 0..3 {
+        match browser.find(Locator::Id(id)).await {
+            Ok(element) => match element.click().await {
+                Ok(()) => return,
+                Err(e) => last = Some(e),
+            },
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("clicking #{id}: {last:?}")
+}
+
 #[tokio::test]
 async fn in_a_browser_an_archived_task_is_retried_from_the_dashboard() {
     let mut env = TestEnv::new().await;
     env.cfg.http.admin_token = Some(TOKEN.into());
+    // A reload between the click and the reading of its notice would drop
+    // the notice (the reload goes to the plain page).
+    env.cfg.http.admin_refresh = Duration::from_secs(60);
     let app = env.start(Components::ALL).await;
     // Something to look at besides: a sign-up whose email went out.
     let (status, _) = app.post_json("/v1/create_user", user_json("dasha")).await;
@@ -256,20 +317,8 @@ async fn in_a_browser_an_archived_task_is_retried_from_the_dashboard() {
         .send_keys(TOKEN)
         .await
         .unwrap();
-    browser
-        .find(Locator::Id("login"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let row = browser
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Id("archived-41"))
-        .await
-        .expect("the archived task on the dashboard");
-    let text = row.text().await.unwrap();
+    click(&browser, "login").await;
+    let text = text_of(&browser, "archived-41").await;
     assert!(
         text.contains("task:nobody") && text.contains("no handler"),
         "{text}"
@@ -278,20 +327,11 @@ async fn in_a_browser_an_archived_task_is_retried_from_the_dashboard() {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
     std::fs::write(dir.join("admin-dashboard.png"), &shot).unwrap();
 
-    browser
-        .find(Locator::Id("retry-41"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let notice = browser
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Id("notice"))
-        .await
-        .expect("a notice after the retry");
-    assert_eq!(notice.text().await.unwrap(), "Task 41 of default retried.");
+    click(&browser, "retry-41").await;
+    assert_eq!(
+        text_of(&browser, "notice").await,
+        "Task 41 of default retried."
+    );
     assert!(
         browser.find(Locator::Id("archived-41")).await.is_err(),
         "the task left the archived list"

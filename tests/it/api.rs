@@ -264,7 +264,7 @@ async fn postgres_unreachable_is_503() {
         hasher: simplebank::users::password::PasswordHasher::new(&cfg.signup).unwrap(),
         signup: cfg.signup.clone(),
         waker: Default::default(),
-        scrape: simplebank::metrics::Scrape::new(None, None),
+        scrape: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

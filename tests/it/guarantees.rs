@@ -389,11 +389,18 @@ async fn a_ledger_record_that_fails_after_the_effect_is_retried_not_the_run() {
     let link = Arc::new(tokio::sync::Mutex::new(
         CuttableLink::to(postgres_addr(&env.db_url)).await,
     ));
+    // Short waits for a connection, so that the cut shows at once; the
+    // first connection may take longer on a busy machine.
     let via_link = sqlx::postgres::PgPoolOptions::new()
         .acquire_timeout(Duration::from_millis(300))
-        .connect(&link.lock().await.postgres_url(&env.db_url))
-        .await
+        .connect_lazy(&link.lock().await.postgres_url(&env.db_url))
         .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "a first connection through the link",
+        || async { via_link.acquire().await.ok().map(drop) },
+    )
+    .await;
     let effects: Effects = Arc::default();
     // The effect happens; then the ledger cannot be reached.
     let registry = effect_then_cut(&effects, &link);

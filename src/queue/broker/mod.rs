@@ -73,7 +73,7 @@ pub enum RequeueOutcome {
 }
 
 /// What one forward pass over a queue did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Forwarded {
     /// Scheduled, retry and recovered tasks that became pending.
     pub moved: u64,
@@ -82,6 +82,10 @@ pub struct Forwarded {
     /// When the earliest scheduled, retry or lease deadline falls due; `None`
     /// when the queue has none.
     pub next_due: Option<Duration>,
+    /// The kinds of the recovered tasks that were archived (retries used up)
+    /// and of those that will be retried, one entry per task.
+    pub expired_archived: Vec<String>,
+    pub expired_retried: Vec<String>,
 }
 
 /// How much of a queue's archive is kept (asynq's defaults: 90 days, 10,000
@@ -238,7 +242,7 @@ impl Broker {
             )
             .await?;
         let mut reply = Reply::new(lua.name, reply)?;
-        let mut tasks = Vec::with_capacity(reply.remaining() / 9);
+        let mut tasks = Vec::with_capacity(reply.remaining() / 10);
         while reply.remaining() > 0 {
             let id = reply.int("id")?;
             let kind = reply.text("kind")?;
@@ -249,9 +253,9 @@ impl Broker {
                 .map_err(|_| reply.unexpected("max_retry is out of range".into()))?;
             let timeout = Duration::from_millis(reply.count("timeout_ms")?.max(1));
             let request_id = reply.opt_text("request_id")?;
-            let created_at = reply
-                .opt_count("created_at")?
-                .and_then(|ms| DateTime::from_timestamp_millis(ms.try_into().ok()?));
+            let ms = |n: u64| DateTime::from_timestamp_millis(n.try_into().ok()?);
+            let created_at = reply.opt_count("created_at")?.and_then(ms);
+            let process_at = reply.count("process_at").map(ms)?;
             let delivery = Delivery(reply.count("delivery")?);
             let renewal = Renewal {
                 broker: self.clone(),
@@ -271,6 +275,7 @@ impl Broker {
                 delivery,
                 request_id,
                 created_at,
+                process_at,
                 guard: Arc::new(RunGuard::new(sent_at + lease).with_renewal(renewal)),
             });
         }
@@ -434,6 +439,8 @@ impl Broker {
             moved: reply.count("moved")?,
             recovered: reply.count("recovered")?,
             next_due: reply.opt_count("next due")?.map(Duration::from_millis),
+            expired_archived: reply.texts("archived kinds")?,
+            expired_retried: reply.texts("retried kinds")?,
         };
         reply.end()?;
         // Some of the recovered may have been archived.

@@ -36,7 +36,8 @@ pub struct QueueStats {
 }
 
 impl QueueStats {
-    /// The count of `state`; `None` for completed tasks, which are not counted.
+    /// The count of `state`; `None` for completed and deleted tasks, which
+    /// are not counted.
     pub fn count(&self, state: TaskState) -> Option<u64> {
         match state {
             TaskState::Pending => Some(self.pending),
@@ -44,7 +45,7 @@ impl QueueStats {
             TaskState::Scheduled => Some(self.scheduled),
             TaskState::Retry => Some(self.retry),
             TaskState::Archived => Some(self.archived),
-            TaskState::Completed => None,
+            TaskState::Completed | TaskState::Deleted => None,
         }
     }
 }
@@ -145,7 +146,9 @@ impl Broker {
                     .zrange(set, start, stop, None, false, None, false)
                     .await?
             }
-            TaskState::Completed => return Err(QueueError::NotListable(state)),
+            TaskState::Completed | TaskState::Deleted => {
+                return Err(QueueError::NotListable(state));
+            }
         };
         let ids: Vec<i64> = match state {
             TaskState::Pending => ids.into_iter().rev().collect(),

@@ -3,6 +3,8 @@
 //! audit line naming who asked (`actor`: the CLI's user, or the dashboard
 //! and the client's address), whatever tool made it.
 
+use std::time::Duration;
+
 use fred::prelude::*;
 
 use super::{Broker, scripts::SCRIPTS};
@@ -79,18 +81,31 @@ impl Broker {
         Ok(repair)
     }
 
-    /// Deletes task `id` of `queue`, unless it is running.
-    pub async fn delete(&self, queue: &str, id: i64, actor: &str) -> Result<Repair, QueueError> {
+    /// Deletes task `id` of `queue`, unless it is running or completed. A
+    /// tombstone is kept for `retention` (WORKER_DONE_RETENTION), so an
+    /// enqueue of the id meanwhile does not bring it back.
+    pub async fn delete(
+        &self,
+        queue: &str,
+        id: i64,
+        retention: Duration,
+        actor: &str,
+    ) -> Result<Repair, QueueError> {
         let k = self.keys(queue);
         let lua = &SCRIPTS.delete;
         let reply = self
             .run(
                 lua,
                 vec![k.task(id), k.pending, k.scheduled, k.retry, k.archived],
-                vec![id.to_string()],
+                vec![id.to_string(), retention.as_millis().to_string()],
             )
             .await?;
-        let repair = repair_of(lua.name, reply, |state| state != TaskState::Active)?;
+        let repair = repair_of(lua.name, reply, |state| {
+            !matches!(
+                state,
+                TaskState::Active | TaskState::Completed | TaskState::Deleted
+            )
+        })?;
         audit(actor, "delete", queue, Some(id), &outcome_text(repair));
         Ok(repair)
     }

@@ -91,6 +91,14 @@ impl Reply {
         }
     }
 
+    /// A list of strings.
+    pub fn texts(&mut self, what: &str) -> Result<Vec<String>, QueueError> {
+        match self.next(what)? {
+            Value::Array(items) => items.into_iter().map(|v| self.string(what, v)).collect(),
+            v => Err(bad(self.script, format!("{what} {v:?} is not a list"))),
+        }
+    }
+
     /// Fails unless every element was read.
     pub fn end(self) -> Result<(), QueueError> {
         match self.items.len() {

@@ -8,8 +8,10 @@
 local f = redis.call('HMGET', KEYS[1], 'deliveries', 'state')
 if f[1] ~= ARGV[2] or f[2] ~= 'active' then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
--- Its wait counts from when it first became pending: pending_since is kept.
-redis.call('HSET', KEYS[1], 'state', 'pending')
+-- It waits anew from now (at the front: it is next), not since before its run.
+local t = redis.call('TIME')
+local now = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
+redis.call('HSET', KEYS[1], 'state', 'pending', 'pending_since', now)
 redis.call('RPUSH', KEYS[3], ARGV[1])
 redis.call('PUBLISH', ARGV[3], 1)
 return 1
