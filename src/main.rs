@@ -212,19 +212,15 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
             let clients = Clients::new(&cfg)?;
             let relay = clients.relay(&cfg)?;
             let started = Instant::now();
-            let progress = std::io::stderr()
-                .is_terminal()
-                .then(|| tokio::spawn(show_progress(relay.clone(), clients.pool.clone())));
+            // On a terminal, a line that shows the drain going on.
+            let progress = match std::io::stderr().is_terminal() {
+                true => Some(Progress::start(relay.clone(), &clients.pool).await),
+                false => None,
+            };
             // A failed batch rolls back: what was not forwarded stays in the
             // outbox for the next run, which the message says.
             let drained = relay.drain(&CancellationToken::new()).await;
-            if let Some(progress) = progress {
-                progress.abort();
-                // End the progress line, when one was shown.
-                if started.elapsed() >= Duration::from_millis(500) {
-                    eprintln!();
-                }
-            }
+            drop(progress);
             let drained = drained.context("forwarding stopped; the rest stays in the outbox")?;
             let forwarded = drained.forwarded;
             if let Some(e) = drained.failed {
@@ -254,29 +250,47 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
     }
 }
 
-/// Shows a long drain's progress on the terminal, on one line: rows
-/// forwarded, the rate, and how long the rest should take.
-async fn show_progress(relay: simplebank::outbox::relay::Relay, pool: sqlx::PgPool) {
-    let started = Instant::now();
-    let backlog = simplebank::outbox::stats::OutboxStats::read(&pool)
-        .await
-        .map(|s| s.undispatched)
-        .ok();
-    loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let done = relay.forwarded_so_far();
-        let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
-        let left = match backlog {
-            Some(total) if rate > 0.0 => {
-                let eta = total.saturating_sub(done) as f64 / rate;
-                format!(
-                    ", about {} of {total} left (~{eta:.0}s)",
-                    total.saturating_sub(done)
-                )
+/// A long drain's progress on the terminal, on one line rewritten twice a
+/// second: rows forwarded, the rate, and how long the rest should take.
+/// Dropped, it stops and ends its line.
+struct Progress(tokio::task::JoinHandle<()>);
+
+impl Progress {
+    async fn start(relay: simplebank::outbox::relay::Relay, pool: &sqlx::PgPool) -> Self {
+        let backlog = simplebank::outbox::stats::OutboxStats::read(pool)
+            .await
+            .ok()
+            .map(|s| s.undispatched);
+        match backlog {
+            Some(total) => eprint!("relay: {total} undispatched rows to forward"),
+            None => eprint!("relay: forwarding"),
+        }
+        let started = Instant::now();
+        Self(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let done = relay.forwarded_so_far();
+                let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                let left = match backlog {
+                    Some(total) if rate > 0.0 => {
+                        let left = total.saturating_sub(done);
+                        format!(
+                            ", about {left} of {total} left (~{:.0}s)",
+                            left as f64 / rate
+                        )
+                    }
+                    _ => String::new(),
+                };
+                eprint!("\r\x1b[Krelay: {done} rows forwarded, {rate:.0} rows/s{left}");
             }
-            _ => String::new(),
-        };
-        eprint!("\r\x1b[Krelay: {done} rows forwarded, {rate:.0} rows/s{left}");
+        }))
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.0.abort();
+        eprintln!();
     }
 }
 

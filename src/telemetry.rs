@@ -8,11 +8,19 @@ use tracing_subscriber::{
 
 use crate::config::{LogConfig, LogFormat};
 
+/// What a service logs when RUST_LOG does not say.
+const SERVICE_FILTER: &str = "info";
+/// What a one-shot tool logs when RUST_LOG does not say: warnings, the
+/// audit line of each change, and the migration's outcome.
+const TOOL_FILTER: &str = "warn,audit=info,simplebank::db=info";
+
 /// Sets up logging. A service logs to stdout, where its collector reads;
-/// a one-shot tool (`queues --json`, `relay --once`) logs to stderr, so
-/// that its stdout is only its output.
-pub fn init(cfg: &LogConfig, to_stderr: bool) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(&cfg.filter)
+/// a one-shot `tool` (`queues --json`, `relay --once`) logs to stderr, so
+/// that its stdout is only its output, and by default less.
+pub fn init(cfg: &LogConfig, tool: bool) -> anyhow::Result<()> {
+    let to_stderr = tool;
+    let default = if tool { TOOL_FILTER } else { SERVICE_FILTER };
+    let filter = EnvFilter::try_new(cfg.filter.as_deref().unwrap_or(default))
         .map_err(|e| anyhow::anyhow!("RUST_LOG is not a valid filter: {e}"))?;
     let registry = tracing_subscriber::registry().with(filter);
     let writer = BoxMakeWriter::new(move || -> Box<dyn std::io::Write> {

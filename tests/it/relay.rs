@@ -582,3 +582,42 @@ async fn a_queue_redis_refuses_does_not_hold_up_the_rows_of_the_others() {
     assert_eq!(q.stats("default").await.unwrap().pending, 30);
     app.stop().await;
 }
+
+/// `relay --once` on a terminal shows its progress on stderr (here a
+/// pseudo-terminal from `script`); piped, it prints only its summary.
+#[tokio::test]
+async fn relay_once_shows_progress_on_a_terminal_only() {
+    let env = TestEnv::new().await;
+    insert_rows(&env, 20_000).await;
+    let relay = relay_command(&env, &["--once"]);
+    let line = format!("{} relay --once", env!("CARGO_BIN_EXE_simplebank"));
+    let mut on_terminal = Command::new("script");
+    on_terminal.args(["-qec", &line, "/dev/null"]);
+    // The same settings as the plain command.
+    for (k, v) in relay.get_envs() {
+        match v {
+            Some(v) => on_terminal.env(k, v),
+            None => on_terminal.env_remove(k),
+        };
+    }
+    let out = on_terminal
+        .current_dir(std::env::temp_dir())
+        .stdin(Stdio::null())
+        .output()
+        .expect("script (util-linux) runs the command on a pseudo-terminal");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("relay: 20000 undispatched rows to forward"),
+        "{shown}"
+    );
+    assert!(shown.contains("forwarded 20000 rows"), "{shown}");
+    assert_eq!(undispatched(&env).await, 0);
+
+    insert_rows(&env, 10).await;
+    let out = relay_command(&env, &["--once"]).output().unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("undispatched rows to forward"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("forwarded 10 rows"));
+}
