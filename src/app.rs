@@ -65,10 +65,12 @@ impl Clients {
         let redis = queue::connection::pool(&cfg.redis).context("REDIS_URL")?;
         Ok(Self {
             pool,
-            queue: Broker::new(redis, &cfg.redis.key_prefix).with_archive_limits(ArchiveLimits {
-                max_age: cfg.worker.archive_max_age,
-                max_size: cfg.worker.archive_max_size,
-            }),
+            queue: Broker::new(redis, &cfg.redis.key_prefix)
+                .with_archive_limits(ArchiveLimits {
+                    max_age: cfg.worker.archive_max_age,
+                    max_size: cfg.worker.archive_max_size,
+                })
+                .with_replica_wait(cfg.redis.wait_replicas, cfg.redis.wait_timeout),
         })
     }
 

@@ -75,7 +75,10 @@ pub struct DbConfig {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Redis")]
 pub struct RedisConfig {
-    /// Redis URL: redis:// or rediss:// (TLS), with optional user, password and DB number.
+    /// Redis URL: redis:// or rediss:// (TLS) for one server, with optional
+    /// user, password and DB number; redis-cluster://host:port?node=host:port...
+    /// for a Redis Cluster; redis-sentinel://host:port?sentinelServiceName=NAME&node=...
+    /// for a primary behind Sentinel (rediss-cluster://, rediss-sentinel:// with TLS).
     #[arg(
         id = "redis_url",
         value_name = "REDIS_URL",
@@ -100,6 +103,22 @@ pub struct RedisConfig {
     /// Timeout for one Redis command.
     #[arg(id = "redis_command_timeout", value_name = "REDIS_COMMAND_TIMEOUT", long = "redis-command-timeout", env = "REDIS_COMMAND_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub command_timeout: Duration,
+    /// Replicas that must hold the relay's enqueued tasks before their outbox
+    /// rows are marked dispatched (Redis WAIT): with 1, a primary that
+    /// crashes and fails over to its replica loses no task. 0: no wait (a
+    /// single Redis with an append-only file needs none).
+    #[arg(
+        id = "redis_wait_replicas",
+        value_name = "REDIS_WAIT_REPLICAS",
+        long = "redis-wait-replicas",
+        env = "REDIS_WAIT_REPLICAS",
+        default_value_t = 0
+    )]
+    pub wait_replicas: u32,
+    /// The longest the relay waits for REDIS_WAIT_REPLICAS; beyond, the rows
+    /// stay undispatched and are forwarded again (a no-op enqueue) later.
+    #[arg(id = "redis_wait_timeout", value_name = "REDIS_WAIT_TIMEOUT", long = "redis-wait-timeout", env = "REDIS_WAIT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub wait_timeout: Duration,
     /// Prefix of every Redis key and channel this service uses.
     #[arg(
         id = "redis_key_prefix",

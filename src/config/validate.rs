@@ -66,14 +66,27 @@ fn in_range<T: PartialOrd + std::fmt::Display>(
     Ok(())
 }
 
-/// `url` with any password replaced, for messages.
+/// `url` with any password replaced, for messages: the user's, and query
+/// parameters that carry one (Sentinel's `sentinelPassword`).
 pub fn redact(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            let secret = |k: &str| k.to_ascii_lowercase().contains("password");
+            if u.query_pairs().any(|(k, _)| secret(&k)) {
+                let pairs: Vec<(String, String)> = u
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if secret(&k) { "***".into() } else { v.into_owned() };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+            }
             u.to_string()
         }
-        Ok(u) => u.to_string(),
         // Unparsable: show its scheme at most.
         Err(_) => match url.split_once("://") {
             Some((scheme, _)) => format!("{scheme}://..."),
@@ -99,11 +112,25 @@ fn postgres_url(var: &'static str, url: &str) -> Result<(), InvalidSetting> {
         })
 }
 
+/// The URL schemes REDIS_URL may have: one server, a cluster, Sentinel;
+/// each plain or TLS.
+const REDIS_SCHEMES: [&str; 6] = [
+    "redis://",
+    "rediss://",
+    "redis-cluster://",
+    "rediss-cluster://",
+    "redis-sentinel://",
+    "rediss-sentinel://",
+];
+
 fn redis_url(var: &'static str, url: &str) -> Result<(), InvalidSetting> {
-    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+    if !REDIS_SCHEMES.iter().any(|scheme| url.starts_with(scheme)) {
         return Err(bad(
             var,
-            format!("must be a redis:// or rediss:// URL (is {})", redact(url)),
+            format!(
+                "must be a redis://, rediss://, redis-cluster:// or redis-sentinel:// URL (is {})",
+                redact(url)
+            ),
         ));
     }
     fred::types::config::Config::from_url(url)
@@ -137,6 +164,8 @@ impl Config {
         in_range("REDIS_POOL_SIZE", self.redis.pool_size, 1, 256)?;
         at_least("REDIS_CONNECT_TIMEOUT", self.redis.connect_timeout, ms(10))?;
         at_least("REDIS_COMMAND_TIMEOUT", self.redis.command_timeout, ms(10))?;
+        in_range("REDIS_WAIT_REPLICAS", self.redis.wait_replicas, 0, 16)?;
+        at_least("REDIS_WAIT_TIMEOUT", self.redis.wait_timeout, ms(10))?;
         let prefix = &self.redis.key_prefix;
         if prefix.is_empty() || prefix.contains(['{', '}']) {
             return Err(bad(
@@ -305,5 +334,10 @@ mod tests {
             redact("redis://127.0.0.1:6379/0"),
             "redis://127.0.0.1:6379/0"
         );
+        let sentinel = redact(
+            "redis-sentinel://u:pw1@10.0.0.1:26379?sentinelServiceName=m&sentinelPassword=pw2&node=10.0.0.2:26379",
+        );
+        assert!(!sentinel.contains("pw1") && !sentinel.contains("pw2"), "{sentinel}");
+        assert!(sentinel.contains("node=10.0.0.2"), "{sentinel}");
     }
 }

@@ -46,6 +46,14 @@ pub enum QueueError {
     /// Tasks in this state have no index to list them from.
     #[error("tasks in state {0} cannot be listed")]
     NotListable(TaskState),
+    /// The enqueue reached fewer replicas than REDIS_WAIT_REPLICAS in time:
+    /// a failover now could lose it, so it does not count as done.
+    #[error("redis: the enqueue reached {got} of {wanted} replicas within {within:?}")]
+    NotReplicated {
+        wanted: u32,
+        got: u32,
+        within: std::time::Duration,
+    },
 }
 
 /// Why a handler run failed, and whether to try again.

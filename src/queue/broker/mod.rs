@@ -31,7 +31,11 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use fred::{clients::Pool, prelude::*};
+use fred::{
+    clients::Pool,
+    prelude::*,
+    types::{ClusterHash, CustomCommand},
+};
 use futures::future::join_all;
 
 use self::{keys::QueueKeys, reply::Reply, scripts::SCRIPTS};
@@ -115,6 +119,8 @@ pub struct Broker {
     pool: Pool,
     prefix: Arc<str>,
     archive: ArchiveLimits,
+    /// Replicas an enqueue must reach, and how long to wait for them.
+    replica_wait: Option<(u32, Duration)>,
 }
 
 impl Broker {
@@ -124,7 +130,16 @@ impl Broker {
             pool,
             prefix: prefix.into(),
             archive: ArchiveLimits::default(),
+            replica_wait: None,
         }
+    }
+
+    /// Enqueues count as done only once `replicas` replicas hold them
+    /// (Redis WAIT, within `timeout`), so that a primary failing over to a
+    /// replica loses no task the relay marked dispatched. 0: no wait.
+    pub fn with_replica_wait(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.replica_wait = (replicas > 0).then_some((replicas, timeout));
+        self
     }
 
     /// Keeps archives within `limits` instead of the defaults.
@@ -191,13 +206,34 @@ impl Broker {
             ]);
         }
         let lua = &SCRIPTS.enqueue;
+        // One connection for the script and its WAIT.
+        let client = self.pool.next();
+        let slot = fred::types::Key::from(keys.pending.as_str()).cluster_hash();
         let reply = self
-            .run(
+            .run_on(
+                client,
                 lua,
                 vec![keys.task_prefix, keys.pending, keys.scheduled],
                 args,
             )
             .await?;
+        if let Some((replicas, timeout)) = self.replica_wait {
+            // Waits for every write this connection made so far, ours among
+            // them; sent to the primary of the queue's slot.
+            let acked: i64 = client
+                .custom(
+                    CustomCommand::new_static("WAIT", ClusterHash::Custom(slot), false),
+                    vec![i64::from(replicas), timeout.as_millis() as i64],
+                )
+                .await?;
+            if acked < i64::from(replicas) {
+                return Err(QueueError::NotReplicated {
+                    wanted: replicas,
+                    got: acked.max(0) as u32,
+                    within: timeout,
+                });
+            }
+        }
         let mut reply = Reply::new(lua.name, reply)?;
         let mut added = 0;
         for t in tasks {

@@ -97,7 +97,18 @@ impl Broker {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<Value, QueueError> {
-        let client = self.pool.next();
+        self.run_on(self.pool.next(), lua, keys, args).await
+    }
+
+    /// [`Broker::run`] on `client`, for a caller that sends a command after
+    /// it on the same connection (WAIT counts that connection's writes).
+    pub(super) async fn run_on(
+        &self,
+        client: &Client,
+        lua: &Lua,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Value, QueueError> {
         match self.evalsha(client, lua, &keys, &args).await {
             // NOSCRIPT means it did not run: load it and send it again.
             Err(e) if e.details().starts_with("NOSCRIPT") => {
