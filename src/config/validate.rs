@@ -79,7 +79,11 @@ pub fn redact(url: &str) -> String {
                 let pairs: Vec<(String, String)> = u
                     .query_pairs()
                     .map(|(k, v)| {
-                        let v = if secret(&k) { "***".into() } else { v.into_owned() };
+                        let v = if secret(&k) {
+                            "***".into()
+                        } else {
+                            v.into_owned()
+                        };
                         (k.into_owned(), v)
                     })
                     .collect();
@@ -337,7 +341,10 @@ mod tests {
         let sentinel = redact(
             "redis-sentinel://u:pw1@10.0.0.1:26379?sentinelServiceName=m&sentinelPassword=pw2&node=10.0.0.2:26379",
         );
-        assert!(!sentinel.contains("pw1") && !sentinel.contains("pw2"), "{sentinel}");
+        assert!(
+            !sentinel.contains("pw1") && !sentinel.contains("pw2"),
+            "{sentinel}"
+        );
         assert!(sentinel.contains("node=10.0.0.2"), "{sentinel}");
     }
 }

@@ -5,6 +5,7 @@ mod common;
 
 mod admin;
 mod api;
+mod cluster;
 mod edge;
 mod guarantees;
 mod lifecycle;

@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 
 use fred::{
     prelude::*,
-    types::{ClusterHash, CustomCommand, Value, config::Options, scripts::Script},
+    types::{ClusterHash, CustomCommand, Key, Value, config::Options, scripts::Script},
 };
 
 use super::Broker;
@@ -141,9 +141,15 @@ impl Broker {
                 call.push(lua.script.sha1().clone().into());
                 call.push(Value::Integer(keys.len() as i64));
                 call.extend(keys.iter().chain(args).map(|v| Value::from(v.as_str())));
-                // EVALSHA sha numkeys key...: routed by the first key.
+                // Routed to the slot of the first key, computed here: asked
+                // to find it in the arguments, the client may send the
+                // command to another node first, and the redirection would
+                // use up the one attempt.
+                let slot = keys
+                    .first()
+                    .map_or(0, |k| Key::from(k.as_str()).cluster_hash());
                 once.custom(
-                    CustomCommand::new_static("EVALSHA", ClusterHash::Offset(2), false),
+                    CustomCommand::new_static("EVALSHA", ClusterHash::Custom(slot), false),
                     call,
                 )
                 .await

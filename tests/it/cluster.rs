@@ -1,0 +1,433 @@
+//! The pipeline on a Redis Cluster of three primaries with one replica each,
+//! started on loopback from the installed redis-server: sign-ups flow
+//! through a crash of the primary holding the `critical` queue, and three
+//! `serve` processes share one outbox and the cluster.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use simplebank::app::Components;
+
+use crate::common::*;
+
+/// Six redis-server processes made one cluster with `redis-cli --cluster
+/// create`; each stopped by its PID when dropped.
+pub struct RedisCluster {
+    ports: Vec<u16>,
+    nodes: Vec<Option<Child>>,
+    dir: PathBuf,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("sbtest-cluster-{}", uuid::Uuid::new_v4().simple()));
+        let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+        let nodes = ports
+            .iter()
+            .map(|port| Some(spawn_node(&dir, *port)))
+            .collect();
+        let cluster = Self { ports, nodes, dir };
+        for port in &cluster.ports {
+            wait_port(*port);
+        }
+        let addresses: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli on PATH");
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let started = Instant::now();
+        while !cluster.live_ports().iter().all(|p| {
+            cluster
+                .cli(*p, &["cluster", "info"])
+                .contains("cluster_state:ok")
+        }) {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the cluster did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    /// fred's cluster URL: one node, the others as `node=` parameters.
+    pub fn url(&self) -> String {
+        let mut url = format!("redis-cluster://127.0.0.1:{}", self.ports[0]);
+        for (i, port) in self.ports[1..].iter().enumerate() {
+            url.push(if i == 0 { '?' } else { '&' });
+            url.push_str(&format!("node=127.0.0.1:{port}"));
+        }
+        url
+    }
+
+    fn live_ports(&self) -> Vec<u16> {
+        self.ports
+            .iter()
+            .zip(&self.nodes)
+            .filter(|(_, n)| n.is_some())
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    fn cli(&self, port: u16, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The port of the primary serving the slot of hash tag `tag`, once a
+    /// live one does (after a crash, when a replica took over).
+    pub fn primary_of(&self, tag: &str) -> u16 {
+        let started = Instant::now();
+        loop {
+            if let Some(port) = self.live_primary_of(tag) {
+                return port;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no live primary for {tag}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn live_primary_of(&self, tag: &str) -> Option<u16> {
+        let ask = self.live_ports()[0];
+        let slot: u16 = self
+            .cli(ask, &["cluster", "keyslot", tag])
+            .trim()
+            .parse()
+            .unwrap();
+        for line in self.cli(ask, &["cluster", "nodes"]).lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let serves = fields[8..].iter().any(|range| match range.split_once('-') {
+                Some((a, b)) => {
+                    (a.parse().unwrap_or(u16::MAX)..=b.parse().unwrap_or(0)).contains(&slot)
+                }
+                None => range.parse::<u16>().ok() == Some(slot),
+            });
+            let address = fields[1].split('@').next().unwrap();
+            let port: u16 = address.rsplit_once(':').unwrap().1.parse().unwrap();
+            if serves && self.live_ports().contains(&port) {
+                return Some(port);
+            }
+        }
+        None
+    }
+
+    /// Starts a killed node again: it rejoins the cluster as a replica of
+    /// the primary that took over from it.
+    pub fn restart(&mut self, port: u16) {
+        let i = self.ports.iter().position(|p| *p == port).unwrap();
+        assert!(self.nodes[i].is_none(), "node {port} is running");
+        self.nodes[i] = Some(spawn_node(&self.dir, port));
+        wait_port(port);
+    }
+
+    /// SIGKILL: a crash, not a shutdown.
+    pub fn kill(&mut self, port: u16) {
+        let i = self.ports.iter().position(|p| *p == port).unwrap();
+        if let Some(mut child) = self.nodes[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for child in self.nodes.iter_mut().filter_map(Option::take) {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let mut child = child;
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One cluster node on `port`, its files in `dir/<port>` (a restart finds
+/// its nodes.conf there and rejoins).
+fn spawn_node(dir: &std::path::Path, port: u16) -> Child {
+    let node_dir = dir.join(port.to_string());
+    std::fs::create_dir_all(&node_dir).unwrap();
+    Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args([
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+        ])
+        // Failover within a second or two of a primary's death.
+        .args(["--cluster-node-timeout", "1000"])
+        // Replicas in sync at once, not after the default 5 s.
+        .args(["--repl-diskless-sync-delay", "0"])
+        .args(["--save", "", "--appendonly", "no", "--dir"])
+        .arg(&node_dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server on PATH (make test installs it)")
+}
+
+fn wait_port(port: u16) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "redis-server on {port} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The emails in `dir`: recipient -> when each was written (from the file
+/// name, which starts with the time of the send).
+fn emails_by_recipient(dir: &std::path::Path) -> HashMap<String, Vec<String>> {
+    let mut by: HashMap<String, Vec<String>> = HashMap::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|x| x != "eml") {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(&path) else {
+            continue;
+        };
+        let Some(to) = mail_parser::MessageParser::default()
+            .parse(&raw)
+            .and_then(|m| {
+                m.to()
+                    .and_then(|t| t.first())
+                    .and_then(|a| a.address())
+                    .map(str::to_owned)
+            })
+        else {
+            continue;
+        };
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        by.entry(to).or_default().push(name);
+    }
+    for sends in by.values_mut() {
+        sends.sort();
+    }
+    by
+}
+
+/// When an email file was written, from its name (`%Y%m%dT%H%M%S%.6fZ-...`).
+fn sent_at(name: &str) -> chrono::DateTime<chrono::Utc> {
+    let stamp = name.split('Z').next().unwrap();
+    chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%S%.f")
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .and_utc()
+}
+
+/// Sign-ups flow while the primary holding the `critical` queue is killed
+/// (SIGKILL) and its replica takes over. With REDIS_WAIT_REPLICAS=1 no
+/// enqueued task is lost; every user is emailed; and no task runs again
+/// after it completed (a second email, if any, began before the first run
+/// was recorded: a run under way at the crash, whose dequeue the new
+/// primary never saw).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ups_flow_through_a_crash_of_the_critical_queues_primary() {
+    let mut cluster = RedisCluster::start();
+    let mut env = TestEnv::new().await;
+    env.cfg.redis.url = cluster.url();
+    env.cfg.redis.wait_replicas = 1;
+    let queue = env.cfg.signup.verify_email_queue.clone();
+    let app = env.start(Components::ALL).await;
+    let primary = cluster.primary_of(&queue);
+
+    const USERS: usize = 120;
+    for i in 0..USERS {
+        if i == USERS / 3 {
+            cluster.kill(primary);
+        }
+        let (status, body) = app
+            .post_json("/v1/create_user", user_json(&format!("cl{i:03}")))
+            .await;
+        // A sign-up never touches Redis: the crash cannot fail it.
+        assert_eq!(status, 200, "{body}");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let promoted = cluster.primary_of(&queue);
+    assert_ne!(promoted, primary, "the replica took over the queue's slot");
+    // The promoted primary has no replica until the crashed node comes back
+    // as one: until then its enqueues cannot be WAITed for, and their rows
+    // stay in the outbox (the tasks run all the same: the enqueue happened).
+    cluster.restart(primary);
+
+    let mail_dir = env.cfg.mail.dir.clone();
+    let emailed = eventually(Duration::from_secs(90), "every user emailed", || {
+        let mail_dir = mail_dir.clone();
+        async move {
+            let by = emails_by_recipient(&mail_dir);
+            (by.len() == USERS).then_some(by)
+        }
+    })
+    .await;
+    assert_eq!(
+        env.count("SELECT count(*) FROM task_ledger").await,
+        USERS as i64
+    );
+    eventually(Duration::from_secs(30), "the outbox drained", || async {
+        let left = env
+            .count("SELECT count(*) FROM outbox WHERE dispatched_at IS NULL")
+            .await;
+        (left == 0).then_some(())
+    })
+    .await;
+    let recorded: HashMap<String, chrono::DateTime<chrono::Utc>> = sqlx::query_as(
+        "SELECT u.email, l.completed_at FROM task_ledger l
+         JOIN verify_emails v ON v.task_id = l.task_id JOIN users u ON u.username = v.username",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    for (to, sends) in &emailed {
+        for later in &sends[1..] {
+            assert!(
+                sent_at(later) < recorded[to],
+                "{to} was emailed again at {later}, after its run was recorded at {}",
+                recorded[to]
+            );
+        }
+    }
+    app.stop().await;
+}
+
+/// The sum of `name`'s samples whose labels include `with`, in a metrics text.
+fn metric_sum(text: &str, name: &str, with: Option<(&str, &str)>) -> f64 {
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("metrics parse");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| with.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+/// Three `serve` processes against one Postgres and the cluster: every row
+/// forwarded by exactly one relay, every task run by exactly one worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_serve_processes_share_the_outbox_and_the_cluster() {
+    let cluster = RedisCluster::start();
+    let env = TestEnv::new().await;
+    let mail_dir = env.cfg.mail.dir.clone();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut processes: Vec<Child> = ports
+        .iter()
+        .map(|port| {
+            env.command(&["serve"])
+                .env("REDIS_URL", cluster.url())
+                .env("REDIS_WAIT_REPLICAS", "1")
+                .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+                .env("HTTP_RATE_LIMIT", "0")
+                .env("MAIL_DIR", &mail_dir)
+                .env("VERIFY_EMAIL_PROCESS_IN", "0s")
+                .env("ARGON2_MEMORY_KIB", "64")
+                .env("ARGON2_ITERATIONS", "1")
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let http = reqwest::Client::new();
+    for port in &ports {
+        eventually(Duration::from_secs(30), "serve ready", || {
+            let req = http.get(format!("http://127.0.0.1:{port}/readyz")).send();
+            async move { req.await.ok().filter(|r| r.status() == 200) }
+        })
+        .await;
+    }
+    const USERS: usize = 90;
+    let sign_ups = (0..USERS).map(|i| {
+        let (http, port) = (http.clone(), ports[i % 3]);
+        async move {
+            http.post(format!("http://127.0.0.1:{port}/v1/create_user"))
+                .json(&user_json(&format!("three{i:03}")))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    for status in futures::future::join_all(sign_ups).await {
+        assert_eq!(status, 200);
+    }
+    let emailed = eventually(Duration::from_secs(60), "every user emailed", || {
+        let mail_dir = mail_dir.clone();
+        async move {
+            let by = emails_by_recipient(&mail_dir);
+            (by.values().map(Vec::len).sum::<usize>() >= USERS).then_some(by)
+        }
+    })
+    .await;
+    assert_eq!(emailed.len(), USERS);
+    assert!(
+        emailed.values().all(|sends| sends.len() == 1),
+        "one email each"
+    );
+    // What each process did, from its own metrics: the relays split the
+    // rows and the workers the tasks, with nothing done twice.
+    let (mut forwarded, mut processed) = (0.0, 0.0);
+    for port in &ports {
+        let text = http
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        forwarded += metric_sum(&text, "simplebank_relay_rows_total", None);
+        processed += metric_sum(
+            &text,
+            "simplebank_tasks_processed_total",
+            Some(("kind", "task:send_verify_email")),
+        );
+    }
+    assert_eq!(forwarded, USERS as f64, "rows forwarded across the relays");
+    assert_eq!(
+        processed, USERS as f64,
+        "tasks processed across the workers"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM task_ledger").await,
+        USERS as i64
+    );
+    for child in &mut processes {
+        let _ = Command::new("kill").arg(child.id().to_string()).status();
+    }
+    for mut child in processes {
+        assert!(child.wait().unwrap().success(), "serve exits 0 on SIGTERM");
+    }
+}
