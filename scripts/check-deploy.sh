@@ -8,7 +8,7 @@
 #   2. promtool test rules   deploy/prometheus/alerts.test.yml  (each alert fires
 #      when it should and stays quiet when it should)
 #   3. promtool check config deploy/prometheus/prometheus.yml   (and the rule
-#      files it names)
+#      files it names), and the same for deploy/compose/prometheus.yml
 #   4. the Grafana dashboard is valid JSON, and every simplebank_* metric named
 #      by the dashboard's queries, the alert rules and their tests is one that
 #      src/metrics.rs declares: a renamed metric must not leave a panel empty or
@@ -49,6 +49,7 @@ command -v python3 >/dev/null || die "python3 not found"
 promtool check rules deploy/prometheus/alerts.yml
 promtool test rules deploy/prometheus/alerts.test.yml
 promtool check config deploy/prometheus/prometheus.yml
+promtool check config deploy/compose/prometheus.yml
 
 python3 - <<'PY'
 import json
