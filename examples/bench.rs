@@ -40,6 +40,9 @@ use simplebank::{
 use sqlx::{Connection, PgConnection, PgPool, Row as _, postgres::PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
+#[path = "bench/sustained.rs"]
+mod sustained;
+
 const BENCH_DB: &str = "simplebank_bench";
 const REDIS_DB: u8 = 15;
 const PREFIX: &str = "bench";
@@ -64,7 +67,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "latency,worker,http,relay"
+        default_value = "latency,worker,http,sustained,relay"
     )]
     only: Vec<Part>,
     /// Outbox rows in the relay drain backlog.
@@ -97,6 +100,23 @@ struct Args {
     /// Also write the table here (markdown).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Length of each sustained-pipeline run.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    sustained_for: Duration,
+    /// Concurrent sign-up writers in the sustained pipeline.
+    #[arg(long, default_value_t = 32)]
+    sustained_writers: u32,
+    /// Worker processes to try in the sustained pipeline.
+    #[arg(long, value_delimiter = ',', default_value = "1,3")]
+    sustained_workers: Vec<usize>,
+    /// A Redis Cluster for the sustained pipeline too (scripts/redis-cluster.sh
+    /// starts one; `make bench` passes it). Emptied by the bench.
+    #[arg(long, env = "BENCH_CLUSTER_URL")]
+    cluster_url: Option<String>,
+    /// (Internal) run as one of the sustained pipeline's worker processes,
+    /// noting each task's latency into this file at SIGTERM.
+    #[arg(long, hide = true)]
+    worker_child: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -105,6 +125,7 @@ enum Part {
     Worker,
     Latency,
     Http,
+    Sustained,
 }
 
 /// One wrk run against `serve`.
@@ -164,10 +185,16 @@ struct Bench {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Logs on stderr: stdout carries the results (and a worker process's
+    // "ready").
     tracing_subscriber::fmt()
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
         .init();
     let mut args = Args::parse();
+    if let Some(out) = args.worker_child.take() {
+        return sustained::worker_child(args.cfg, out).await;
+    }
     // Absolute: the children run in the temporary directory.
     args.bin = std::fs::canonicalize(&args.bin).with_context(|| {
         format!(
@@ -186,6 +213,7 @@ async fn main() -> anyhow::Result<()> {
             Part::Worker => bench.worker().await,
             Part::Latency => bench.latency().await,
             Part::Http => bench.http().await,
+            Part::Sustained => bench.sustained(&bench.targets()).await,
         }?;
         for row in &found {
             println!("  {}: {} {}", row.what, row.ours, row.limit);
@@ -264,7 +292,7 @@ impl Bench {
     async fn reset(&self) -> anyhow::Result<()> {
         // Two calls: several statements in one run as one transaction, and
         // VACUUM refuses that.
-        sqlx::raw_sql("TRUNCATE users, outbox, verify_emails, task_ledger RESTART IDENTITY")
+        sqlx::raw_sql("TRUNCATE users, outbox, verify_emails, verify_email_codes, verify_email_resends, task_ledger RESTART IDENTITY")
             .execute(&self.pool)
             .await?;
         sqlx::raw_sql("VACUUM ANALYZE").execute(&self.pool).await?;
@@ -772,6 +800,22 @@ impl Bench {
             settings,
             registry,
         ))
+    }
+
+    /// The Redis the sustained pipeline runs on: the dev Redis (the bench's
+    /// DB), and the cluster when one was given.
+    fn targets(&self) -> Vec<sustained::Target> {
+        let mut targets = vec![sustained::Target {
+            name: "single",
+            url: self.redis_cfg.url.clone(),
+        }];
+        if let Some(url) = &self.args.cluster_url {
+            targets.push(sustained::Target {
+                name: "cluster",
+                url: url.clone(),
+            });
+        }
+        targets
     }
 
     /// The release binary aimed at the scratch database and Redis DB.

@@ -26,7 +26,7 @@ impl RedisCluster {
     pub fn start() -> Self {
         let dir =
             std::env::temp_dir().join(format!("sbtest-cluster-{}", uuid::Uuid::new_v4().simple()));
-        let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+        let ports: Vec<u16> = (0..6).map(|_| cluster_port()).collect();
         let nodes = ports
             .iter()
             .map(|port| Some(spawn_node(&dir, *port)))
@@ -165,6 +165,18 @@ impl Drop for RedisCluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A free port for a cluster node: at most 55535, since the node also takes
+/// the port 10000 above it for the cluster bus, which must be free too.
+fn cluster_port() -> u16 {
+    for _ in 0..1000 {
+        let port = free_port();
+        if port <= 55_535 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port pair for a cluster node")
 }
 
 /// One cluster node on `port`, its files in `dir/<port>` (a restart finds
