@@ -443,3 +443,141 @@ async fn three_serve_processes_share_the_outbox_and_the_cluster() {
         assert!(child.wait().unwrap().success(), "serve exits 0 on SIGTERM");
     }
 }
+
+/// Wake-ups on a cluster: the enqueue script's PUBLISH, made on the node of
+/// the queue's slot, reaches a subscriber connected wherever the client put
+/// it (a cluster forwards plain pub/sub to every node).
+#[tokio::test]
+async fn wake_ups_reach_a_subscriber_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    let mut env = TestEnv::new().await;
+    env.cfg.redis.url = cluster.url();
+    let broker = simplebank::app::Clients::new(&env.cfg).unwrap().queue;
+    let subscriber = simplebank::queue::connection::subscriber(&env.cfg.redis).unwrap();
+    let mut messages = fred::prelude::EventInterface::message_rx(&subscriber);
+    let channels = broker.wake_channels(["critical", "default"]);
+    eventually(Duration::from_secs(10), "subscribed", || {
+        let (subscriber, channels) = (subscriber.clone(), channels.clone());
+        async move {
+            fred::prelude::PubsubInterface::subscribe(&subscriber, channels)
+                .await
+                .ok()
+        }
+    })
+    .await;
+    for (id, queue) in [(1, "critical"), (2, "default")] {
+        // The first call may come before the client learned the slots.
+        eventually(Duration::from_secs(10), "an enqueue", || {
+            let broker = broker.clone();
+            async move { broker.enqueue(&[task_msg(id, "k", queue)]).await.ok() }
+        })
+        .await;
+        let message = tokio::time::timeout(Duration::from_secs(5), messages.recv())
+            .await
+            .expect("a wake-up within 5 s")
+            .unwrap();
+        assert_eq!(message.channel.to_string(), broker.keys(queue).wake_channel);
+    }
+}
+
+/// Redis behind Sentinel: a primary, its replica and one sentinel on
+/// loopback. The broker follows the primary through a failover.
+#[tokio::test]
+async fn the_broker_follows_sentinel_through_a_failover() {
+    let dir =
+        std::env::temp_dir().join(format!("sbtest-sentinel-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (primary, replica, sentinel) = (free_port(), free_port(), free_port());
+    let server = |port: u16, extra: &[&str]| {
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+            ])
+            .args(["--dir", dir.to_str().unwrap()])
+            .args(["--dbfilename", &format!("dump-{port}.rdb")])
+            .args(["--repl-diskless-sync-delay", "0"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        wait_port(port);
+        child
+    };
+    let mut primary_process = server(primary, &[]);
+    let replica_process = server(replica, &["--replicaof", "127.0.0.1", &primary.to_string()]);
+    let conf = dir.join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {sentinel}\nbind 127.0.0.1\nsentinel monitor main 127.0.0.1 {primary} 1\n\
+             sentinel down-after-milliseconds main 1000\nsentinel failover-timeout main 5000\n"
+        ),
+    )
+    .unwrap();
+    let sentinel_process = Command::new("redis-server")
+        .arg(&conf)
+        .arg("--sentinel")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(sentinel);
+    let mut processes = vec![replica_process, sentinel_process];
+
+    let mut env = TestEnv::new().await;
+    env.cfg.redis.url = format!("redis-sentinel://127.0.0.1:{sentinel}?sentinelServiceName=main");
+    env.cfg
+        .validate(simplebank::config::validate::Role::Tool)
+        .unwrap();
+    let broker = simplebank::app::Clients::new(&env.cfg).unwrap().queue;
+    let lease = Duration::from_secs(30);
+    let round = |id: i64| {
+        let broker = broker.clone();
+        async move {
+            broker
+                .enqueue(&[task_msg(id, "k", "critical")])
+                .await
+                .ok()?;
+            let got = broker.dequeue("critical", 10, lease).await.ok()?;
+            got.iter().any(|t| t.id == id).then_some(())
+        }
+    };
+    eventually(
+        Duration::from_secs(20),
+        "a task through the primary",
+        || round(1),
+    )
+    .await;
+
+    // The primary dies; the sentinel promotes the replica; the client asks
+    // the sentinel again and goes on there.
+    let _ = primary_process.kill();
+    let _ = primary_process.wait();
+    let mut id = 2;
+    eventually(
+        Duration::from_secs(30),
+        "a task through the promoted replica",
+        || {
+            id += 1;
+            round(id)
+        },
+    )
+    .await;
+    let role = Command::new("redis-cli")
+        .args(["-p", &replica.to_string(), "role"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&role.stdout).starts_with("master"),
+        "the replica was promoted"
+    );
+    for mut p in processes.drain(..) {
+        let _ = Command::new("kill").arg(p.id().to_string()).status();
+        let _ = p.wait();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
