@@ -35,9 +35,9 @@ eval "$(scripts/dev-services.sh env | sed 's/^/export /')"
 scripts/clean-test-data.sh
 # The sustained pipeline runs on a Redis Cluster too: its own, stopped at
 # the end however the harness ends.
+trap 'scripts/redis-cluster.sh down' EXIT
 BENCH_CLUSTER_URL=$(scripts/redis-cluster.sh up)
 export BENCH_CLUSTER_URL
-trap 'scripts/redis-cluster.sh down' EXIT
 cargo build --release --bin simplebank --example bench
 mkdir -p target/bench
 target/release/examples/bench --bin target/release/simplebank \

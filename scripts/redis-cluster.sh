@@ -26,11 +26,25 @@ url() {
   printf '%s\n' "$u"
 }
 
-alive() { [[ -f $DIR/$1/pid ]] && kill -0 "$(cat "$DIR/$1/pid")" 2>/dev/null; }
+# A node this script started and that still runs (a pid file whose process
+# is a redis-server, not some later process that took its number).
+alive() {
+  [[ -f $DIR/$1/pid ]] || return 1
+  local pid; pid=$(cat "$DIR/$1/pid")
+  kill -0 "$pid" 2>/dev/null && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == redis-server* ]]
+}
 
 up() {
   command -v redis-server >/dev/null || die "redis-server not found (scripts/dev-services.sh up installs it as root)"
-  local p fresh=0
+  local p fresh=0 running=0
+  for p in "${PORTS[@]}"; do alive "$p" && running=$((running + 1)); done
+  (( running == 6 )) || {
+    # Some nodes gone: a cluster cannot be mended from here; start afresh.
+    (( running == 0 )) || down
+    for p in "${PORTS[@]}"; do
+      redis-cli -p "$p" ping >/dev/null 2>&1 && die "port $p is taken by a server this script did not start"
+    done
+  }
   for p in "${PORTS[@]}"; do
     alive "$p" && continue
     # Data from an earlier cluster would not join a new one.

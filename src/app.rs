@@ -65,22 +65,37 @@ impl Clients {
         let redis = queue::connection::pool(&cfg.redis).context("REDIS_URL")?;
         Ok(Self {
             pool,
-            queue: Broker::new(redis, &cfg.redis.key_prefix)
-                .with_archive_limits(ArchiveLimits {
-                    max_age: cfg.worker.archive_max_age,
-                    max_size: cfg.worker.archive_max_size,
-                })
-                .with_replica_wait(cfg.redis.wait_replicas, cfg.redis.wait_timeout),
+            queue: broker(cfg, redis),
         })
     }
 
     /// The relay, on a pool of its own: one connection per batch in flight, so
     /// that however busy the API keeps the shared pool, the relay never waits
     /// behind it.
+    ///
+    /// With REDIS_WAIT_REPLICAS, on Redis connections of its own as well: a
+    /// WAIT holds its connection until the replicas answer, and the
+    /// worker's dequeues and acknowledgements must not queue behind it.
     pub fn relay(&self, cfg: &Config) -> anyhow::Result<Relay> {
         let pool = db::pool(&cfg.db, cfg.database_url()?, cfg.relay.parallel_batches)?;
-        Ok(Relay::new(pool, self.queue.clone(), cfg.relay.clone()))
+        let queue = match cfg.redis.wait_replicas {
+            0 => self.queue.clone(),
+            replicas => broker(
+                cfg,
+                queue::connection::pool(&cfg.redis).context("REDIS_URL")?,
+            )
+            .with_replica_wait(replicas, cfg.redis.wait_timeout),
+        };
+        Ok(Relay::new(pool, queue, cfg.relay.clone()))
     }
+}
+
+/// A broker on `redis` with the archive limits of `cfg`.
+fn broker(cfg: &Config, redis: fred::clients::Pool) -> Broker {
+    Broker::new(redis, &cfg.redis.key_prefix).with_archive_limits(ArchiveLimits {
+        max_age: cfg.worker.archive_max_age,
+        max_size: cfg.worker.archive_max_size,
+    })
 }
 
 /// A started process; stop it with [`RunningApp::shutdown`] and [`RunningApp::wait`].

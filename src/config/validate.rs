@@ -170,6 +170,15 @@ impl Config {
         at_least("REDIS_COMMAND_TIMEOUT", self.redis.command_timeout, ms(10))?;
         in_range("REDIS_WAIT_REPLICAS", self.redis.wait_replicas, 0, 16)?;
         at_least("REDIS_WAIT_TIMEOUT", self.redis.wait_timeout, ms(10))?;
+        if self.redis.wait_replicas > 0 && self.redis.wait_timeout >= self.redis.command_timeout {
+            return Err(bad(
+                "REDIS_WAIT_TIMEOUT",
+                format!(
+                    "must be shorter than REDIS_COMMAND_TIMEOUT ({}), or every WAIT times out before Redis answers it",
+                    humantime::format_duration(self.redis.command_timeout)
+                ),
+            ));
+        }
         let prefix = &self.redis.key_prefix;
         if prefix.is_empty() || prefix.contains(['{', '}']) {
             return Err(bad(

@@ -14,6 +14,7 @@
 //! | `<prefix>:{q}:archived`      | zset   | ids that will not run again, scored by when (ms)    |
 //! | `<prefix>:{q}:deliveries`    | string | counter numbering every hand-out; never goes back  |
 //! | `<prefix>:{q}:paused`        | string | present while the queue is paused (when, in ms)    |
+//! | `<prefix>:{q}:enqueues`      | string | counter of enqueue calls (each writes, for WAIT)   |
 //! | `<prefix>:{q}:wake` (channel)| pubsub | published when ids become pending or due times change |
 //!
 //! The task id is the outbox row id. A completed task's hash is kept (without
@@ -31,6 +32,7 @@ pub struct QueueKeys {
     pub archived: String,
     pub deliveries: String,
     pub paused: String,
+    pub enqueues: String,
     pub wake_channel: String,
 }
 
@@ -47,6 +49,7 @@ impl QueueKeys {
             archived: format!("{base}archived"),
             deliveries: format!("{base}deliveries"),
             paused: format!("{base}paused"),
+            enqueues: format!("{base}enqueues"),
             wake_channel: format!("{base}wake"),
         }
     }
@@ -71,6 +74,7 @@ mod tests {
             &k.archived,
             &k.deliveries,
             &k.paused,
+            &k.enqueues,
             &k.task(7),
         ] {
             assert!(key.starts_with("sb:{critical}:"), "{key}");

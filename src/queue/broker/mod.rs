@@ -213,7 +213,12 @@ impl Broker {
             .run_on(
                 client,
                 lua,
-                vec![keys.task_prefix, keys.pending, keys.scheduled],
+                vec![
+                    keys.task_prefix,
+                    keys.pending,
+                    keys.scheduled,
+                    keys.enqueues,
+                ],
                 args,
             )
             .await?;

@@ -141,10 +141,10 @@ impl Broker {
                 call.push(lua.script.sha1().clone().into());
                 call.push(Value::Integer(keys.len() as i64));
                 call.extend(keys.iter().chain(args).map(|v| Value::from(v.as_str())));
-                // Routed to the slot of the first key, computed here: asked
-                // to find it in the arguments, the client may send the
-                // command to another node first, and the redirection would
-                // use up the one attempt.
+                // Routed to the slot of the first key, computed here. With
+                // ClusterHash::Offset(2) and one attempt, every call failed
+                // on a cluster ("Too many failed write attempts", fred 10.1);
+                // a slot given outright goes to the right node at once.
                 let slot = keys
                     .first()
                     .map_or(0, |k| Key::from(k.as_str()).cluster_hash());

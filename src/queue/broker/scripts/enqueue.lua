@@ -1,5 +1,5 @@
 -- Enqueue a batch of tasks into one queue; an id that already exists is left alone.
--- KEYS[1] task key prefix, KEYS[2] pending, KEYS[3] scheduled
+-- KEYS[1] task key prefix, KEYS[2] pending, KEYS[3] scheduled, KEYS[4] enqueue counter
 -- ARGV[1] wake channel, then 8 per task: id, kind, payload, max_retry, timeout_ms,
 -- process_at_ms, request_id ('' for none), created_at_ms (the outbox row's)
 -- Returns one flag per task: 1 enqueued now, 0 already present
@@ -47,6 +47,12 @@ for i = 2, #ARGV, 8 do
     flags[#flags + 1] = 1
   end
 end
+-- Every call writes, even when every id was known already: a WAIT after it
+-- (REDIS_WAIT_REPLICAS) waits for this connection's last write, and the
+-- replication stream is in order, so its acknowledgement also covers an
+-- earlier enqueue of the same ids that another connection made and whose
+-- WAIT failed. A call that wrote nothing would pass its WAIT at once.
+redis.call('INCR', KEYS[4])
 local chunk = 1000
 for from = 1, #fresh, chunk do
   redis.call('LPUSH', KEYS[2], unpack(fresh, from, math.min(from + chunk - 1, #fresh)))
