@@ -160,12 +160,13 @@ async fn ls(
     let mut offset = 0;
     while found.len() < limit {
         let page = ops.broker.list(queue, state, offset, PAGE).await?;
-        let read = page.len() as u64;
-        found.extend(page.into_iter().filter(|t| filter.keeps(t)));
-        if read < PAGE {
+        // A page comes back short of PAGE also when a task left between
+        // reading the index and its hash: only an empty page is the end.
+        if page.is_empty() {
             break;
         }
-        offset += read;
+        found.extend(page.into_iter().filter(|t| filter.keeps(t)));
+        offset += PAGE;
     }
     found.truncate(limit);
     if ops.json {
