@@ -326,9 +326,9 @@ async fn index(State(d): Shared, headers: HeaderMap, Query(done): Query<Done>) -
         Ok(s) => (
             s.undispatched_text(),
             s.oldest_age.map_or("-".into(), human),
-            match s.oldest_age {
-                Some(age) if age > d.relay_max_age => "stalled",
-                _ => "flowing",
+            match s.stalled(d.relay_max_age) {
+                Some(_) => "stalled",
+                None => "flowing",
             },
         ),
         Err(e) => {

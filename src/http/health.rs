@@ -85,13 +85,13 @@ impl Probes {
             let max_age = self.outbox_max_age?;
             Some(
                 match tokio::time::timeout(PROBE_TIMEOUT, OutboxStats::read(&self.pool)).await {
-                    Ok(Ok(stats)) => match stats.oldest_age {
-                        Some(age) if age > max_age => Err(format!(
+                    Ok(Ok(stats)) => match stats.stalled(max_age) {
+                        Some(age) => Err(format!(
                             "the oldest undispatched row waited {:.0}s (RELAY_READY_MAX_AGE {:.0}s)",
                             age.as_secs_f64(),
                             max_age.as_secs_f64()
                         )),
-                        _ => Ok(()),
+                        None => Ok(()),
                     },
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(_) => Err("no answer in time".to_owned()),

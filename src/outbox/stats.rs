@@ -36,6 +36,12 @@ impl OutboxStats {
 }
 
 impl OutboxStats {
+    /// How long the oldest row has waited, when that is longer than
+    /// `max_age` (RELAY_READY_MAX_AGE): the relay is stalled.
+    pub fn stalled(&self, max_age: Duration) -> Option<Duration> {
+        self.oldest_age.filter(|age| *age > max_age)
+    }
+
     /// The count for people: "1000000+" once it reached the limit.
     pub fn undispatched_text(&self) -> String {
         match self.undispatched >= COUNT_LIMIT {
