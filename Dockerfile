@@ -13,18 +13,22 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 ENV SQLX_OFFLINE=true
 
-# 1. Dependencies: the manifest, and a placeholder lib and bin named as the
-#    real ones (the crate has both), built with the same command as below so
-#    that the second build finds every dependency compiled.
+# 1. Dependencies: the workspace's manifests, and placeholder crates named as
+#    the real ones (the service has a lib and a bin; the queue crate a lib),
+#    built with the same command as below so that the second build finds
+#    every dependency compiled.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
+COPY queue/Cargo.toml queue/
+RUN mkdir src queue/src \
     && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs \
+    && touch src/lib.rs queue/src/lib.rs \
     && cargo build --release --locked --bin simplebank \
-    && rm -r src
+    && rm -r src queue/src
 
-# 2. The crate: its sources and everything its macros read at compile time
-#    (sqlx: migrations/, sql/ and .sqlx/; askama: templates/).
+# 2. The crates: their sources and everything their macros read at compile
+#    time (sqlx: migrations/, sql/ and .sqlx/; askama: templates/; the queue's
+#    Lua scripts live in queue/src).
+COPY queue/src/ queue/src/
 COPY src/ src/
 COPY migrations/ migrations/
 COPY sql/ sql/
@@ -33,7 +37,7 @@ COPY templates/ templates/
 # COPY may keep the files' own modification times, older than the
 # placeholder's build: cargo would then take the crate as up to date and ship
 # the placeholder. Touching the crate roots makes it rebuild the crate.
-RUN touch src/main.rs src/lib.rs \
+RUN touch src/main.rs src/lib.rs queue/src/lib.rs \
     && cargo build --release --locked --bin simplebank
 
 FROM debian:bookworm-slim

@@ -12,10 +12,12 @@ WITH_ENV = eval "$$($(SERVICES) env | sed 's/^/export /')" &&
 run: services
 	cargo run -- serve
 
-## test: services, then the whole test suite against them
+## test: services, then the whole test suite against them: the service and
+## the queue crate (queue/), and the queue crate's doc examples
 test: services
 	$(WITH_ENV) scripts/clean-test-data.sh
-	$(WITH_ENV) cargo test --all-targets -- --test-threads=8
+	$(WITH_ENV) cargo test --workspace --all-targets -- --test-threads=8
+	cargo test --workspace --doc
 
 ## test-faults: the fault suite (minutes): two serve processes under load while
 ## Redis, Postgres, a process, a link and the mail server fail (tests/faults.rs)
@@ -46,7 +48,7 @@ fmt:
 
 lint:
 	cargo fmt --check
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings
 
 ## sqlx-prepare: regenerate .sqlx/ after changing sql/ or migrations/
 sqlx-prepare: services

@@ -29,8 +29,8 @@ use simplebank::{
     config::{Config, RedisConfig},
     outbox::{relay, wake::RelayWaker, write::NewTask},
     queue::{
-        self, Broker, HandlerRegistry, Processed, TaskMessage, WorkerServer, WorkerSettings,
-        handler_fn,
+        Broker, HandlerRegistry, Processed, QueueWeight, TaskId, TaskMessage, WorkerServer,
+        WorkerSettings, handler_fn,
     },
     users::{
         password::PasswordHasher,
@@ -273,7 +273,7 @@ impl Bench {
             None,
         );
         redis.init().await?;
-        let queue = Broker::new(queue::connection::pool(&redis_cfg)?, PREFIX);
+        let queue = Broker::new(redis_cfg.connection().pool()?, PREFIX);
         let mut cfg = args.cfg.clone();
         cfg.db.url = Some(db_url.clone());
         cfg.redis = redis_cfg.clone();
@@ -410,17 +410,7 @@ impl Bench {
             for chunk in (0..n as i64).collect::<Vec<_>>().chunks(1000) {
                 let tasks: Vec<TaskMessage> = chunk
                     .iter()
-                    .map(|&id| TaskMessage {
-                        id: id + 1,
-                        kind: "bench:noop".into(),
-                        queue: "default".into(),
-                        payload: "{}".into(),
-                        max_retry: 0,
-                        timeout: Duration::from_secs(30),
-                        process_at: chrono::Utc::now(),
-                        request_id: None,
-                        created_at: chrono::Utc::now(),
-                    })
+                    .map(|&id| TaskMessage::new(TaskId::from(id + 1), "bench:noop", "default"))
                     .collect();
                 self.queue.enqueue(&tasks).await?;
             }
@@ -438,8 +428,11 @@ impl Bench {
             let started = Instant::now();
             let settings = WorkerSettings {
                 concurrency,
-                queues: vec![("default".into(), 1)],
-                ..WorkerSettings::from(&self.args.cfg.worker)
+                queues: vec![QueueWeight {
+                    queue: "default".into(),
+                    weight: 1,
+                }],
+                ..self.args.cfg.worker.server_settings()
             };
             let server = tokio::spawn(self.worker_server(settings, registry)?.run(stop.clone()));
             // Done when every handler ran and Redis holds nothing pending or active.
@@ -487,10 +480,10 @@ impl Bench {
             "latency: {rate}/s for {:?} after {:?} of warm-up",
             self.args.latency_for, self.args.latency_warmup
         );
-        let committed = Arc::new(Mutex::new(HashMap::<i64, Instant>::with_capacity(
+        let committed = Arc::new(Mutex::new(HashMap::<TaskId, Instant>::with_capacity(
             total as usize,
         )));
-        let started_at = Arc::new(Mutex::new(HashMap::<i64, Instant>::with_capacity(
+        let started_at = Arc::new(Mutex::new(HashMap::<TaskId, Instant>::with_capacity(
             total as usize,
         )));
         let mut registry = HandlerRegistry::default();
@@ -513,7 +506,7 @@ impl Bench {
             stop.clone(),
         );
         let relay = tokio::spawn(relay);
-        let settings = WorkerSettings::from(&self.args.cfg.worker);
+        let settings = self.args.cfg.worker.server_settings();
         let worker = tokio::spawn(self.worker_server(settings, registry)?.run(stop.clone()));
         tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -751,8 +744,8 @@ impl Bench {
     /// before, the worker's after.
     async fn print_split(
         &self,
-        committed: &HashMap<i64, Instant>,
-        started: &HashMap<i64, Instant>,
+        committed: &HashMap<TaskId, Instant>,
+        started: &HashMap<TaskId, Instant>,
         offered: Instant,
     ) -> anyhow::Result<()> {
         let wall_at_offered = std::time::SystemTime::now() - offered.elapsed();
@@ -763,7 +756,7 @@ impl Bench {
         };
         let keys = self.queue.keys("critical");
         let pipe = self.redis.pipeline();
-        let ids: Vec<i64> = committed.keys().copied().collect();
+        let ids: Vec<TaskId> = committed.keys().copied().collect();
         for &id in &ids {
             let _: () = pipe.hget(keys.task(id), "enqueued_at").await?;
         }
@@ -796,7 +789,7 @@ impl Bench {
     ) -> anyhow::Result<WorkerServer> {
         Ok(WorkerServer::new(
             self.queue.clone(),
-            queue::connection::subscriber(&self.redis_cfg)?,
+            self.redis_cfg.connection().subscriber()?,
             settings,
             registry,
         ))

@@ -2,7 +2,7 @@
 //! components on one `TaskTracker` under one `CancellationToken`, and stops them
 //! in order.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use sqlx::PgPool;
@@ -16,7 +16,7 @@ use crate::{
     mail::Mailer,
     metrics::{self, Scrape},
     outbox::{relay::Relay, wake::RelayWaker},
-    queue::{self, ArchiveLimits, Broker, WorkerServer, WorkerSettings},
+    queue::{ArchiveLimits, Broker, WorkerServer},
     tasks::{self, ledger::PgLedger},
     users::password::PasswordHasher,
 };
@@ -62,7 +62,7 @@ impl Clients {
     /// Neither connects eagerly: the process starts while either is down.
     pub fn new(cfg: &Config) -> anyhow::Result<Self> {
         let pool = db::pool(&cfg.db, cfg.database_url()?, cfg.db.max_connections)?;
-        let redis = queue::connection::pool(&cfg.redis).context("REDIS_URL")?;
+        let redis = cfg.redis.connection().pool().context("REDIS_URL")?;
         Ok(Self {
             pool,
             queue: broker(cfg, redis),
@@ -80,11 +80,8 @@ impl Clients {
         let pool = db::pool(&cfg.db, cfg.database_url()?, cfg.relay.parallel_batches)?;
         let queue = match cfg.redis.wait_replicas {
             0 => self.queue.clone(),
-            replicas => broker(
-                cfg,
-                queue::connection::pool(&cfg.redis).context("REDIS_URL")?,
-            )
-            .with_replica_wait(replicas, cfg.redis.wait_timeout),
+            replicas => broker(cfg, cfg.redis.connection().pool().context("REDIS_URL")?)
+                .with_replica_wait(replicas, cfg.redis.wait_timeout),
         };
         Ok(Relay::new(pool, queue, cfg.relay.clone()))
     }
@@ -216,15 +213,16 @@ pub async fn start(cfg: &Config, components: Components) -> anyhow::Result<Runni
             (cfg.worker.concurrency as u32).clamp(1, WORKER_POOL_MAX),
         )?;
         let registry = tasks::registry(pool.clone(), mailer, cfg);
-        let subscriber = queue::connection::subscriber(&cfg.redis)?;
+        let subscriber = cfg.redis.connection().subscriber()?;
         let server = WorkerServer::new(
             clients.queue.clone(),
             subscriber,
-            WorkerSettings::from(&cfg.worker),
+            cfg.worker.server_settings(),
             registry,
         )
         // The ledger record after a send never waits behind handlers' queries.
-        .with_ledger(PgLedger::new(db::pool(&cfg.db, cfg.database_url()?, 2)?));
+        .with_ledger(PgLedger::new(db::pool(&cfg.db, cfg.database_url()?, 2)?))
+        .with_observer(Arc::new(metrics::TaskMetrics));
         tracker.spawn(server.run(shutdown.clone()));
     }
 

@@ -21,12 +21,11 @@ pub mod mail;
 pub mod metrics;
 /// The operator's commands: queues, tasks, outbox stats.
 pub mod ops;
-/// Living through an outage: log once when it begins and once when it ends, back off between.
-pub mod outage;
 /// The transactional outbox: the write side and the relay to Redis.
 pub mod outbox;
-/// The Redis task queue: enqueue, the worker server, leases, retries.
-pub mod queue;
+/// The Redis task queue (the `simplebank-queue` crate): enqueue, the worker
+/// server, leases, retries.
+pub use simplebank_queue as queue;
 /// Task kinds and their handlers, and the processed-task ledger.
 pub mod tasks;
 /// Logging set-up.

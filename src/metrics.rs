@@ -21,7 +21,7 @@ use tokio::sync::Mutex;
 
 use crate::{
     outbox::stats::OutboxStats,
-    queue::{Broker, QueueStats, task::TaskState},
+    queue::{Broker, Observer, QueueStats, RunEnd, RunEnded, TaskState},
 };
 
 pub const HTTP_REQUESTS: &str = "simplebank_http_requests_total";
@@ -141,37 +141,37 @@ pub fn relay_error(store: &'static str) {
     counter!(RELAY_ERRORS, "store" => store).increment(1);
 }
 
-/// How a run ended, for the per-kind counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunEnd {
-    Processed,
-    Retried,
-    Archived,
-}
+/// The worker server's runs, counted per task kind (the server labels kinds
+/// no handler knows as one, so a kind enqueued by hand under any name adds
+/// one series, not one per name).
+pub struct TaskMetrics;
 
-/// One run ended. `kind` is the task kind when a handler is registered for
-/// it (so an unknown kind enqueued by hand adds one series, not one per
-/// name); `due_at` (the commit, or a later process_at), when known, starts
-/// the end-to-end latency.
-pub fn run_ended(kind: &str, end: RunEnd, took: Duration, due_at: Option<DateTime<Utc>>) {
-    let kind = kind.to_owned();
-    histogram!(HANDLER_DURATION, "kind" => kind.clone()).record(took.as_secs_f64());
-    match end {
-        RunEnd::Processed => {
-            counter!(TASKS_PROCESSED, "kind" => kind.clone()).increment(1);
-            if let Some(due_at) = due_at {
-                histogram!(COMMIT_TO_HANDLED, "kind" => kind)
-                    .record(seconds_since(due_at, Utc::now()));
+impl Observer for TaskMetrics {
+    fn run_ended(&self, run: &RunEnded<'_>) {
+        let kind = run.kind.to_owned();
+        histogram!(HANDLER_DURATION, "kind" => kind.clone()).record(run.took.as_secs_f64());
+        match run.end {
+            RunEnd::Processed => {
+                counter!(TASKS_PROCESSED, "kind" => kind.clone()).increment(1);
+                // From the commit, or from a later process_at: a delay on
+                // purpose is not latency.
+                if let Some(due_at) = run.due_at {
+                    histogram!(COMMIT_TO_HANDLED, "kind" => kind)
+                        .record(seconds_since(due_at, Utc::now()));
+                }
             }
+            RunEnd::Retried | RunEnd::Archived => run_failed(&kind, run.end),
         }
-        RunEnd::Retried | RunEnd::Archived => run_failed(&kind, end),
+    }
+
+    /// A run whose worker died or was cut off, which no worker lived to count.
+    fn lease_expired(&self, kind: &str, end: RunEnd) {
+        run_failed(kind, end);
     }
 }
 
-/// A failed run: retried, or archived. Also called by the forwarder for a
-/// run whose lease expired (its worker died or was cut off), which no
-/// worker lived to count.
-pub fn run_failed(kind: &str, end: RunEnd) {
+/// A failed run: retried, or archived.
+fn run_failed(kind: &str, end: RunEnd) {
     let kind = kind.to_owned();
     counter!(TASKS_FAILED, "kind" => kind.clone()).increment(1);
     let name = match end {

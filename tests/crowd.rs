@@ -2,7 +2,7 @@
 //! only clear answers. A test binary of its own, so that its load does not
 //! disturb the timing of the other tests (test binaries run one at a time).
 
-#[path = "it/common.rs"]
+#[path = "common/mod.rs"]
 mod common;
 
 use std::{
@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{TestEnv, free_port, user_json};
+use common::{TestEnv, next_port, user_json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_simplebank");
 
@@ -27,7 +27,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 #[tokio::test]
 async fn a_thousand_concurrent_sign_ups_keep_memory_bounded() {
     let env = TestEnv::new().await;
-    let port = free_port();
+    let port = next_port();
     // serve as shipped: default argon2id (19 MiB a hash), default limits.
     let mut child = Command::new(BIN)
         .arg("serve")

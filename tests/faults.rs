@@ -11,7 +11,7 @@
 //! own, the dev Postgres (restarted through `scripts/dev-services.sh`), and
 //! the release-or-debug `simplebank` binary this test was built with.
 
-#[path = "it/common.rs"]
+#[path = "common/mod.rs"]
 mod common;
 
 use std::{
@@ -23,8 +23,8 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use common::{CuttableLink, RedisProcess, SmtpProcess, TestEnv, free_port, redis_addr};
-use simplebank::queue::{self, Broker, TaskState};
+use common::{CuttableLink, RedisProcess, SmtpProcess, TestEnv, next_port, redis_addr};
+use simplebank::queue::{Broker, TaskState};
 
 const BIN: &str = env!("CARGO_BIN_EXE_simplebank");
 /// Offered sign-ups per second, split between the two processes.
@@ -58,7 +58,7 @@ impl Serve {
         Self {
             name,
             env,
-            port: free_port(),
+            port: next_port(),
             log: dir.join(format!("serve-{name}.log")),
             child: None,
         }
@@ -163,7 +163,7 @@ async fn sign_ups_survive_every_fault() {
     let dir = std::env::temp_dir().join(format!("sbfaults-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut redis = RedisProcess::start();
-    let mut smtp = SmtpProcess::on_port(free_port());
+    let mut smtp = SmtpProcess::start();
     let mut cut_link = CuttableLink::to(redis_addr(&redis.url())).await;
     let prefix = env.cfg.redis.key_prefix.clone();
     let settings = |redis_url: String| -> Vec<(String, String)> {
@@ -302,7 +302,7 @@ async fn sign_ups_survive_every_fault() {
     at(80).await;
     smtp.stop();
     tokio::time::sleep(SMTP_DOWN).await;
-    smtp.start();
+    smtp.up();
     timeline.push(format!(
         "{:>4}s SMTP server away for {} s",
         80,
@@ -313,7 +313,7 @@ async fn sign_ups_survive_every_fault() {
     // Settle: nothing undispatched, nothing pending, running or waiting.
     let mut direct = env.cfg.redis.clone();
     direct.url = redis.url();
-    let broker = Broker::new(queue::connection::pool(&direct).unwrap(), &prefix);
+    let broker = Broker::new(direct.connection().pool().unwrap(), &prefix);
     let settle_started = Instant::now();
     loop {
         let undispatched = env
@@ -353,7 +353,7 @@ async fn sign_ups_survive_every_fault() {
         .await
         .unwrap()
         .into_iter()
-        .map(|t| t.id)
+        .map(|t| t.id.get())
         .collect();
     let mut received: HashMap<String, Vec<SystemTime>> = HashMap::new();
     for (at, raw) in smtp.received() {

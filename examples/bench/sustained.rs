@@ -24,7 +24,7 @@ use simplebank::{
     app::Clients,
     config::Config,
     outbox::{stats::OutboxStats, wake::RelayWaker, write::NewTask},
-    queue::{self, Broker, HandlerRegistry, Processed, WorkerServer, WorkerSettings, handler_fn},
+    queue::{Broker, HandlerRegistry, Processed, WorkerServer, handler_fn},
     users::repo::{self, NewUser},
 };
 use tokio_util::sync::CancellationToken;
@@ -61,11 +61,11 @@ pub async fn worker_child(cfg: Config, out: PathBuf) -> anyhow::Result<()> {
             async { Ok(Processed::default()) }
         }),
     );
-    let broker = Broker::new(queue::connection::pool(&cfg.redis)?, &cfg.redis.key_prefix);
+    let broker = Broker::new(cfg.redis.connection().pool()?, &cfg.redis.key_prefix);
     let server = WorkerServer::new(
         broker,
-        queue::connection::subscriber(&cfg.redis)?,
-        WorkerSettings::from(&cfg.worker),
+        cfg.redis.connection().subscriber()?,
+        cfg.worker.server_settings(),
         registry,
     );
     let stop = CancellationToken::new();

@@ -27,7 +27,7 @@ use sqlx::PgPool;
 use crate::{
     config::Config,
     outbox::stats::OutboxStats,
-    queue::{Broker, Repair, TaskState},
+    queue::{Broker, QueueWeight, Repair, TaskId, TaskState},
 };
 use auth::{Key, Session};
 
@@ -40,7 +40,7 @@ pub struct Dashboard {
     key: Option<Key>,
     broker: Broker,
     pool: PgPool,
-    queues: Vec<(String, u32)>,
+    queues: Vec<QueueWeight>,
     relay_max_age: Duration,
     /// How long a deleted task's tombstone stays (WORKER_DONE_RETENTION).
     retention: Duration,
@@ -69,7 +69,7 @@ impl Dashboard {
     }
 
     fn knows_queue(&self, queue: &str) -> bool {
-        self.queues.iter().any(|(q, _)| q == queue)
+        self.queues.iter().any(|q| q.queue == queue)
     }
 }
 
@@ -215,7 +215,7 @@ struct QueueRow {
 /// One archived task.
 struct ArchivedRow {
     queue: String,
-    id: i64,
+    id: TaskId,
     kind: String,
     retried: String,
     failed_at: String,
@@ -244,7 +244,7 @@ struct DashboardPage {
 struct Done {
     done: Option<String>,
     queue: Option<String>,
-    task: Option<i64>,
+    task: Option<TaskId>,
 }
 
 impl Done {
@@ -274,7 +274,11 @@ async fn index(State(d): Shared, headers: HeaderMap, Query(done): Query<Done>) -
     let mut problems = Vec::new();
     let mut queues = Vec::new();
     let mut archived = Vec::new();
-    for (name, weight) in &d.queues {
+    for QueueWeight {
+        queue: name,
+        weight,
+    } in &d.queues
+    {
         let stats = match d.broker.stats(name).await {
             Ok(s) => s,
             Err(e) => {
@@ -385,7 +389,7 @@ fn actor(peer: Option<Extension<ConnectInfo<SocketAddr>>>) -> String {
     }
 }
 
-fn back(verb: &str, queue: &str, task: Option<i64>) -> Response {
+fn back(verb: &str, queue: &str, task: Option<TaskId>) -> Response {
     let task = task.map(|id| format!("&task={id}")).unwrap_or_default();
     let queue: String = url::form_urlencoded::byte_serialize(queue.as_bytes()).collect();
     Redirect::to(&format!("/admin?done={verb}&queue={queue}{task}")).into_response()
@@ -418,7 +422,7 @@ async fn task_action(
     State(d): Shared,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
-    Path((queue, id, action)): Path<(String, i64, String)>,
+    Path((queue, id, action)): Path<(String, TaskId, String)>,
     Form(form): Form<ChangeForm>,
 ) -> Response {
     if let Some(refused) = refusal(&d, &headers, &form, &queue) {

@@ -12,6 +12,8 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration}
 
 use clap::{Args, ValueEnum};
 
+use crate::queue::{QueueWeight, RedisSettings, RetryPolicy, WorkerSettings};
+
 /// Everything the service can be told, grouped by the component it configures.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -429,16 +431,53 @@ pub struct MailConfig {
 pub struct QueueWeights(pub BTreeMap<String, u32>);
 
 impl QueueWeights {
-    /// Queue names, highest weight first (ties by name), the order of strict priority.
-    pub fn by_priority(&self) -> Vec<(String, u32)> {
-        let mut queues: Vec<_> = self.0.iter().map(|(q, w)| (q.clone(), *w)).collect();
-        queues.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    /// The queues, highest weight first (ties by name), the order of strict priority.
+    pub fn by_priority(&self) -> Vec<QueueWeight> {
+        let mut queues: Vec<_> = self
+            .0
+            .iter()
+            .map(|(queue, weight)| QueueWeight {
+                queue: queue.clone(),
+                weight: *weight,
+            })
+            .collect();
+        queues.sort_by(|a, b| b.weight.cmp(&a.weight).then_with(|| a.queue.cmp(&b.queue)));
         queues
     }
 
     /// Queue names, highest weight first.
     pub fn names(&self) -> Vec<String> {
-        self.by_priority().into_iter().map(|(q, _)| q).collect()
+        self.by_priority().into_iter().map(|q| q.queue).collect()
+    }
+}
+
+impl RedisConfig {
+    /// How the queue crate connects to this Redis.
+    pub fn connection(&self) -> RedisSettings {
+        RedisSettings {
+            url: self.url.clone(),
+            pool_size: self.pool_size,
+            connect_timeout: self.connect_timeout,
+            command_timeout: self.command_timeout,
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// The worker server's settings.
+    pub fn server_settings(&self) -> WorkerSettings {
+        WorkerSettings {
+            concurrency: self.concurrency.max(1),
+            queues: self.queues.by_priority(),
+            strict_priority: self.strict_priority,
+            lease: self.lease,
+            retry: RetryPolicy {
+                unit: self.retry_unit,
+                max: self.retry_max,
+            },
+            shutdown_grace: self.shutdown_grace,
+            done_retention: self.done_retention,
+        }
     }
 }
 
@@ -497,7 +536,7 @@ mod tests {
     #[test]
     fn queue_weights_parse_and_order() {
         let q = parse_queues("default=5, critical=10,low=1").unwrap();
-        let names: Vec<_> = q.by_priority().into_iter().map(|(n, _)| n).collect();
+        let names = q.names();
         assert_eq!(names, ["critical", "default", "low"]);
         assert!(parse_queues("critical").is_err());
         assert!(parse_queues("critical=0").is_err());

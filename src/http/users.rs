@@ -78,6 +78,6 @@ pub async fn create_user(
     };
     let (user, task_id) = repo::create_with_task(&state.pool, &new_user, &task).await?;
     state.waker.wake();
-    tracing::info!(username = %user.username, task_id, "user created");
+    tracing::info!(username = %user.username, task_id = task_id.get(), "user created");
     Ok(Json(CreateUserResponse { user }))
 }

@@ -120,7 +120,7 @@ pub async fn resend_verify_email(
         }),
         Resend::Queued { task_id } => {
             state.waker.wake();
-            tracing::info!(task_id, "verification link sent again");
+            tracing::info!(task_id = task_id.get(), "verification link sent again");
             Ok(accepted())
         }
         Resend::NothingToSend => Ok(accepted()),

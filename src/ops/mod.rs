@@ -14,14 +14,18 @@ use comfy_table::Table;
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::{app::Clients, config::Config, queue::Broker};
+use crate::{
+    app::Clients,
+    config::Config,
+    queue::{Broker, QueueWeight},
+};
 
 /// What every operator command works with.
 pub struct Ops {
     pub pool: PgPool,
     pub broker: Broker,
     /// WORKER_QUEUES, highest weight first: the queues a command may name.
-    pub queues: Vec<(String, u32)>,
+    pub queues: Vec<QueueWeight>,
     /// `--json`: one JSON document on stdout instead of a table.
     pub json: bool,
     /// How long a deleted task's tombstone stays (WORKER_DONE_RETENTION).
@@ -43,10 +47,10 @@ impl Ops {
     /// `name`, when it is one of WORKER_QUEUES: a typo must not pause, or
     /// search, a queue no worker serves.
     pub fn queue<'a>(&self, name: &'a str) -> anyhow::Result<&'a str> {
-        if self.queues.iter().any(|(q, _)| q == name) {
+        if self.queues.iter().any(|q| q.queue == name) {
             return Ok(name);
         }
-        let known: Vec<&str> = self.queues.iter().map(|(q, _)| q.as_str()).collect();
+        let known: Vec<&str> = self.queues.iter().map(|q| q.queue.as_str()).collect();
         bail!(
             "queue {name:?} is not one of WORKER_QUEUES ({})",
             known.join(", ")

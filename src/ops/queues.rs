@@ -7,7 +7,10 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use super::{Ops, cli_actor, human, print_json, table};
-use crate::{config::parse_duration, queue::QueueStats};
+use crate::{
+    config::parse_duration,
+    queue::{QueueStats, QueueWeight},
+};
 
 #[derive(Debug, Clone, Args)]
 pub struct QueuesArgs {
@@ -97,7 +100,7 @@ fn report(
 
 async fn show(ops: &Ops, watching: bool) -> anyhow::Result<()> {
     let mut lines = Vec::with_capacity(ops.queues.len());
-    for (queue, weight) in &ops.queues {
+    for QueueWeight { queue, weight } in &ops.queues {
         lines.push(QueueLine {
             queue: queue.clone(),
             weight: *weight,

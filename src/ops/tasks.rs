@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::{Ops, cli_actor, confirm, print_json, table};
 use crate::{
     config::parse_duration,
-    queue::{Repair, TaskInfo, TaskState},
+    queue::{QueueWeight, Repair, TaskId, TaskInfo, TaskState},
 };
 
 #[derive(Debug, Clone, Args)]
@@ -46,7 +46,7 @@ pub enum TasksAction {
     },
     /// One task: its outbox row, Redis entry, ledger entry and verify-email row.
     Show {
-        id: i64,
+        id: TaskId,
         /// Its queue, when the outbox row is gone (default: searched).
         #[arg(long)]
         queue: Option<String>,
@@ -55,7 +55,7 @@ pub enum TasksAction {
     /// its retries back), or every archived task of a queue.
     #[command(group(ArgGroup::new("which").required(true).args(["id", "archived"])))]
     Retry {
-        id: Option<i64>,
+        id: Option<TaskId>,
         /// The task's queue (default: searched); with --archived, the queue.
         #[arg(long)]
         queue: Option<String>,
@@ -71,7 +71,7 @@ pub enum TasksAction {
     },
     /// Delete a task that is not running.
     Delete {
-        id: i64,
+        id: TaskId,
         /// Its queue (default: searched).
         #[arg(long)]
         queue: Option<String>,
@@ -204,7 +204,7 @@ fn time(t: Option<DateTime<Utc>>) -> String {
 /// Where task `id` is in Redis: in `queue` when given, else in its outbox
 /// row's queue, else in whichever of WORKER_QUEUES has it. `Err` when it is
 /// in none of them, naming where it looked.
-async fn locate(ops: &Ops, id: i64, queue: Option<&str>) -> anyhow::Result<(String, TaskInfo)> {
+async fn locate(ops: &Ops, id: TaskId, queue: Option<&str>) -> anyhow::Result<(String, TaskInfo)> {
     let (found, looked) = find(ops, id, queue).await?;
     found.ok_or_else(|| {
         anyhow::anyhow!(
@@ -217,7 +217,7 @@ async fn locate(ops: &Ops, id: i64, queue: Option<&str>) -> anyhow::Result<(Stri
 /// [`locate`]'s search: the task if found, and the queues looked in.
 async fn find(
     ops: &Ops,
-    id: i64,
+    id: TaskId,
     queue: Option<&str>,
 ) -> anyhow::Result<(Option<(String, TaskInfo)>, Vec<String>)> {
     let mut candidates: Vec<String> = Vec::new();
@@ -229,7 +229,7 @@ async fn find(
             if let Some(row) = OutboxEntry::read(ops, id).await? {
                 candidates.push(row.queue);
             }
-            for (q, _) in &ops.queues {
+            for QueueWeight { queue: q, .. } in &ops.queues {
                 if !candidates.contains(q) {
                     candidates.push(q.clone());
                 }
@@ -247,7 +247,7 @@ async fn find(
 fn report_repair(
     ops: &Ops,
     queue: &str,
-    id: i64,
+    id: TaskId,
     repair: Repair,
     done: &str,
 ) -> anyhow::Result<()> {
@@ -270,7 +270,7 @@ fn report_repair(
 
 fn report_dry_run(ops: &Ops, queue: &str, tasks: &[TaskInfo]) -> anyhow::Result<()> {
     if ops.json {
-        let ids: Vec<i64> = tasks.iter().map(|t| t.id).collect();
+        let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
         return print_json(
             &serde_json::json!({ "queue": queue, "dry_run": true, "would_retry": ids }),
         );
@@ -330,8 +330,8 @@ struct OutboxEntry {
 }
 
 impl OutboxEntry {
-    async fn read(ops: &Ops, id: i64) -> Result<Option<Self>, sqlx::Error> {
-        let row = sqlx::query_file!("sql/outbox/by_id.sql", id)
+    async fn read(ops: &Ops, id: TaskId) -> Result<Option<Self>, sqlx::Error> {
+        let row = sqlx::query_file!("sql/outbox/by_id.sql", id.get())
             .fetch_optional(&ops.pool)
             .await?;
         Ok(row.map(|r| Self {
@@ -368,23 +368,24 @@ struct VerifyEmailEntry {
 /// One task everywhere it is recorded.
 #[derive(Serialize)]
 struct Shown {
-    id: i64,
+    id: TaskId,
     outbox: Option<OutboxEntry>,
     redis: Option<TaskInfo>,
     ledger: Option<LedgerEntry>,
     verify_email: Option<VerifyEmailEntry>,
 }
 
-async fn show(ops: &Ops, id: i64, queue: Option<&str>) -> anyhow::Result<()> {
+async fn show(ops: &Ops, id: TaskId, queue: Option<&str>) -> anyhow::Result<()> {
     let outbox = OutboxEntry::read(ops, id).await?;
     // A Redis that does not answer is an error, not "no task".
     let redis = find(ops, id, queue).await?.0.map(|(_, task)| task);
-    let ledger = sqlx::query_file_as!(LedgerEntry, "sql/ledger/entry.sql", id)
+    let ledger = sqlx::query_file_as!(LedgerEntry, "sql/ledger/entry.sql", id.get())
         .fetch_optional(&ops.pool)
         .await?;
-    let verify_email = sqlx::query_file_as!(VerifyEmailEntry, "sql/verify_emails/by_task.sql", id)
-        .fetch_optional(&ops.pool)
-        .await?;
+    let verify_email =
+        sqlx::query_file_as!(VerifyEmailEntry, "sql/verify_emails/by_task.sql", id.get())
+            .fetch_optional(&ops.pool)
+            .await?;
     let shown = Shown {
         id,
         outbox,

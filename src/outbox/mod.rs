@@ -36,7 +36,7 @@ pub struct OutboxRow {
 impl From<OutboxRow> for TaskMessage {
     fn from(r: OutboxRow) -> Self {
         TaskMessage {
-            id: r.id,
+            id: r.id.into(),
             kind: r.kind,
             queue: r.queue,
             payload: r.payload,

@@ -31,8 +31,7 @@ use super::{NOTIFY_CHANNEL, OutboxRow, held::HeldQueues, wake::RelayWaker};
 use crate::{
     config::RelayConfig,
     metrics,
-    outage::Outage,
-    queue::{Broker, QueueError, TaskMessage},
+    queue::{Broker, Outage, QueueError, TaskMessage},
 };
 
 /// How often the loop deletes dispatched rows older than the retention.
@@ -367,10 +366,10 @@ impl Relay {
                     }
                 }
                 Err(e) => {
-                    if outage.pause(e.side(), &e, &shutdown).await {
-                        continue;
+                    if outage.pause(e.side(), &e, &shutdown).await.is_break() {
+                        break;
                     }
-                    break;
+                    continue;
                 }
             }
             tokio::select! {
@@ -418,10 +417,10 @@ async fn listen(
                         listener.insert(l)
                     }
                     Err(e) => {
-                        if outage.pause("postgres", &e, &shutdown).await {
-                            continue;
+                        if outage.pause("postgres", &e, &shutdown).await.is_break() {
+                            return;
                         }
-                        return;
+                        continue;
                     }
                 }
             }

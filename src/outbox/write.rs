@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use sqlx::PgConnection;
 
+use crate::queue::TaskId;
+
 /// A task to be run once the surrounding transaction commits.
 #[derive(Debug, Clone)]
 pub struct NewTask {
@@ -26,7 +28,7 @@ impl NewTask {
 
 /// Inserts `task` on `conn` (a connection inside the caller's transaction) and
 /// returns its id, which is the task id for the task's whole life.
-pub async fn insert(conn: &mut PgConnection, task: &NewTask) -> Result<i64, sqlx::Error> {
+pub async fn insert(conn: &mut PgConnection, task: &NewTask) -> Result<TaskId, sqlx::Error> {
     let id = sqlx::query_file_scalar!(
         "sql/outbox/insert.sql",
         task.kind,
@@ -39,5 +41,5 @@ pub async fn insert(conn: &mut PgConnection, task: &NewTask) -> Result<i64, sqlx
     )
     .fetch_one(conn)
     .await?;
-    Ok(id)
+    Ok(TaskId::from(id))
 }

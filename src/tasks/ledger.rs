@@ -19,11 +19,11 @@
 use futures::future::BoxFuture;
 use sqlx::{PgConnection, PgPool};
 
-use crate::queue::{Ledger, Task};
+use crate::queue::{Ledger, Task, TaskId};
 
 /// Whether task `task_id` already completed.
-pub async fn is_done(pool: &PgPool, task_id: i64) -> Result<bool, sqlx::Error> {
-    sqlx::query_file_scalar!("sql/ledger/is_done.sql", task_id)
+pub async fn is_done(pool: &PgPool, task_id: TaskId) -> Result<bool, sqlx::Error> {
+    sqlx::query_file_scalar!("sql/ledger/is_done.sql", task_id.get())
         .fetch_one(pool)
         .await
 }
@@ -31,10 +31,10 @@ pub async fn is_done(pool: &PgPool, task_id: i64) -> Result<bool, sqlx::Error> {
 /// Records task `task_id` as done, on `conn` (a pool connection or a transaction).
 pub async fn mark_done(
     conn: &mut PgConnection,
-    task_id: i64,
+    task_id: TaskId,
     kind: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query_file!("sql/ledger/mark_done.sql", task_id, kind)
+    sqlx::query_file!("sql/ledger/mark_done.sql", task_id.get(), kind)
         .execute(conn)
         .await?;
     Ok(())

@@ -4,7 +4,10 @@
 use sqlx::PgPool;
 
 use super::User;
-use crate::outbox::write::{self, NewTask};
+use crate::{
+    outbox::write::{self, NewTask},
+    queue::TaskId,
+};
 
 /// Which unique value a sign-up collided with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +38,7 @@ pub async fn create_with_task(
     pool: &PgPool,
     user: &NewUser<'_>,
     task: &NewTask,
-) -> Result<(User, i64), CreateUserError> {
+) -> Result<(User, TaskId), CreateUserError> {
     let mut tx = pool.begin().await?;
     let created = sqlx::query_file_as!(
         User,

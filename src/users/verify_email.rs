@@ -7,7 +7,10 @@ use rand::{Rng, distr::Alphanumeric};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
-use crate::outbox::write::{self, NewTask};
+use crate::{
+    outbox::write::{self, NewTask},
+    queue::TaskId,
+};
 
 /// A verification link about to be sent: the row's id and address, and the
 /// secret code, which exists only here and in the email (the row keeps its
@@ -47,7 +50,7 @@ fn secret_code() -> String {
 /// works, and a link sent before keeps working until its own expiry.
 pub async fn get_or_create_for_task(
     pool: &PgPool,
-    task_id: i64,
+    task_id: TaskId,
     username: &str,
     email: &str,
     ttl: Duration,
@@ -56,7 +59,7 @@ pub async fn get_or_create_for_task(
     let mut tx = pool.begin().await?;
     let row = sqlx::query_file!(
         "sql/verify_emails/get_or_create_for_task.sql",
-        task_id,
+        task_id.get(),
         username,
         email
     )
@@ -82,7 +85,7 @@ pub async fn get_or_create_for_task(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resend {
     /// A new link is on its way (task `task_id`).
-    Queued { task_id: i64 },
+    Queued { task_id: TaskId },
     /// No unverified account has this address: nothing to send.
     NothingToSend,
     /// The address had a request within the interval.

@@ -6,7 +6,10 @@
 use std::{process::Stdio, time::Duration};
 
 use fantoccini::{ClientBuilder, Locator};
-use simplebank::{app::Components, queue::TaskState};
+use simplebank::{
+    app::Components,
+    queue::{TaskId, TaskState},
+};
 
 use crate::common::*;
 
@@ -21,7 +24,7 @@ async fn archived_task(env: &TestEnv, id: i64) {
         .enqueue(&[task_msg(id, "task:nobody", "default")])
         .await
         .unwrap();
-    wait_state(&broker, "default", id, TaskState::Archived).await;
+    wait_state(&broker, "default", TaskId::from(id), TaskState::Archived).await;
     broker.pause("default", "test").await.unwrap();
 }
 
@@ -154,7 +157,12 @@ async fn a_change_needs_a_session_and_its_csrf_field() {
         let res = req.send().await.unwrap();
         assert_eq!(res.status(), 403, "{body} {origin:?}");
         assert_eq!(
-            broker.task("default", 7).await.unwrap().unwrap().state,
+            broker
+                .task("default", TaskId::from(7))
+                .await
+                .unwrap()
+                .unwrap()
+                .state,
             TaskState::Archived
         );
     }
@@ -173,7 +181,12 @@ async fn a_change_needs_a_session_and_its_csrf_field() {
         "/admin?done=retried&queue=default&task=7"
     );
     assert_eq!(
-        broker.task("default", 7).await.unwrap().unwrap().state,
+        broker
+            .task("default", TaskId::from(7))
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
         TaskState::Pending
     );
     // A script's way in: the token as a bearer credential (no cookie, no CSRF).
@@ -185,7 +198,12 @@ async fn a_change_needs_a_session_and_its_csrf_field() {
     assert_eq!(res.status(), 303);
     // Gone from every list; a tombstone keeps a repeated enqueue a no-op.
     assert_eq!(
-        broker.task("default", 7).await.unwrap().unwrap().state,
+        broker
+            .task("default", TaskId::from(7))
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
         TaskState::Deleted
     );
     assert_eq!(broker.stats("default").await.unwrap().pending, 0);
@@ -201,7 +219,7 @@ struct Driver {
 
 impl Driver {
     async fn start() -> Self {
-        let port = free_port();
+        let port = next_port();
         let process = std::process::Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -338,7 +356,7 @@ async fn in_a_browser_an_archived_task_is_retried_from_the_dashboard() {
     );
     assert_eq!(
         env.queue()
-            .task("default", 41)
+            .task("default", TaskId::from(41))
             .await
             .unwrap()
             .unwrap()

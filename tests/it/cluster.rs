@@ -26,19 +26,24 @@ impl RedisCluster {
     pub fn start() -> Self {
         let dir =
             std::env::temp_dir().join(format!("sbtest-cluster-{}", uuid::Uuid::new_v4().simple()));
-        let ports: Vec<u16> = (0..6).map(|_| cluster_port()).collect();
         // Each node is in `cluster` from its spawn on: a panic part-way
         // stops those already started.
         let mut cluster = Self {
-            nodes: ports.iter().map(|_| None).collect(),
-            ports,
+            nodes: Vec::new(),
+            ports: Vec::new(),
             dir,
         };
-        for i in 0..cluster.ports.len() {
-            cluster.nodes[i] = Some(spawn_node(&cluster.dir, cluster.ports[i]));
-        }
-        for port in &cluster.ports {
-            wait_port(*port);
+        for _ in 0..6 {
+            // A node also binds its port + 10000 (the cluster bus): a node
+            // that cannot bind either exits, and is started on other ports.
+            let (child, port) = spawn_listening(
+                "redis-server (cluster node)",
+                Duration::from_secs(10),
+                |port| node_command(&cluster.dir, port),
+                is_redis_child,
+            );
+            cluster.nodes.push(Some(child));
+            cluster.ports.push(port);
         }
         let addresses: Vec<String> = cluster
             .ports
@@ -147,8 +152,12 @@ impl RedisCluster {
     pub fn restart(&mut self, port: u16) {
         let i = self.ports.iter().position(|p| *p == port).unwrap();
         assert!(self.nodes[i].is_none(), "node {port} is running");
-        self.nodes[i] = Some(spawn_node(&self.dir, port));
-        wait_port(port);
+        let child = node_command(&self.dir, port)
+            .spawn()
+            .expect("redis-server on PATH (make test installs it)");
+        // In `nodes` at once, so that a failed start is stopped on drop.
+        self.nodes[i] = Some(child);
+        wait_redis(port, self.nodes[i].as_ref().unwrap());
     }
 
     /// The port of the replica of the primary on `primary`, once the node
@@ -222,18 +231,6 @@ impl Drop for RedisCluster {
     }
 }
 
-/// A free port for a cluster node: at most 55535, since the node also takes
-/// the port 10000 above it for the cluster bus, which must be free too.
-fn cluster_port() -> u16 {
-    for _ in 0..1000 {
-        let port = free_port();
-        if port <= 55_535 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port pair for a cluster node")
-}
-
 /// A child process killed (by its PID) when dropped, so that a failing test
 /// leaves no server running.
 struct Guarded(Option<Child>);
@@ -262,32 +259,31 @@ impl Drop for Guarded {
 
 /// One cluster node on `port`, its files in `dir/<port>` (a restart finds
 /// its nodes.conf there and rejoins).
-fn spawn_node(dir: &std::path::Path, port: u16) -> Child {
+fn node_command(dir: &std::path::Path, port: u16) -> Command {
     let node_dir = dir.join(port.to_string());
     std::fs::create_dir_all(&node_dir).unwrap();
-    Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-        .args([
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            "nodes.conf",
-        ])
-        // Failover within seconds of a primary's death, but not for a node
-        // that a busy test machine left unscheduled for a moment.
-        .args(["--cluster-node-timeout", "2000"])
-        // Replicas in sync at once, not after the default 5 s.
-        .args(["--repl-diskless-sync-delay", "0"])
-        .args(["--save", "", "--appendonly", "no", "--dir"])
-        .arg(&node_dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server on PATH (make test installs it)")
+    let mut cmd = redis_command(port, &[]);
+    cmd.args([
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+    ])
+    // Failover within seconds of a primary's death, but not for a node
+    // that a busy test machine left unscheduled for a moment.
+    .args(["--cluster-node-timeout", "2000"])
+    // Replicas in sync at once, not after the default 5 s.
+    .args(["--repl-diskless-sync-delay", "0"])
+    .args(["--save", "", "--appendonly", "no", "--dir"])
+    .arg(&node_dir);
+    cmd
 }
 
-fn wait_port(port: u16) {
+/// Waits until the redis-server on `port` answers and is `child` (a server
+/// started again on the port it had).
+fn wait_redis(port: u16, child: &Child) {
     let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while !is_redis_child(port, child) {
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "redis-server on {port} did not start"
@@ -462,7 +458,7 @@ async fn three_serve_processes_share_the_outbox_and_the_cluster() {
     let cluster = RedisCluster::start();
     let env = TestEnv::new().await;
     let mail_dir = env.cfg.mail.dir.clone();
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let ports: Vec<u16> = (0..3).map(|_| next_port()).collect();
     let processes: Vec<Guarded> = ports
         .iter()
         .map(|port| {
@@ -594,7 +590,7 @@ async fn wake_ups_reach_a_subscriber_on_a_cluster() {
     let mut env = TestEnv::new().await;
     env.cfg.redis.url = cluster.url();
     let broker = simplebank::app::Clients::new(&env.cfg).unwrap().queue;
-    let subscriber = simplebank::queue::connection::subscriber(&env.cfg.redis).unwrap();
+    let subscriber = env.cfg.redis.connection().subscriber().unwrap();
     let mut messages = fred::prelude::EventInterface::message_rx(&subscriber);
     let channels = broker.wake_channels(queues.iter().map(|(q, _)| q.as_str()));
     eventually(Duration::from_secs(10), "subscribed", || {
@@ -633,50 +629,51 @@ async fn the_broker_follows_sentinel_through_a_failover() {
     let dir =
         std::env::temp_dir().join(format!("sbtest-sentinel-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (primary, replica, sentinel) = (free_port(), free_port(), free_port());
-    let server = |port: u16, extra: &[&str]| {
-        let child = Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-            ])
-            .args(["--dir", dir.to_str().unwrap()])
-            .args(["--dbfilename", &format!("dump-{port}.rdb")])
-            .args(["--repl-diskless-sync-delay", "0"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH");
-        wait_port(port);
-        child
+    let server = |extra: Vec<String>| {
+        let dir = dir.clone();
+        spawn_listening(
+            "redis-server",
+            Duration::from_secs(10),
+            move |port| {
+                let mut cmd =
+                    redis_command(port, &["--save", "", "--repl-diskless-sync-delay", "0"]);
+                cmd.arg("--dir")
+                    .arg(&dir)
+                    .args(["--dbfilename", &format!("dump-{port}.rdb")])
+                    .args(&extra);
+                cmd
+            },
+            is_redis_child,
+        )
     };
-    let mut primary_process = Guarded(Some(server(primary, &[])));
-    let _replica_process = Guarded(Some(server(
-        replica,
-        &["--replicaof", "127.0.0.1", &primary.to_string()],
-    )));
-    let conf = dir.join("sentinel.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "port {sentinel}\nbind 127.0.0.1\nsentinel monitor main 127.0.0.1 {primary} 1\n\
-             sentinel down-after-milliseconds main 1000\nsentinel failover-timeout main 5000\n"
-        ),
-    )
-    .unwrap();
-    let _sentinel_process = Guarded(Some(
-        Command::new("redis-server")
-            .arg(&conf)
-            .arg("--sentinel")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
-    wait_port(sentinel);
+    let (child, primary) = server(Vec::new());
+    let mut primary_process = Guarded(Some(child));
+    let (child, replica) = server(vec![
+        "--replicaof".into(),
+        "127.0.0.1".into(),
+        primary.to_string(),
+    ]);
+    let _replica_process = Guarded(Some(child));
+    let (child, sentinel) = spawn_listening(
+        "redis-server --sentinel",
+        Duration::from_secs(10),
+        |sentinel| {
+            let conf = dir.join(format!("sentinel-{sentinel}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {sentinel}\nbind 127.0.0.1\nsentinel monitor main 127.0.0.1 {primary} 1\n\
+                     sentinel down-after-milliseconds main 1000\nsentinel failover-timeout main 5000\n"
+                ),
+            )
+            .unwrap();
+            let mut cmd = Command::new("redis-server");
+            cmd.arg(&conf).arg("--sentinel").stdout(Stdio::null());
+            cmd
+        },
+        is_redis_child,
+    );
+    let _sentinel_process = Guarded(Some(child));
     // A sentinel learns of replicas from the primary's INFO, now and then:
     // a primary killed before it knows the replica would not be replaced.
     eventually(
@@ -708,7 +705,7 @@ async fn the_broker_follows_sentinel_through_a_failover() {
                 .await
                 .ok()?;
             let got = broker.dequeue("critical", 10, lease).await.ok()?;
-            got.iter().any(|t| t.id == id).then_some(())
+            got.iter().any(|t| t.id.get() == id).then_some(())
         }
     };
     eventually(

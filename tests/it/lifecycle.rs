@@ -210,7 +210,7 @@ fn help_shows_no_secret() {
 async fn no_secret_in_any_log_line_of_a_sign_up_and_its_verification() {
     let env = TestEnv::new().await;
     let mail_dir = std::env::temp_dir().join(format!("sblogs-{}", uuid::Uuid::new_v4().simple()));
-    let port = crate::common::free_port();
+    let port = crate::common::next_port();
     let mut child = Command::new(BIN)
         .arg("serve")
         .env("DATABASE_URL", &env.db_url)

@@ -1,6 +1,7 @@
 //! Integration tests against real Postgres and Redis (`make test` starts them).
 //! One binary with modules, so the suite links once.
 
+#[path = "../common/mod.rs"]
 mod common;
 
 mod admin;
@@ -10,6 +11,5 @@ mod edge;
 mod guarantees;
 mod lifecycle;
 mod operate;
-mod queue;
 mod relay;
 mod verify_email;

@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use simplebank::{app::Components, queue::TaskState};
+use simplebank::{
+    app::Components,
+    queue::{TaskId, TaskState},
+};
 
 use crate::common::*;
 
@@ -331,7 +334,7 @@ async fn a_paused_queue_is_not_dequeued_until_it_is_resumed() {
 
     let (ok, out, err) = cli(&env, &["queues", "resume", "critical"]).await;
     assert!(ok && out.contains("resumed"), "{out} {err}");
-    wait_state(&broker, "critical", 1, TaskState::Archived).await;
+    wait_state(&broker, "critical", TaskId::from(1), TaskState::Archived).await;
     let queues = cli_json(&env, &["queues", "--json"]).await;
     assert_eq!(queues[0]["paused"], false, "{queues}");
     // --watch prints again and again until stopped (here: two documents,
@@ -396,7 +399,7 @@ async fn an_archived_task_retried_from_the_cli_runs_once() {
     )
     .await;
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
-    assert_eq!(listed[0]["id"], id);
+    assert_eq!(listed[0]["id"], id.get());
     assert!(
         listed[0]["last_error"].as_str().unwrap().len() > 3,
         "{listed}"
@@ -526,7 +529,7 @@ async fn bulk_retry_asks_first_and_delete_removes_a_waiting_task() {
     assert_eq!(done["retried"].as_array().unwrap().len(), 2, "{done}");
     // One task by its id (its queue found through the queues searched):
     // archived again meanwhile (no handler), it is retried again.
-    wait_state(&broker, "default", 1, TaskState::Archived).await;
+    wait_state(&broker, "default", TaskId::from(1), TaskState::Archived).await;
     let (ok, out, err) = cli(&env, &["tasks", "retry", "1"]).await;
     assert!(
         ok && out.contains("retried (it was archived)"),
@@ -546,7 +549,12 @@ async fn bulk_retry_asks_first_and_delete_removes_a_waiting_task() {
     // A tombstone stays (WORKER_DONE_RETENTION): the relay forwarding the id
     // again (after a crash, or --redeliver-since) does not bring it back.
     assert_eq!(
-        broker.task("default", 3).await.unwrap().unwrap().state,
+        broker
+            .task("default", TaskId::from(3))
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
         TaskState::Deleted
     );
     assert_eq!(

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::common::{
     API_AND_RELAY, API_ONLY, CuttableLink, RELAY_ONLY, RedisProcess, TestApp, TestEnv, eventually,
-    free_port, postgres_addr, user_json,
+    next_port, postgres_addr, user_json,
 };
 
 /// Inserts `n` outbox rows for queue "default" straight in SQL.
@@ -347,7 +347,7 @@ async fn relay_once_that_cannot_reach_redis_fails_clearly_and_changes_nothing() 
     insert_rows(&env, 10).await;
     let started = Instant::now();
     let out = relay_command(&env, &["--once"])
-        .env("REDIS_URL", format!("redis://127.0.0.1:{}/0", free_port()))
+        .env("REDIS_URL", format!("redis://127.0.0.1:{}/0", next_port()))
         .env("REDIS_CONNECT_TIMEOUT", "300ms")
         .env("REDIS_COMMAND_TIMEOUT", "500ms")
         .output()

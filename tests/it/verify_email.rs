@@ -4,12 +4,11 @@ use std::time::Duration;
 
 use simplebank::{
     app::{Clients, Components},
-    queue::TaskState,
+    queue::{TaskId, TaskState},
 };
 
 use crate::common::{
-    API_ONLY, RELAY_AND_WORKER, SmtpProcess, TestEnv, eventually, free_port, user_json, wait_state,
-    wait_task,
+    API_ONLY, RELAY_AND_WORKER, SmtpProcess, TestEnv, eventually, user_json, wait_state, wait_task,
 };
 
 /// A received message, decoded: (to, subject, plain text, html).
@@ -44,7 +43,7 @@ fn path_of(link: &str) -> String {
 #[tokio::test]
 async fn sign_up_sends_one_email_whose_link_verifies_the_user() {
     let mut env = TestEnv::new().await;
-    let smtp = SmtpProcess::on_port(free_port());
+    let smtp = SmtpProcess::start();
     env.cfg.mail.smtp_url = Some(smtp.url());
     env.cfg.mail.app_base_url = "http://bank.test:8080".into();
     let app = env.start(Components::ALL).await;
@@ -120,7 +119,7 @@ async fn sign_up_sends_one_email_whose_link_verifies_the_user() {
 #[tokio::test]
 async fn a_task_delivered_twice_sends_one_email() {
     let mut env = TestEnv::new().await;
-    let smtp = SmtpProcess::on_port(free_port());
+    let smtp = SmtpProcess::start();
     env.cfg.mail.smtp_url = Some(smtp.url());
     let app = env.start(Components::ALL).await;
     assert_eq!(
@@ -161,8 +160,8 @@ async fn a_task_delivered_twice_sends_one_email() {
 #[tokio::test]
 async fn smtp_down_then_up_the_email_arrives_after_a_retry() {
     let mut env = TestEnv::new().await;
-    let port = free_port();
-    env.cfg.mail.smtp_url = Some(format!("smtp://127.0.0.1:{port}"));
+    let mut smtp = SmtpProcess::down();
+    env.cfg.mail.smtp_url = Some(smtp.url());
     env.cfg.mail.smtp_timeout = Duration::from_secs(2);
     let app = env.start(Components::ALL).await;
     assert_eq!(
@@ -182,7 +181,7 @@ async fn smtp_down_then_up_the_email_arrives_after_a_retry() {
     .await;
     assert!(failed.last_error.unwrap().contains("smtp"));
 
-    let smtp = SmtpProcess::on_port(port);
+    smtp.up();
     let message = eventually(
         Duration::from_secs(30),
         "the email after a retry",
@@ -207,7 +206,7 @@ async fn smtp_down_then_up_the_email_arrives_after_a_retry() {
 #[tokio::test]
 async fn a_refused_recipient_is_archived_at_once_with_the_reason() {
     let mut env = TestEnv::new().await;
-    let smtp = SmtpProcess::on_port(free_port());
+    let smtp = SmtpProcess::start();
     env.cfg.mail.smtp_url = Some(smtp.url());
     let app = env.start(Components::ALL).await;
     // The test SMTP server answers 550 for this mailbox.
@@ -229,7 +228,7 @@ async fn a_refused_recipient_is_archived_at_once_with_the_reason() {
 #[tokio::test]
 async fn a_user_verified_meanwhile_gets_no_more_email() {
     let mut env = TestEnv::new().await;
-    let smtp = SmtpProcess::on_port(free_port());
+    let smtp = SmtpProcess::start();
     env.cfg.mail.smtp_url = Some(smtp.url());
     sqlx::query(
         "INSERT INTO users (username, hashed_password, full_name, email, is_email_verified)
@@ -373,8 +372,8 @@ async fn verify_email_rejects_bad_links() {
 #[tokio::test]
 async fn a_retry_after_the_link_expired_sends_a_link_that_works() {
     let mut env = TestEnv::new().await;
-    let port = free_port();
-    env.cfg.mail.smtp_url = Some(format!("smtp://127.0.0.1:{port}"));
+    let mut smtp = SmtpProcess::down();
+    env.cfg.mail.smtp_url = Some(smtp.url());
     let app = env.start(Components::ALL).await;
     assert_eq!(
         app.post_json("/v1/create_user", user_json("ivy")).await.0,
@@ -395,7 +394,7 @@ async fn a_retry_after_the_link_expired_sends_a_link_that_works() {
         .execute(&env.pool)
         .await
         .unwrap();
-    let smtp = SmtpProcess::on_port(port);
+    smtp.up();
     let message = eventually(Duration::from_secs(30), "the email", || async {
         smtp.messages().pop()
     })
@@ -408,7 +407,7 @@ async fn a_retry_after_the_link_expired_sends_a_link_that_works() {
 #[tokio::test]
 async fn a_new_link_is_sent_on_request_and_the_answer_tells_nothing() {
     let mut env = TestEnv::new().await;
-    let smtp = SmtpProcess::on_port(free_port());
+    let smtp = SmtpProcess::start();
     env.cfg.mail.smtp_url = Some(smtp.url());
     env.cfg.signup.verify_email_resend_interval = Duration::from_secs(2);
     let app = env.start(Components::ALL).await;
@@ -493,12 +492,24 @@ async fn a_link_already_sent_keeps_working_after_a_later_send() {
     let ttl = Duration::from_secs(900);
     // Two sends of one task: the first one's email did arrive (an SMTP
     // timeout after delivery, or a crash before the ledger), then the retry.
-    let first = verify_email::get_or_create_for_task(&env.pool, 7, "pia", "pia@example.com", ttl)
-        .await
-        .unwrap();
-    let second = verify_email::get_or_create_for_task(&env.pool, 7, "pia", "pia@example.com", ttl)
-        .await
-        .unwrap();
+    let first = verify_email::get_or_create_for_task(
+        &env.pool,
+        TaskId::from(7),
+        "pia",
+        "pia@example.com",
+        ttl,
+    )
+    .await
+    .unwrap();
+    let second = verify_email::get_or_create_for_task(
+        &env.pool,
+        TaskId::from(7),
+        "pia",
+        "pia@example.com",
+        ttl,
+    )
+    .await
+    .unwrap();
     assert_eq!(first.id, second.id, "one row per task");
     assert_ne!(first.secret_code, second.secret_code);
     assert!(matches!(

@@ -10,7 +10,7 @@
 //! Scripts run by hash (EVALSHA) and are loaded again after a Redis restart
 //! forgot them. The Redis client re-sends a command whose connection dropped
 //! before the reply came; that is right for a script that is the same run
-//! twice (enqueue by id, extend, forward, settle) and wrong for dequeue (a
+//! twice (enqueue by id, extend, promote, settle) and wrong for dequeue (a
 //! second run takes other tasks, and the first ones wait for their lease to
 //! run out). The scripts that settle a run (complete, fail, requeue) refuse a
 //! run that is no longer active, so a repeat changes nothing; they are sent
@@ -18,12 +18,13 @@
 //! first run did, not what a repeat found: a lost reply is an error, and the
 //! caller asks again or lets the lease settle the task.
 
-pub mod keys;
+mod keys;
 mod reads;
 mod repairs;
 mod reply;
 mod scripts;
 
+use crate::TaskId;
 use std::{
     collections::HashMap,
     sync::Arc,
@@ -38,19 +39,21 @@ use fred::{
 };
 use futures::future::join_all;
 
-use self::{keys::QueueKeys, reply::Reply, scripts::SCRIPTS};
+use self::{reply::Reply, scripts::SCRIPTS};
 use super::{
     QueueError,
     fence::{Renewal, RunGuard},
     task::{Delivery, Task, TaskMessage},
 };
 
+pub use keys::QueueKeys;
 pub use reads::QueueStats;
 pub use repairs::Repair;
 
 /// What became of an acknowledgement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AckOutcome {
+    /// The run is recorded as completed.
     Completed,
     /// The delivery number moved on: another worker has the task now.
     LeaseLost,
@@ -60,7 +63,10 @@ pub enum AckOutcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailOutcome {
     /// It runs again at `at`.
-    Retry { at: DateTime<Utc> },
+    Retry {
+        /// When the next attempt falls due.
+        at: DateTime<Utc>,
+    },
     /// Retries used up (or skipped): it stays in the archive with its error.
     Archived,
     /// The delivery number moved on: another worker has the task now.
@@ -76,9 +82,9 @@ pub enum RequeueOutcome {
     LeaseLost,
 }
 
-/// What one forward pass over a queue did.
+/// What one promote pass over a queue did.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Forwarded {
+pub struct Promoted {
     /// Scheduled, retry and recovered tasks that became pending.
     pub moved: u64,
     /// Tasks whose lease had expired (each counted as a failed attempt).
@@ -86,9 +92,10 @@ pub struct Forwarded {
     /// When the earliest scheduled, retry or lease deadline falls due; `None`
     /// when the queue has none.
     pub next_due: Option<Duration>,
-    /// The kinds of the recovered tasks that were archived (retries used up)
-    /// and of those that will be retried, one entry per task.
+    /// The kinds of the recovered tasks that were archived (retries used up),
+    /// one entry per task.
     pub expired_archived: Vec<String>,
+    /// The kinds of the recovered tasks that will be retried, one entry per task.
     pub expired_retried: Vec<String>,
 }
 
@@ -97,7 +104,9 @@ pub struct Forwarded {
 /// retry or read; past these limits it is deleted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ArchiveLimits {
+    /// An archived task older than this is deleted.
     pub max_age: Duration,
+    /// Most archived tasks kept; the oldest beyond it are deleted.
     pub max_size: u64,
 }
 
@@ -245,7 +254,7 @@ impl Broker {
             if reply.int("new-task flag")? == 1 {
                 added += 1;
                 tracing::info!(
-                    task_id = t.id,
+                    task_id = t.id.get(),
                     r#type = %t.kind,
                     payload = %t.payload,
                     queue = %t.queue,
@@ -285,7 +294,7 @@ impl Broker {
         let mut reply = Reply::new(lua.name, reply)?;
         let mut tasks = Vec::with_capacity(reply.remaining() / 10);
         while reply.remaining() > 0 {
-            let id = reply.int("id")?;
+            let id = TaskId::from(reply.int("id")?);
             let kind = reply.text("kind")?;
             let payload = reply.text("payload")?;
             let retried = u32::try_from(reply.count("retried")?)
@@ -336,7 +345,7 @@ impl Broker {
         &self,
         queue: &str,
         retention: Duration,
-        runs: &[(i64, Delivery)],
+        runs: &[(TaskId, Delivery)],
     ) -> Result<Vec<AckOutcome>, QueueError> {
         let keys = self.keys(queue);
         let lua = &SCRIPTS.complete;
@@ -457,9 +466,9 @@ impl Broker {
 
     /// Moves due scheduled and retry tasks of `queue` to pending and recovers
     /// expired leases, at most `limit` per set.
-    pub async fn forward(&self, queue: &str, limit: u32) -> Result<Forwarded, QueueError> {
+    pub async fn promote(&self, queue: &str, limit: u32) -> Result<Promoted, QueueError> {
         let k = self.keys(queue);
-        let lua = &SCRIPTS.forward;
+        let lua = &SCRIPTS.promote;
         let reply = self
             .run(
                 lua,
@@ -476,7 +485,7 @@ impl Broker {
             )
             .await?;
         let mut reply = Reply::new(lua.name, reply)?;
-        let forwarded = Forwarded {
+        let promoted = Promoted {
             moved: reply.count("moved")?,
             recovered: reply.count("recovered")?,
             next_due: reply.opt_count("next due")?.map(Duration::from_millis),
@@ -485,10 +494,10 @@ impl Broker {
         };
         reply.end()?;
         // Some of the recovered may have been archived.
-        if forwarded.recovered > 0 {
+        if promoted.recovered > 0 {
             self.trim_archive_quietly(queue).await;
         }
-        Ok(forwarded)
+        Ok(promoted)
     }
 
     /// Extends to `lease` the leases of runs of `queue` this worker holds,
@@ -498,8 +507,8 @@ impl Broker {
         &self,
         queue: &str,
         lease: Duration,
-        runs: &[(i64, Delivery)],
-    ) -> Result<Vec<i64>, QueueError> {
+        runs: &[(TaskId, Delivery)],
+    ) -> Result<Vec<TaskId>, QueueError> {
         let k = self.keys(queue);
         let lua = &SCRIPTS.extend;
         let reply = self
@@ -508,7 +517,7 @@ impl Broker {
         let mut reply = Reply::new(lua.name, reply)?;
         let mut lost = Vec::with_capacity(reply.remaining());
         while reply.remaining() > 0 {
-            lost.push(reply.int("lost id")?);
+            lost.push(TaskId::from(reply.int("lost id")?));
         }
         Ok(lost)
     }
@@ -557,7 +566,7 @@ impl Broker {
 
 /// The arguments of the scripts that take a time and a list of runs:
 /// the time in ms, then id and delivery per run.
-fn runs_args(ms: Duration, runs: &[(i64, Delivery)]) -> Vec<String> {
+fn runs_args(ms: Duration, runs: &[(TaskId, Delivery)]) -> Vec<String> {
     let mut args = Vec::with_capacity(1 + 2 * runs.len());
     args.push(ms.as_millis().to_string());
     for (id, delivery) in runs {

@@ -1,5 +1,5 @@
 -- A run completed (its ledger row is written) but its lease was lost before
--- the acknowledgement, so the forwarder may have moved the task on: to
+-- the acknowledgement, so the promoter may have moved the task on: to
 -- pending or retry for another attempt, or to the archive as "lease expired".
 -- Mark it completed wherever it is, so Redis does not contradict the ledger.
 -- A task another worker holds now is left alone: that worker finds the ledger

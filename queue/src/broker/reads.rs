@@ -3,13 +3,14 @@
 //! scripts: a read changes nothing, so a snapshot that is a moment old is
 //! fine.
 
+use crate::TaskId;
 use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, Utc};
 use fred::{cmd, prelude::*};
 
 use super::Broker;
-use crate::queue::{
+use crate::{
     QueueError,
     task::{TaskInfo, TaskState},
 };
@@ -20,18 +21,21 @@ use crate::queue::{
 /// is paused.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct QueueStats {
+    /// Tasks ready to run, waiting for a worker.
     pub pending: u64,
+    /// Tasks being run under a lease.
     pub active: u64,
+    /// Tasks waiting for their process_at.
     pub scheduled: u64,
+    /// Failed tasks waiting for their next attempt.
     pub retry: u64,
+    /// Tasks that will not run again (retries used up or skipped).
     pub archived: u64,
     /// The age of the oldest pending task (Redis's clock); `None` when none
     /// is pending.
-    #[serde(
-        rename = "latency_seconds",
-        serialize_with = "crate::outbox::stats::as_seconds"
-    )]
+    #[serde(rename = "latency_seconds", serialize_with = "as_seconds")]
     pub latency: Option<Duration>,
+    /// Whether workers are kept from dequeuing from the queue.
     pub paused: bool,
 }
 
@@ -72,7 +76,7 @@ impl Broker {
             u64,
             u64,
             u64,
-            Option<i64>,
+            Option<TaskId>,
         ) = pipe.all().await?;
         let latency = match oldest {
             Some(id) => {
@@ -106,7 +110,12 @@ impl Broker {
 
     /// One task, or `None` when Redis does not know the id (never enqueued, or
     /// completed longer ago than the retention).
-    pub async fn task(&self, queue: &str, id: i64) -> Result<Option<TaskInfo>, QueueError> {
+    pub async fn task(
+        &self,
+        queue: &str,
+        id: impl Into<TaskId>,
+    ) -> Result<Option<TaskInfo>, QueueError> {
+        let id = id.into();
         let fields: HashMap<String, String> = self.pool.hgetall(self.keys(queue).task(id)).await?;
         if fields.is_empty() {
             return Ok(None);
@@ -132,7 +141,7 @@ impl Broker {
         // Redis indexes are i64; beyond that there is nothing to list anyway.
         let start = i64::try_from(offset).unwrap_or(i64::MAX);
         let stop = start.saturating_add(i64::try_from(limit - 1).unwrap_or(i64::MAX));
-        let ids: Vec<i64> = match state {
+        let ids: Vec<TaskId> = match state {
             // New ids are pushed on the left and taken from the right.
             TaskState::Pending => self.pool.lrange(&k.pending, -1 - stop, -1 - start).await?,
             TaskState::Active | TaskState::Scheduled | TaskState::Retry | TaskState::Archived => {
@@ -150,7 +159,7 @@ impl Broker {
                 return Err(QueueError::NotListable(state));
             }
         };
-        let ids: Vec<i64> = match state {
+        let ids: Vec<TaskId> = match state {
             TaskState::Pending => ids.into_iter().rev().collect(),
             _ => ids,
         };
@@ -174,7 +183,7 @@ impl Broker {
 /// A task hash decoded; a field of the wrong form is an error, not a default.
 fn task_info(
     queue: &str,
-    id: i64,
+    id: TaskId,
     mut fields: HashMap<String, String>,
 ) -> Result<TaskInfo, QueueError> {
     let bad = |detail: String| QueueError::Reply {
@@ -211,4 +220,9 @@ fn task_info(
         created_at: time("created_at", take("created_at"))?,
         request_id: take("request_id").filter(|id| !id.is_empty()),
     })
+}
+
+/// A duration as fractional seconds, for JSON.
+fn as_seconds<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&d.map(|d| d.as_secs_f64()), s)
 }

@@ -4,7 +4,7 @@
 
 use fred::types::Value;
 
-use crate::queue::QueueError;
+use crate::QueueError;
 
 /// The elements of one script's array reply, taken in order.
 pub(super) struct Reply {

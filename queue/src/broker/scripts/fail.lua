@@ -23,6 +23,6 @@ end
 redis.call('HSET', KEYS[1], 'state', 'retry', 'retried', int(retried + 1))
 local due = now + tonumber(ARGV[4])
 redis.call('ZADD', KEYS[3], due, ARGV[1])
--- The forwarder may be asleep until a later due time: tell it.
+-- The promoter may be asleep until a later due time: tell it.
 redis.call('PUBLISH', ARGV[6], 0)
 return {'retry', due}

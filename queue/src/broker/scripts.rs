@@ -10,7 +10,7 @@ use fred::{
 };
 
 use super::Broker;
-use crate::queue::QueueError;
+use crate::QueueError;
 
 /// Whether a script may be sent again when its connection dropped before
 /// the reply came.
@@ -48,7 +48,7 @@ pub(super) struct Scripts {
     pub settle: Lua,
     pub trim_archive: Lua,
     pub extend: Lua,
-    pub forward: Lua,
+    pub promote: Lua,
     pub run_now: Lua,
     pub delete: Lua,
 }
@@ -83,7 +83,7 @@ pub(super) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     // Sets a deadline: the same either way.
     extend: Lua::new("extend", include_str!("scripts/extend.lua"), Replay::Safe),
     // A second pass moves what is due by then, as the next pass would.
-    forward: Lua::new("forward", include_str!("scripts/forward.lua"), Replay::Safe),
+    promote: Lua::new("promote", include_str!("scripts/promote.lua"), Replay::Safe),
     // A repeat finds the task pending (or gone) and leaves it: the same
     // effect, though the caller then hears of the repeat's finding.
     run_now: Lua::new("run_now", include_str!("scripts/run_now.lua"), Replay::Safe),

@@ -16,6 +16,7 @@
 //!
 //! [`Task::fence`]: super::Task::fence
 
+use crate::TaskId;
 use std::{
     sync::{
         Mutex,
@@ -76,7 +77,7 @@ pub struct RunGuard {
 pub(crate) struct Renewal {
     pub broker: Broker,
     pub queue: String,
-    pub id: i64,
+    pub id: TaskId,
     pub delivery: Delivery,
     pub lease: Duration,
 }

@@ -5,7 +5,7 @@
 //! strict priority). When the queues are empty it blocks on a wake-up
 //! published by the enqueue scripts, with a 1 s safety poll, so an idle worker
 //! starts a new task within a round trip and does not poll in a tight loop.
-//! Beside it run the services of [`super::maintenance`] (forwarding due tasks,
+//! Beside it run the services of [`super::maintenance`] (promoting due tasks,
 //! keeping leases, wake-ups) and the batched acknowledgements of
 //! [`super::ack`], all stopped by one `CancellationToken`.
 //!
@@ -30,36 +30,36 @@ use super::{
     run::{self, RunContext},
     task::Task,
 };
-use crate::{config::WorkerConfig, outage::Outage};
+use crate::{Observer, observe::Unobserved, outage::Outage};
 
 /// How a worker server runs.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
+    /// Runs at once (at least 1).
     pub concurrency: usize,
-    /// Queues with their weights, highest first.
-    pub queues: Vec<(String, u32)>,
+    /// The queues served, each with its weight, highest first.
+    pub queues: Vec<QueueWeight>,
+    /// Serve a lower queue only while every higher one is empty (else by weight).
     pub strict_priority: bool,
+    /// How long a dequeued task is held before another worker may take it;
+    /// extended while the run goes on.
     pub lease: Duration,
+    /// When a failed run is tried again.
     pub retry: RetryPolicy,
+    /// How long a shutdown lets runs past their fence finish.
     pub shutdown_grace: Duration,
+    /// How long a completed (or deleted) task is remembered, so that an
+    /// enqueue of its id meanwhile stays a no-op.
     pub done_retention: Duration,
 }
 
-impl From<&WorkerConfig> for WorkerSettings {
-    fn from(c: &WorkerConfig) -> Self {
-        Self {
-            concurrency: c.concurrency.max(1),
-            queues: c.queues.by_priority(),
-            strict_priority: c.strict_priority,
-            lease: c.lease,
-            retry: RetryPolicy {
-                unit: c.retry_unit,
-                max: c.retry_max,
-            },
-            shutdown_grace: c.shutdown_grace,
-            done_retention: c.done_retention,
-        }
-    }
+/// A queue a worker serves, and its share of the fetches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueWeight {
+    /// The queue's name.
+    pub queue: String,
+    /// Its weight: a queue of weight 10 is asked twice as often as one of 5.
+    pub weight: u32,
 }
 
 /// Takes tasks from Redis and runs them.
@@ -74,11 +74,14 @@ struct Inner {
     registry: HandlerRegistry,
     ledger: Option<Arc<dyn Ledger>>,
     running: Arc<RunningTasks>,
+    observer: Arc<dyn Observer>,
     /// Woken when tasks may have become pending.
     fetch_wake: Arc<Notify>,
 }
 
 impl WorkerServer {
+    /// A server taking tasks through `broker`, woken through `subscriber`, and
+    /// running them with the handlers of `registry`.
     pub fn new(
         broker: Broker,
         subscriber: SubscriberClient,
@@ -92,6 +95,7 @@ impl WorkerServer {
                 registry,
                 ledger: None,
                 running: Arc::default(),
+                observer: Arc::new(Unobserved),
                 fetch_wake: Arc::default(),
             }),
             subscriber,
@@ -107,6 +111,15 @@ impl WorkerServer {
         self
     }
 
+    /// Reports what the server does to `observer` (metrics; tests waiting
+    /// on a run).
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("not running yet")
+            .observer = observer;
+        self
+    }
+
     /// Runs until `shutdown` is cancelled, then lets running tasks finish or
     /// hands them back, and returns.
     pub async fn run(self, shutdown: CancellationToken) {
@@ -119,8 +132,8 @@ impl WorkerServer {
         let background = CancellationToken::new();
         // Interrupts handlers still running after the grace period.
         let abort = CancellationToken::new();
-        let forward_wake = Arc::new(Notify::new());
-        let queue_names: Vec<String> = settings.queues.iter().map(|(q, _)| q.clone()).collect();
+        let promote_wake = Arc::new(Notify::new());
+        let queue_names: Vec<String> = settings.queues.iter().map(|q| q.queue.clone()).collect();
 
         let (acker, ack_loop) = Acker::start(
             inner.broker.clone(),
@@ -134,7 +147,7 @@ impl WorkerServer {
                 .broker
                 .wake_channels(queue_names.iter().map(String::as_str)),
             inner.fetch_wake.clone(),
-            forward_wake.clone(),
+            promote_wake.clone(),
             background.clone(),
         ));
         loops.spawn(maintenance::keep_leases(
@@ -143,11 +156,12 @@ impl WorkerServer {
             inner.running.clone(),
             background.clone(),
         ));
-        loops.spawn(maintenance::forward_due(
+        loops.spawn(maintenance::promote_due(
             inner.broker.clone(),
             queue_names,
             inner.registry.clone(),
-            forward_wake,
+            inner.observer.clone(),
+            promote_wake,
             shutdown.clone(),
         ));
         inner
@@ -208,10 +222,10 @@ impl Inner {
                 // No queue answered: wait before asking again.
                 Some(e) if !answered => {
                     drop(permits);
-                    if outage.pause("redis", &e, &shutdown).await {
-                        continue;
+                    if outage.pause("redis", &e, &shutdown).await.is_break() {
+                        return;
                     }
-                    return;
+                    continue;
                 }
                 // Some queue failed and others answered: carry on with those,
                 // logging the failure once.
@@ -261,7 +275,7 @@ impl Inner {
                 .iter()
                 .zip(&counts)
                 .filter(|(_, c)| **c > 0)
-                .map(|((q, _), c)| self.broker.dequeue(q, *c, lease));
+                .map(|(q, c)| self.broker.dequeue(&q.queue, *c, lease));
             let drawn = counts.iter().enumerate().filter(|(_, c)| **c > 0);
             for (got, (i, want)) in futures::future::join_all(draws)
                 .await
@@ -283,7 +297,7 @@ impl Inner {
         }
         // Strict priority, and the slots the weighted draw left: the queues in
         // priority order.
-        for ((queue, _), emptied) in queues.iter().zip(emptied) {
+        for (QueueWeight { queue, .. }, emptied) in queues.iter().zip(emptied) {
             if tasks.len() == n {
                 break;
             }
@@ -311,7 +325,7 @@ impl Inner {
         abort: CancellationToken,
         acker: Acker,
     ) {
-        let span = tracing::info_span!("task", task_id = task.id, r#type = %task.kind, queue = %task.queue, attempt = task.attempt, request_id = task.request_id.as_deref());
+        let span = tracing::info_span!("task", task_id = task.id.get(), r#type = %task.kind, queue = %task.queue, attempt = task.attempt, request_id = task.request_id.as_deref());
         let cx = RunContext {
             broker: &self.broker,
             acker: &acker,
@@ -319,6 +333,7 @@ impl Inner {
             retry: self.settings.retry,
             done_retention: self.settings.done_retention,
             abort: &abort,
+            observer: self.observer.as_ref(),
         };
         run::run(&task, self.registry.get(&task.kind), &cx)
             .instrument(span)
@@ -337,9 +352,9 @@ struct Fetched {
 }
 
 /// How many of `n` slots each queue gets, drawn in proportion to its weight.
-fn weighted_draw(queues: &[(String, u32)], n: usize) -> Vec<usize> {
+fn weighted_draw(queues: &[QueueWeight], n: usize) -> Vec<usize> {
     // In u64: weights are u32 each, and their sum must not overflow.
-    let total: u64 = queues.iter().map(|(_, w)| u64::from(*w)).sum();
+    let total: u64 = queues.iter().map(|q| u64::from(q.weight)).sum();
     let mut counts = vec![0usize; queues.len()];
     if total == 0 {
         return counts;
@@ -349,8 +364,8 @@ fn weighted_draw(queues: &[(String, u32)], n: usize) -> Vec<usize> {
         let mut pick = rng.random_range(0..total);
         let i = queues
             .iter()
-            .position(|(_, w)| {
-                let w = u64::from(*w);
+            .position(|q| {
+                let w = u64::from(q.weight);
                 if pick < w {
                     true
                 } else {
@@ -370,7 +385,11 @@ mod tests {
 
     #[test]
     fn the_weighted_draw_hands_out_every_slot_in_proportion() {
-        let queues = vec![("critical".to_owned(), 10), ("default".to_owned(), 5)];
+        let queue = |name: &str, weight| QueueWeight {
+            queue: name.to_owned(),
+            weight,
+        };
+        let queues = vec![queue("critical", 10), queue("default", 5)];
         let counts = weighted_draw(&queues, 30_000);
         assert_eq!(counts.iter().sum::<usize>(), 30_000);
         // 2:1 expected; far outside this band would mean a broken draw.

@@ -1,5 +1,9 @@
-//! The Redis task queue: idempotent enqueue, weights, strict priority, delays,
-//! retries, archive, panics, timeouts, leases and shutdown.
+//! The worker server and broker against a real Redis (`make test` starts one
+//! and exports REDIS_URL): idempotent enqueue, weights, strict priority,
+//! delays, retries, archive, panics, timeouts, leases, shutdown, and the
+//! ledger that keeps a completed task from running again.
+
+mod common;
 
 use std::{
     collections::HashMap,
@@ -9,58 +13,24 @@ use std::{
 
 use chrono::Utc;
 use fred::prelude::*;
-use simplebank::queue::{
-    self, HandlerRegistry, Processed, Task, TaskError, TaskMessage, TaskState, WorkerServer,
-    WorkerSettings, handler_fn,
+use simplebank_queue::{
+    HandlerRegistry, Processed, Task, TaskError, TaskId, TaskMessage, TaskState, handler_fn,
 };
-use tokio_util::sync::CancellationToken;
 
-use crate::common::{TestEnv, eventually, wait_state};
+use common::{
+    MemoryLedger, QueueEnv, eventually, redis_client, start_worker, start_worker_with, stop_worker,
+    wait_state,
+};
 
 fn msg(id: i64, kind: &str, queue: &str) -> TaskMessage {
-    TaskMessage {
-        id,
-        kind: kind.into(),
-        queue: queue.into(),
-        payload: format!(r#"{{"n":{id}}}"#),
-        max_retry: 3,
-        timeout: Duration::from_secs(30),
-        process_at: Utc::now(),
-        request_id: None,
-        created_at: Utc::now(),
-    }
-}
-
-/// A worker server for `env`, running until the returned token is cancelled.
-fn start_worker(
-    env: &TestEnv,
-    registry: HandlerRegistry,
-    tweak: impl FnOnce(&mut WorkerSettings),
-) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let mut settings = WorkerSettings::from(&env.cfg.worker);
-    tweak(&mut settings);
-    let server = WorkerServer::new(
-        env.queue(),
-        queue::connection::subscriber(&env.cfg.redis).unwrap(),
-        settings,
-        registry,
-    );
-    let stop = CancellationToken::new();
-    let handle = tokio::spawn(server.run(stop.clone()));
-    (stop, handle)
-}
-
-async fn stop_worker((stop, handle): (CancellationToken, tokio::task::JoinHandle<()>)) {
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(10), handle)
-        .await
-        .expect("worker stops")
-        .unwrap();
+    TaskMessage::new(TaskId::from(id), kind, queue)
+        .with_payload(format!(r#"{{"n":{id}}}"#))
+        .with_max_retry(3)
 }
 
 #[tokio::test]
 async fn enqueue_is_idempotent_by_task_id() {
-    let env = TestEnv::new().await;
+    let env = QueueEnv::new().await;
     let q = env.queue();
     assert_eq!(
         q.enqueue(&[msg(1, "k", "default"), msg(2, "k", "default")])
@@ -81,7 +51,7 @@ async fn enqueue_is_idempotent_by_task_id() {
 
 #[tokio::test]
 async fn weights_are_honoured_when_all_queues_are_full() {
-    let env = TestEnv::new().await;
+    let env = QueueEnv::new().await;
     let q = env.queue();
     let per_queue = 12_000i64;
     for chunk in 0..(per_queue / 1000) {
@@ -125,7 +95,7 @@ async fn weights_are_honoured_when_all_queues_are_full() {
 
 #[tokio::test]
 async fn strict_priority_serves_the_highest_queue_first() {
-    let env = TestEnv::new().await;
+    let env = QueueEnv::new().await;
     let q = env.queue();
     let batch: Vec<_> = (0..300)
         .flat_map(|i| {
@@ -162,7 +132,7 @@ async fn strict_priority_serves_the_highest_queue_first() {
 
 #[tokio::test]
 async fn a_delayed_task_waits_for_its_time() {
-    let env = TestEnv::new().await;
+    let env = QueueEnv::new().await;
     let started = Arc::new(Mutex::new(None));
     let seen = started.clone();
     let mut registry = HandlerRegistry::default();
@@ -179,7 +149,11 @@ async fn a_delayed_task_waits_for_its_time() {
     m.process_at = Utc::now() + chrono::Duration::milliseconds(1500);
     q.enqueue(&[m.clone()]).await.unwrap();
     assert_eq!(
-        q.task("default", 7).await.unwrap().unwrap().state,
+        q.task("default", TaskId::from(7))
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
         TaskState::Scheduled
     );
     let at = eventually(
@@ -197,7 +171,7 @@ async fn a_delayed_task_waits_for_its_time() {
 
 #[tokio::test]
 async fn failures_retry_with_backoff_then_archive_with_the_error() {
-    let env = TestEnv::new().await;
+    let env = QueueEnv::new().await;
     let calls = Arc::new(Mutex::new(Vec::new()));
     let seen = calls.clone();
     let mut registry = HandlerRegistry::default();
@@ -221,12 +195,15 @@ async fn failures_retry_with_backoff_then_archive_with_the_error() {
     let mut m = msg(9, "flaky", "default");
     m.max_retry = 2;
     q.enqueue(&[m]).await.unwrap();
-    let info = wait_state(&q, "default", 9, TaskState::Archived).await;
+    let info = wait_state(&q, "default", TaskId::from(9), TaskState::Archived).await;
     stop_worker(worker).await;
     assert_eq!(info.retried, 2);
     assert_eq!(info.last_error.as_deref(), Some("boom on attempt 3"));
     let archived = q.list("default", TaskState::Archived, 0, 10).await.unwrap();
-    assert_eq!(archived.iter().map(|t| t.id).collect::<Vec<_>>(), [9]);
+    assert_eq!(
+        archived.iter().map(|t| t.id).collect::<Vec<_>>(),
+        [TaskId::from(9)]
+    );
     let calls = calls.lock().unwrap();
     let attempts: Vec<_> = calls.iter().map(|c| c.0).collect();
     assert_eq!(attempts, [1, 2, 3]);
@@ -237,7 +214,7 @@ async fn failures_retry_with_backoff_then_archive_with_the_error() {
 
 #[tokio::test]
 async fn skip_retry_unknown_kinds_panics_and_timeouts() {
-    let env = TestEnv::new().await;
+    let env = QueueEnv::new().await;
     let mut registry = HandlerRegistry::default();
     registry.register(
         "skip",
@@ -273,29 +250,29 @@ async fn skip_retry_unknown_kinds_panics_and_timeouts() {
     .await
     .unwrap();
 
-    let skipped = wait_state(&q, "default", 1, TaskState::Archived).await;
+    let skipped = wait_state(&q, "default", TaskId::from(1), TaskState::Archived).await;
     assert_eq!(
         (skipped.retried, skipped.last_error.as_deref()),
         (0, Some("hopeless"))
     );
-    let panicked = wait_state(&q, "default", 2, TaskState::Completed).await;
+    let panicked = wait_state(&q, "default", TaskId::from(2), TaskState::Completed).await;
     assert_eq!(
         panicked.retried, 1,
         "the panic counted as one failed attempt"
     );
-    let unknown = wait_state(&q, "default", 3, TaskState::Archived).await;
+    let unknown = wait_state(&q, "default", TaskId::from(3), TaskState::Archived).await;
     assert!(
         unknown.last_error.unwrap().contains("no handler"),
         "unknown kind archived with a clear error"
     );
-    let timed_out = wait_state(&q, "default", 4, TaskState::Archived).await;
+    let timed_out = wait_state(&q, "default", TaskId::from(4), TaskState::Archived).await;
     assert!(timed_out.last_error.unwrap().contains("timed out"));
     stop_worker(worker).await;
 }
 
 #[tokio::test]
 async fn graceful_shutdown_hands_running_tasks_back() {
-    let env = TestEnv::new().await;
+    let env = QueueEnv::new().await;
     let started = Arc::new(Mutex::new(0));
     let seen = started.clone();
     let mut registry = HandlerRegistry::default();
@@ -314,11 +291,11 @@ async fn graceful_shutdown_hands_running_tasks_back() {
     });
     let q = env.queue();
     q.enqueue(&[msg(5, "forever", "default")]).await.unwrap();
-    wait_state(&q, "default", 5, TaskState::Active).await;
+    wait_state(&q, "default", TaskId::from(5), TaskState::Active).await;
     let t = Instant::now();
     stop_worker(worker).await;
     assert!(t.elapsed() < Duration::from_secs(5));
-    let info = q.task("default", 5).await.unwrap().unwrap();
+    let info = q.task("default", TaskId::from(5)).await.unwrap().unwrap();
     assert_eq!(
         (info.state, info.retried),
         (TaskState::Pending, 0),
@@ -337,9 +314,8 @@ async fn child_worker_for_kill_test() {
     let Ok(prefix) = std::env::var("SBTEST_CHILD_PREFIX") else {
         return;
     };
-    let mut env = TestEnv::new().await;
-    env.cfg.redis.key_prefix = prefix.clone();
-    let client = crate::common::redis_client(&env.cfg.redis.url).await;
+    let env = QueueEnv::with_prefix(&prefix);
+    let client = redis_client(&env.redis.url).await;
     let mut registry = HandlerRegistry::default();
     registry.register(
         "slow",
@@ -361,15 +337,15 @@ async fn child_worker_for_kill_test() {
 
 #[tokio::test]
 async fn a_killed_worker_loses_nothing() {
-    let env = TestEnv::new().await;
-    let prefix = env.cfg.redis.key_prefix.clone();
+    let env = QueueEnv::new().await;
+    let prefix = env.prefix.clone();
     let q = env.queue();
     q.enqueue(&[msg(11, "slow", "default")]).await.unwrap();
 
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "queue::child_worker_for_kill_test",
+            "child_worker_for_kill_test",
             "--ignored",
             "--nocapture",
         ])
@@ -378,7 +354,7 @@ async fn a_killed_worker_loses_nothing() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let client = crate::common::redis_client(&env.cfg.redis.url).await;
+    let client = redis_client(&env.redis.url).await;
     eventually(
         Duration::from_secs(30),
         "the child to start the task",
@@ -392,7 +368,11 @@ async fn a_killed_worker_loses_nothing() {
     child.kill().unwrap(); // SIGKILL: no hand-back, no clean-up
     child.wait().unwrap();
     assert_eq!(
-        q.task("default", 11).await.unwrap().unwrap().state,
+        q.task("default", TaskId::from(11))
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
         TaskState::Active
     );
 
@@ -407,10 +387,10 @@ async fn a_killed_worker_loses_nothing() {
         }),
     );
     let worker = start_worker(&env, registry, |_| {});
-    let info = wait_state(&q, "default", 11, TaskState::Completed).await;
+    let info = wait_state(&q, "default", TaskId::from(11), TaskState::Completed).await;
     stop_worker(worker).await;
     assert_eq!(
-        runs.lock().unwrap().get(&11),
+        runs.lock().unwrap().get(&TaskId::from(11)),
         Some(&2),
         "run again as the second attempt"
     );
@@ -419,7 +399,7 @@ async fn a_killed_worker_loses_nothing() {
 
 #[tokio::test]
 async fn a_task_longer_than_its_lease_keeps_it_and_runs_once() {
-    let env = TestEnv::new().await;
+    let env = QueueEnv::new().await;
     let runs = Arc::new(Mutex::new(0u32));
     let counter = runs.clone();
     let mut registry = HandlerRegistry::default();
@@ -441,8 +421,46 @@ async fn a_task_longer_than_its_lease_keeps_it_and_runs_once() {
     });
     let q = env.queue();
     q.enqueue(&[msg(9, "slow", "default")]).await.unwrap();
-    let done = wait_state(&q, "default", 9, TaskState::Completed).await;
+    let done = wait_state(&q, "default", TaskId::from(9), TaskState::Completed).await;
     stop_worker(worker).await;
     assert_eq!(*runs.lock().unwrap(), 1, "ran once");
     assert_eq!(done.retried, 0);
+}
+
+/// A task whose run the ledger holds is acknowledged without running again,
+/// even when Redis forgot it ran (a restart without persistence) and the
+/// producer enqueued it once more.
+#[tokio::test]
+async fn a_task_in_the_ledger_is_not_run_again() {
+    let env = QueueEnv::new().await;
+    let q = env.queue();
+    let runs = Arc::new(Mutex::new(0u32));
+    let counter = runs.clone();
+    let mut registry = HandlerRegistry::default();
+    registry.register(
+        "once",
+        handler_fn(move |_t: Task| {
+            *counter.lock().unwrap() += 1;
+            async { Ok(Processed::default()) }
+        }),
+    );
+    let ledger = MemoryLedger::default();
+    let worker = start_worker_with(&env, registry, Some(ledger.clone()), |_| {});
+    q.enqueue(&[msg(21, "once", "default")]).await.unwrap();
+    wait_state(&q, "default", TaskId::from(21), TaskState::Completed).await;
+    assert!(
+        ledger.contains(TaskId::from(21)),
+        "the run is in the ledger"
+    );
+
+    // Redis loses the task's hash; the same task is enqueued again.
+    let raw = redis_client(&env.redis.url).await;
+    let _: () = raw
+        .del(q.keys("default").task(TaskId::from(21)))
+        .await
+        .unwrap();
+    assert_eq!(q.enqueue(&[msg(21, "once", "default")]).await.unwrap(), 1);
+    wait_state(&q, "default", TaskId::from(21), TaskState::Completed).await;
+    stop_worker(worker).await;
+    assert_eq!(*runs.lock().unwrap(), 1, "acknowledged, not run again");
 }

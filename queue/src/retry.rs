@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
+/// The backoff schedule of failed tasks: its unit and its cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// The schedule's second.

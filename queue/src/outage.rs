@@ -6,6 +6,7 @@
 
 use std::{
     fmt::Display,
+    ops::ControlFlow,
     time::{Duration, Instant},
 };
 
@@ -77,18 +78,18 @@ impl Outage {
         wait
     }
 
-    /// [`Outage::down`], then waits out the backoff. False when `shutdown`
-    /// came first.
+    /// [`Outage::down`], then waits out the backoff: `Continue` to try
+    /// again, `Break` when `shutdown` came first.
     pub async fn pause(
         &mut self,
         side: &'static str,
         error: &(dyn Display + Sync),
         shutdown: &CancellationToken,
-    ) -> bool {
+    ) -> ControlFlow<()> {
         let wait = self.down(side, error);
         tokio::select! {
-            _ = shutdown.cancelled() => false,
-            _ = tokio::time::sleep(wait) => true,
+            _ = shutdown.cancelled() => ControlFlow::Break(()),
+            _ = tokio::time::sleep(wait) => ControlFlow::Continue(()),
         }
     }
 }

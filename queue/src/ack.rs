@@ -6,6 +6,7 @@
 //! next one (one script call per queue): no waiting is added when idle, and
 //! under load the calls carry many tasks each.
 
+use crate::TaskId;
 use std::{collections::HashMap, time::Duration};
 
 use tokio::sync::{mpsc, oneshot};
@@ -18,7 +19,7 @@ const MAX_BATCH: usize = 256;
 
 struct Ack {
     queue: String,
-    id: i64,
+    id: TaskId,
     delivery: Delivery,
     reply: oneshot::Sender<Result<AckOutcome, QueueError>>,
 }
@@ -44,7 +45,7 @@ impl Acker {
     pub async fn complete(
         &self,
         queue: &str,
-        id: i64,
+        id: TaskId,
         delivery: Delivery,
     ) -> Result<AckOutcome, QueueError> {
         let (reply, answer) = oneshot::channel();

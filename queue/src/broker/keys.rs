@@ -17,27 +17,32 @@
 //! | `<prefix>:{q}:enqueues`      | string | counter of enqueue calls (each writes, for WAIT)   |
 //! | `<prefix>:{q}:wake` (channel)| pubsub | published when ids become pending or due times change |
 //!
-//! The task id is the outbox row id. A completed task's hash is kept (without
+//! The task id is the producer's (the service uses its outbox row id). A completed task's hash is kept (without
 //! its payload) for a retention time so that a repeated enqueue stays a no-op.
+
+use crate::TaskId;
 
 /// The keys of one queue.
 #[derive(Debug, Clone)]
 pub struct QueueKeys {
+    /// The queue's name, as it appears in the hash tag.
     pub name: String,
-    pub task_prefix: String,
+    pub(crate) task_prefix: String,
+    /// The list of ids ready to run (LPUSH to add, RPOP to take).
     pub pending: String,
-    pub active: String,
-    pub scheduled: String,
-    pub retry: String,
-    pub archived: String,
-    pub deliveries: String,
-    pub paused: String,
-    pub enqueues: String,
+    pub(crate) active: String,
+    pub(crate) scheduled: String,
+    pub(crate) retry: String,
+    pub(crate) archived: String,
+    pub(crate) deliveries: String,
+    pub(crate) paused: String,
+    pub(crate) enqueues: String,
+    /// The pub/sub channel published on when tasks become pending or due times change.
     pub wake_channel: String,
 }
 
 impl QueueKeys {
-    pub fn new(prefix: &str, queue: &str) -> Self {
+    pub(crate) fn new(prefix: &str, queue: &str) -> Self {
         let base = format!("{prefix}:{{{queue}}}:");
         Self {
             name: queue.to_owned(),
@@ -54,8 +59,9 @@ impl QueueKeys {
         }
     }
 
-    pub fn task(&self, id: i64) -> String {
-        format!("{}{id}", self.task_prefix)
+    /// The key of the hash holding task `id`.
+    pub fn task(&self, id: impl Into<TaskId>) -> String {
+        format!("{}{}", self.task_prefix, id.into())
     }
 }
 
@@ -75,10 +81,10 @@ mod tests {
             &k.deliveries,
             &k.paused,
             &k.enqueues,
-            &k.task(7),
+            &k.task(TaskId::from(7)),
         ] {
             assert!(key.starts_with("sb:{critical}:"), "{key}");
         }
-        assert_eq!(k.task(7), "sb:{critical}:t:7");
+        assert_eq!(k.task(TaskId::from(7)), "sb:{critical}:t:7");
     }
 }

@@ -7,16 +7,64 @@ use chrono::{DateTime, Utc};
 
 use super::{TaskError, fence::RunGuard};
 
-/// A task as enqueued. The id is the outbox row id, so enqueuing the same row
-/// twice is a no-op.
+/// A task's id, for its whole life: its Redis key, its ledger row, its log
+/// lines. The producer chooses it (the service uses its outbox row id), so
+/// that enqueuing the same task twice is a no-op.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct TaskId(i64);
+
+impl TaskId {
+    /// The id as a number (the service's outbox row id).
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+impl From<i64> for TaskId {
+    fn from(id: i64) -> Self {
+        Self(id)
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Ids come back from Redis as numbers (list and set members, script replies).
+impl fred::types::FromValue for TaskId {
+    fn from_value(value: fred::types::Value) -> Result<Self, fred::error::Error> {
+        i64::from_value(value).map(Self)
+    }
+}
+
+impl FromStr for TaskId {
+    type Err = std::num::ParseIntError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(Self)
+    }
+}
+
+/// A task as enqueued; build it with [`TaskMessage::new`] and the `with_*`
+/// methods.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskMessage {
-    pub id: i64,
+    /// Its id: enqueuing an id Redis knows is a no-op.
+    pub id: TaskId,
+    /// Which handler runs it.
     pub kind: String,
+    /// The queue it waits in.
     pub queue: String,
     /// JSON text, passed to the handler as is.
     pub payload: String,
+    /// Retries before it is archived (0: archived at its first failure).
     pub max_retry: u32,
+    /// The longest one run may take; a run past it is a failed attempt.
     pub timeout: Duration,
     /// When the task may run; in the past or now means at once.
     pub process_at: DateTime<Utc>,
@@ -24,6 +72,49 @@ pub struct TaskMessage {
     pub request_id: Option<String>,
     /// When its outbox row was written, for the commit-to-handled latency.
     pub created_at: DateTime<Utc>,
+}
+
+impl TaskMessage {
+    /// A task of `kind` on `queue` with payload `{}`, no retry, a 30 s
+    /// timeout, due now.
+    pub fn new(id: impl Into<TaskId>, kind: &str, queue: &str) -> Self {
+        let now = Utc::now();
+        Self {
+            id: id.into(),
+            kind: kind.to_owned(),
+            queue: queue.to_owned(),
+            payload: "{}".to_owned(),
+            max_retry: 0,
+            timeout: Duration::from_secs(30),
+            process_at: now,
+            request_id: None,
+            created_at: now,
+        }
+    }
+
+    /// With this payload (JSON text).
+    pub fn with_payload(mut self, payload: impl Into<String>) -> Self {
+        self.payload = payload.into();
+        self
+    }
+
+    /// Retried up to `max_retry` times before it is archived.
+    pub fn with_max_retry(mut self, max_retry: u32) -> Self {
+        self.max_retry = max_retry;
+        self
+    }
+
+    /// Each run may take at most `timeout`.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Not run before `at`.
+    pub fn with_process_at(mut self, at: DateTime<Utc>) -> Self {
+        self.process_at = at;
+        self
+    }
 }
 
 /// Numbers one hand-out of a task. Every call that changes a running task
@@ -42,13 +133,19 @@ impl fmt::Display for Delivery {
 /// A task handed to a handler.
 #[derive(Debug, Clone)]
 pub struct Task {
-    pub id: i64,
+    /// Its id (see [`TaskId`]).
+    pub id: TaskId,
+    /// Its kind: the handler registered for it runs it.
     pub kind: String,
+    /// The queue it came from.
     pub queue: String,
+    /// JSON text, as enqueued.
     pub payload: String,
     /// 1 for the first run, 2 for the first retry, ...
     pub attempt: u32,
+    /// Retries allowed in all.
     pub max_retry: u32,
+    /// The longest this run may take.
     pub timeout: Duration,
     /// This hand-out of the task; see [`Delivery`].
     pub delivery: Delivery,
@@ -112,6 +209,7 @@ pub enum TaskState {
 }
 
 impl TaskState {
+    /// Every state, in the order of a task's life.
     pub const ALL: [Self; 7] = [
         Self::Scheduled,
         Self::Pending,
@@ -156,15 +254,23 @@ impl FromStr for TaskState {
 /// One task as Redis holds it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TaskInfo {
-    pub id: i64,
+    /// Its id.
+    pub id: TaskId,
+    /// Its queue.
     pub queue: String,
+    /// Where it is in its life.
     pub state: TaskState,
+    /// Its kind.
     pub kind: String,
     /// Absent once the task completed (the payload is dropped then).
     pub payload: Option<String>,
+    /// Failed runs so far.
     pub retried: u32,
+    /// Retries allowed in all.
     pub max_retry: u32,
+    /// The error of its last failed run.
     pub last_error: Option<String>,
+    /// When its last run failed.
     pub last_failed_at: Option<DateTime<Utc>>,
     /// When the task reached Redis (Redis's clock).
     pub enqueued_at: Option<DateTime<Utc>>,

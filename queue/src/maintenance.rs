@@ -1,14 +1,15 @@
 //! The worker's background services, each a loop stopped by a token:
-//! - [`forward_due`]: moves due scheduled and retry tasks to pending and
+//! - [`promote_due`]: moves due scheduled and retry tasks to pending and
 //!   recovers expired leases, sleeping exactly until the next due time;
 //! - [`keep_leases`]: extends the leases of the runs this process holds, and
 //!   stops a run whose lease is lost (or ran out while Redis was unreachable);
 //! - [`listen_for_wakeups`]: turns messages on the queues' wake channels into
-//!   local wake-ups of the fetch and forward loops.
+//!   local wake-ups of the fetch and promote loops.
 //!
 //! And the one piece of state they share with the fetch loop: the
 //! [`RunningTasks`] of this process.
 
+use crate::TaskId;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -20,25 +21,22 @@ use tokio::sync::{Notify, broadcast::error::RecvError};
 use tokio_util::sync::CancellationToken;
 
 use super::{Broker, Delivery, HandlerRegistry, Task, fence::RunGuard};
-use crate::{
-    metrics::{self, RunEnd},
-    outage::Outage,
-};
+use crate::{Observer, RunEnd, outage::Outage};
 
-/// Most tasks moved between sets by one forward script call.
-pub(super) const FORWARD_BATCH: u32 = 1000;
-/// The longest the fetch and forward loops sleep without a wake-up.
+/// Most tasks moved between sets by one promote script call.
+pub(super) const PROMOTE_BATCH: u32 = 1000;
+/// The longest the fetch and promote loops sleep without a wake-up.
 pub(super) const SAFETY_POLL: Duration = Duration::from_secs(1);
 
 /// One run this process holds.
 #[derive(Clone)]
 struct Run {
-    id: i64,
+    id: TaskId,
     delivery: Delivery,
     guard: Arc<RunGuard>,
 }
 
-type RunMap = HashMap<(String, i64), Run>;
+type RunMap = HashMap<(String, TaskId), Run>;
 
 /// The runs this process holds, by (queue, id).
 #[derive(Default)]
@@ -92,18 +90,19 @@ impl RunningTasks {
     }
 }
 
-/// Forwards due tasks of `queues` until `shutdown`; woken early by `wake`
+/// Promotes due tasks of `queues` until `shutdown`; woken early by `wake`
 /// when due times may have changed.
-pub(super) async fn forward_due(
+pub(super) async fn promote_due(
     broker: Broker,
     queues: Vec<String>,
     registry: HandlerRegistry,
+    observer: Arc<dyn Observer>,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
     let mut outage = Outage::new(
-        "cannot forward due tasks; retrying",
-        "redis reachable again: forwarding due tasks",
+        "cannot promote due tasks; retrying",
+        "redis reachable again: promoting due tasks",
         Duration::from_millis(100),
         SAFETY_POLL,
     );
@@ -112,7 +111,7 @@ pub(super) async fn forward_due(
         let mut again = false;
         let mut failed = None;
         for queue in &queues {
-            match broker.forward(queue, FORWARD_BATCH).await {
+            match broker.promote(queue, PROMOTE_BATCH).await {
                 Ok(f) => {
                     if f.recovered > 0 {
                         tracing::warn!(queue = %queue, recovered = f.recovered, "recovered tasks whose lease expired");
@@ -123,10 +122,10 @@ pub(super) async fn forward_due(
                         (&f.expired_retried, RunEnd::Retried),
                     ] {
                         for kind in kinds {
-                            metrics::run_failed(registry.label(kind), end);
+                            observer.lease_expired(registry.label(kind), end);
                         }
                     }
-                    again |= f.moved >= u64::from(FORWARD_BATCH);
+                    again |= f.moved >= u64::from(PROMOTE_BATCH);
                     if let Some(due) = f.next_due {
                         next = next.min(due);
                     }
@@ -207,12 +206,12 @@ pub(super) async fn keep_leases(
 }
 
 /// Subscribes to the wake `channels` and wakes the fetch loop (new pending
-/// tasks) and the forward loop (due times changed), until `stop`.
+/// tasks) and the promote loop (due times changed), until `stop`.
 pub(super) async fn listen_for_wakeups(
     subscriber: SubscriberClient,
     channels: Vec<String>,
     fetch: Arc<Notify>,
-    forward: Arc<Notify>,
+    promote: Arc<Notify>,
     stop: CancellationToken,
 ) {
     let mut messages = subscriber.message_rx();
@@ -232,7 +231,7 @@ pub(super) async fn listen_for_wakeups(
                 break;
             }
             Err(e) => {
-                if !outage.pause("redis", &e, &stop).await {
+                if outage.pause("redis", &e, &stop).await.is_break() {
                     return;
                 }
             }
@@ -247,11 +246,11 @@ pub(super) async fn listen_for_wakeups(
                     if msg.value.as_str().is_none_or(|v| v != "0") {
                         fetch.notify_one();
                     }
-                    forward.notify_one();
+                    promote.notify_one();
                 }
                 Err(RecvError::Lagged(_)) => {
                     fetch.notify_one();
-                    forward.notify_one();
+                    promote.notify_one();
                 }
                 Err(RecvError::Closed) => break,
             },
@@ -266,7 +265,7 @@ mod tests {
 
     fn run(id: i64, delivery: u64) -> Task {
         Task {
-            id,
+            id: TaskId::from(id),
             kind: "k".into(),
             queue: "default".into(),
             payload: "{}".into(),
@@ -294,7 +293,7 @@ mod tests {
             .collect();
         assert_eq!(
             left,
-            [(7, Delivery(2))],
+            [(TaskId::from(7), Delivery(2))],
             "delivery 2 still has its lease extended"
         );
         running.remove(&run(7, 2));

@@ -2,7 +2,7 @@
 -- KEYS[1] task key prefix, KEYS[2] active
 -- ARGV[1] lease_ms, then pairs: id, delivery
 -- Returns the ids whose lease was lost: their delivery number moved on, because
--- the lease expired (forward.lua fences the worker off that way) or the task
+-- the lease expired (promote.lua fences the worker off that way) or the task
 -- was handed out again; or their hash is gone (Redis lost it, or the archive
 -- trimmed it), so nothing stops another delivery. A task this worker itself
 -- finished or handed back since it listed its leases keeps our delivery

@@ -10,6 +10,7 @@ use super::{Task, TaskError};
 
 /// Runs tasks of one kind.
 pub trait Handler: Send + Sync + 'static {
+    /// Runs `task` once; the error says whether to retry it.
     fn handle<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<Processed, TaskError>>;
 }
 
@@ -21,7 +22,9 @@ pub trait Handler: Send + Sync + 'static {
 /// and again until it succeeds: a failed record must not become a retry that
 /// repeats the run's effect.
 pub trait Ledger: Send + Sync + 'static {
+    /// Whether a run of `task` already completed.
     fn is_done<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, anyhow::Result<bool>>;
+    /// Records that the run of `task` completed.
     fn mark_done<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, anyhow::Result<()>>;
 }
 
@@ -32,6 +35,7 @@ pub struct Processed {
 }
 
 impl Processed {
+    /// Adds `name=value` to the log line.
     pub fn with(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.fields.push((name, value.into()));
         self
@@ -66,16 +70,17 @@ where
     FnHandler(f)
 }
 
-/// Handlers by task kind.
 /// The metrics label of a task kind no handler knows.
 pub(super) const UNREGISTERED: &str = "unregistered";
 
+/// Handlers by task kind.
 #[derive(Default, Clone)]
 pub struct HandlerRegistry {
     handlers: HashMap<String, Arc<dyn Handler>>,
 }
 
 impl HandlerRegistry {
+    /// Runs tasks of `kind` with `handler` (replacing any registered before).
     pub fn register(&mut self, kind: &str, handler: impl Handler) -> &mut Self {
         self.handlers.insert(kind.to_owned(), Arc::new(handler));
         self

@@ -8,7 +8,7 @@
 //! 3. Success: record it in the ledger, outside the timeout and again until it
 //!    succeeds (the effect happened; a retry would repeat it), then
 //!    acknowledge, again until Redis answers. If the lease was lost meanwhile
-//!    and the forwarder moved the task on (to retry, or to the archive as
+//!    and the promoter moved the task on (to retry, or to the archive as
 //!    "lease expired"), mark it completed there too, so Redis does not
 //!    contradict the ledger.
 //! 4. Failure: retry later or archive. Fenced at shutdown: handed back.
@@ -26,10 +26,7 @@ use super::{
     handler::{Handler, Ledger, Processed, run_handler},
     task::Task,
 };
-use crate::{
-    metrics::{self, RunEnd},
-    outage::Outage,
-};
+use crate::{Observer, RunEnd, RunEnded, outage::Outage};
 
 /// The longest one attempt to record a run in the ledger may take before it
 /// is tried again.
@@ -44,6 +41,7 @@ pub(super) struct RunContext<'a> {
     pub done_retention: Duration,
     /// Cancelled when the shutdown grace is over.
     pub abort: &'a CancellationToken,
+    pub observer: &'a dyn Observer,
 }
 
 /// What became of one run.
@@ -70,7 +68,13 @@ pub(super) async fn run(task: &Task, handler: Option<Arc<dyn Handler>>, cx: &Run
     let outcome = execute(task, handler, cx).await;
     let took = started.elapsed();
     if let Some(end) = record(task, outcome, took, cx).await {
-        metrics::run_ended(kind, end, took, task.due_at());
+        cx.observer.run_ended(&RunEnded {
+            id: task.id,
+            kind,
+            end,
+            took,
+            due_at: task.due_at(),
+        });
     }
 }
 
@@ -154,7 +158,7 @@ async fn record(
                     lease_lost("failed");
                     None
                 }
-                // The lease runs out and the forwarder counts the attempt.
+                // The lease runs out and the promoter counts the attempt.
                 Err(e) => {
                     tracing::error!(error = %e, task_error = %error, "could not record the failure of the task");
                     None
@@ -176,6 +180,7 @@ async fn record(
                 took_ms,
                 "lease lost: the run stopped before its effect; the task is another worker's"
             );
+            cx.observer.lease_lost(task.id);
             None
         }
     }
@@ -205,7 +210,11 @@ async fn mark_done(ledger: &dyn Ledger, task: &Task, abort: &CancellationToken) 
                 return true;
             }
             Err(e) => {
-                if !outage.pause("postgres", &format!("{e:#}"), abort).await {
+                if outage
+                    .pause("postgres", &format!("{e:#}"), abort)
+                    .await
+                    .is_break()
+                {
                     tracing::error!(
                         "shutdown before the completed run was recorded in the ledger: it may run again"
                     );
@@ -237,7 +246,7 @@ async fn acknowledge(task: &Task, cx: &RunContext<'_>) {
                 return;
             }
             Err(e) => {
-                if !outage.pause("redis", &e, cx.abort).await {
+                if outage.pause("redis", &e, cx.abort).await.is_break() {
                     return;
                 }
             }

@@ -3,21 +3,28 @@
 //! audit line naming who asked (`actor`: the CLI's user, or the dashboard
 //! and the client's address), whatever tool made it.
 
+use crate::TaskId;
 use std::time::Duration;
 
 use fred::prelude::*;
 
 use super::{Broker, scripts::SCRIPTS};
-use crate::queue::{QueueError, task::TaskState};
+use crate::{QueueError, task::TaskState};
 
 /// What a repair of one task found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Repair {
     /// Done; the task was in this state.
-    Done { was: TaskState },
+    Done {
+        /// The state the task was in before the repair.
+        was: TaskState,
+    },
     /// Left alone: the task is in a state the repair does not apply to.
-    NotApplicable { state: TaskState },
+    NotApplicable {
+        /// The state the task is in, which the repair left alone.
+        state: TaskState,
+    },
     /// No such task in this queue.
     Missing,
 }
@@ -61,7 +68,12 @@ impl Broker {
 
     /// Makes task `id` of `queue` pending now, when it is scheduled, waiting
     /// to retry, or archived (which gives it its retries back).
-    pub async fn run_now(&self, queue: &str, id: i64, actor: &str) -> Result<Repair, QueueError> {
+    pub async fn run_now(
+        &self,
+        queue: &str,
+        id: TaskId,
+        actor: &str,
+    ) -> Result<Repair, QueueError> {
         let k = self.keys(queue);
         let lua = &SCRIPTS.run_now;
         let reply = self
@@ -87,7 +99,7 @@ impl Broker {
     pub async fn delete(
         &self,
         queue: &str,
-        id: i64,
+        id: TaskId,
         retention: Duration,
         actor: &str,
     ) -> Result<Repair, QueueError> {
@@ -111,12 +123,12 @@ impl Broker {
     }
 
     /// The ids of `queue`'s archived tasks, oldest first, at most `limit`.
-    pub async fn archived_ids(&self, queue: &str, limit: u64) -> Result<Vec<i64>, QueueError> {
+    pub async fn archived_ids(&self, queue: &str, limit: u64) -> Result<Vec<TaskId>, QueueError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         let stop = i64::try_from(limit - 1).unwrap_or(i64::MAX);
-        let ids: Vec<i64> = self
+        let ids: Vec<TaskId> = self
             .pool
             .zrange(
                 &self.keys(queue).archived,
@@ -163,6 +175,6 @@ fn outcome_text(repair: Repair) -> String {
 
 /// The one line a change leaves, under the target `audit` (so a log
 /// pipeline can route it apart).
-fn audit(actor: &str, action: &str, queue: &str, task_id: Option<i64>, outcome: &str) {
-    tracing::info!(target: "audit", actor, action, queue, task_id, outcome, "audit");
+fn audit(actor: &str, action: &str, queue: &str, task_id: Option<TaskId>, outcome: &str) {
+    tracing::info!(target: "audit", actor, action, queue, task_id = task_id.map(TaskId::get), outcome, "audit");
 }

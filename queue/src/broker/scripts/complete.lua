@@ -1,6 +1,6 @@
 -- Runs succeeded: each task leaves the active set. Its hash stays, stripped of
 -- the payload, for the retention time, so that enqueuing the same id again (a relay
--- re-forwarding after a crash) stays a no-op.
+-- re-enqueuing after a crash) stays a no-op.
 -- KEYS[1] task key prefix, KEYS[2] active
 -- ARGV[1] retention_ms (0: delete at once), then 2 per task: id, delivery
 -- Returns one flag per task: 1, or 0 when this delivery no longer holds an

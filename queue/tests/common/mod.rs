@@ -1,0 +1,211 @@
+//! Support for the queue crate's tests: a Redis key prefix of the test's own
+//! on the Redis that REDIS_URL names, a worker server started and stopped on
+//! it, an in-memory ledger, and bounded waits. The service's tests use its
+//! logging, waits and raw Redis client too (tests/common/mod.rs).
+
+#![allow(dead_code)]
+
+use std::{
+    collections::HashSet,
+    sync::{Mutex, Once},
+    time::{Duration, Instant},
+};
+
+use futures::future::BoxFuture;
+use simplebank_queue::{
+    Broker, HandlerRegistry, Ledger, QueueWeight, RedisSettings, RetryPolicy, Task, TaskId,
+    TaskInfo, TaskState, WorkerServer, WorkerSettings,
+};
+use tokio_util::sync::CancellationToken;
+
+/// Logs to the test's output, at TEST_LOG (default warn).
+pub fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let filter = std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// A test's own key prefix on the Redis of REDIS_URL.
+pub struct QueueEnv {
+    pub redis: RedisSettings,
+    pub prefix: String,
+}
+
+impl QueueEnv {
+    /// A fresh prefix: no other test sees this one's queues.
+    pub async fn new() -> Self {
+        Self::with_prefix(&format!("sbtest:queue-{}", uuid::Uuid::new_v4().simple()))
+    }
+
+    /// An existing prefix (a child process working on its parent's queues).
+    pub fn with_prefix(prefix: &str) -> Self {
+        init_logs();
+        let url = std::env::var("REDIS_URL")
+            .unwrap_or_else(|_| panic!("REDIS_URL is not set: run the tests with `make test`"));
+        Self {
+            redis: RedisSettings {
+                url,
+                pool_size: 4,
+                connect_timeout: Duration::from_secs(5),
+                command_timeout: Duration::from_secs(3),
+            },
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// A broker on this test's prefix.
+    pub fn queue(&self) -> Broker {
+        Broker::new(self.redis.pool().unwrap(), &self.prefix)
+    }
+
+    /// Settings as a service would give them, with the retry schedule in
+    /// milliseconds instead of seconds (15 ms, 46 ms, ...).
+    pub fn settings(&self) -> WorkerSettings {
+        WorkerSettings {
+            concurrency: 16,
+            queues: vec![
+                QueueWeight {
+                    queue: "critical".into(),
+                    weight: 10,
+                },
+                QueueWeight {
+                    queue: "default".into(),
+                    weight: 5,
+                },
+            ],
+            strict_priority: false,
+            lease: Duration::from_secs(30),
+            retry: RetryPolicy {
+                unit: Duration::from_millis(1),
+                max: Duration::from_millis(500),
+            },
+            shutdown_grace: Duration::from_secs(4),
+            done_retention: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// A running worker server; stop it with [`stop_worker`].
+pub struct RunningWorker {
+    stop: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+/// A worker server for `env`'s queues, with `tweak` applied to its settings.
+pub fn start_worker(
+    env: &QueueEnv,
+    registry: HandlerRegistry,
+    tweak: impl FnOnce(&mut WorkerSettings),
+) -> RunningWorker {
+    start_worker_with(env, registry, None, tweak)
+}
+
+/// [`start_worker`] with a ledger.
+pub fn start_worker_with(
+    env: &QueueEnv,
+    registry: HandlerRegistry,
+    ledger: Option<MemoryLedger>,
+    tweak: impl FnOnce(&mut WorkerSettings),
+) -> RunningWorker {
+    let mut settings = env.settings();
+    tweak(&mut settings);
+    let mut server = WorkerServer::new(
+        env.queue(),
+        env.redis.subscriber().unwrap(),
+        settings,
+        registry,
+    );
+    if let Some(ledger) = ledger {
+        server = server.with_ledger(ledger);
+    }
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(server.run(stop.clone()));
+    RunningWorker { stop, handle }
+}
+
+/// Stops `worker` and checks that it stops within its grace and a margin.
+pub async fn stop_worker(worker: RunningWorker) {
+    worker.stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), worker.handle)
+        .await
+        .expect("worker stops")
+        .unwrap();
+}
+
+/// The ledger kept in memory: the ids of completed runs, shared by clones.
+#[derive(Clone, Default)]
+pub struct MemoryLedger {
+    done: std::sync::Arc<Mutex<HashSet<TaskId>>>,
+}
+
+impl MemoryLedger {
+    pub fn contains(&self, id: TaskId) -> bool {
+        self.done.lock().unwrap().contains(&id)
+    }
+}
+
+impl Ledger for MemoryLedger {
+    fn is_done<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, anyhow::Result<bool>> {
+        Box::pin(async move { Ok(self.contains(task.id)) })
+    }
+
+    fn mark_done<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            self.done.lock().unwrap().insert(task.id);
+            Ok(())
+        })
+    }
+}
+
+/// Raw Redis commands.
+pub async fn redis_client(url: &str) -> fred::clients::Client {
+    use fred::prelude::*;
+    let client = fred::clients::Client::new(
+        fred::types::config::Config::from_url(url).unwrap(),
+        None,
+        None,
+        None,
+    );
+    client.init().await.unwrap();
+    client
+}
+
+/// Waits until task `id` of `queue` is in `state`.
+pub async fn wait_state(q: &Broker, queue: &str, id: TaskId, state: TaskState) -> TaskInfo {
+    eventually(
+        Duration::from_secs(20),
+        &format!("task {id}: {state}"),
+        || async {
+            q.task(queue, id)
+                .await
+                .ok()
+                .flatten()
+                .filter(|t| t.state == state)
+        },
+    )
+    .await
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
