@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use fred::prelude::*;
 use simplebank::{
     app::Components,
     queue::{TaskId, TaskState},
@@ -206,8 +207,15 @@ async fn a_relay_is_not_ready_while_its_oldest_row_waits_too_long() {
         .unwrap();
     assert_eq!(health.status(), 200);
 
-    // Nothing wakes the relay (a raw insert sends no notification, and its
-    // poll is an hour away): the row waits, as behind a stuck relay.
+    // Redis refuses the row's queue (its pending list is a string, as after
+    // a bad hand edit): whenever the relay tries it, the row stays
+    // undispatched, as behind a stuck relay.
+    let pending = env.queue().keys("stalled").pending;
+    let raw = redis_client(&env.cfg.redis.url).await;
+    let _: () = raw
+        .set(&pending, "not a list", None, None, false)
+        .await
+        .unwrap();
     sqlx::query(
         "INSERT INTO outbox (kind, queue, payload, max_retry, timeout_ms, created_at)
          VALUES ('task:stalled', 'stalled', '{}', 0, 1000, now() - interval '1 hour')",
@@ -220,8 +228,11 @@ async fn a_relay_is_not_ready_while_its_oldest_row_waits_too_long() {
     assert_eq!(body["outbox"], "stalled");
     assert_eq!(body["postgres"], "up");
 
-    app.wake_relay();
+    // Mended, the queue is tried again once its hold (a growing backoff)
+    // is over, at a wake-up: the row goes through.
+    let _: () = raw.del(&pending).await.unwrap();
     eventually(Duration::from_secs(10), "ready again", || async {
+        app.wake_relay();
         let (status, _) = ready(&app).await;
         (status == 200).then_some(())
     })
