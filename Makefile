@@ -6,7 +6,7 @@ SERVICES := scripts/dev-services.sh
 # Exports DATABASE_URL and REDIS_URL of the running services.
 WITH_ENV = eval "$$($(SERVICES) env | sed 's/^/export /')" &&
 
-.PHONY: run test test-faults test-schema check-deploy bench services services-down fmt lint sqlx-prepare
+.PHONY: run test test-faults test-schema check-deploy deny bench services services-down fmt lint sqlx-prepare
 
 ## run: services, then the API + relay + worker on HTTP_ADDR (default :8080)
 run: services
@@ -32,6 +32,10 @@ test-schema: services
 ## the scrape config, and the Grafana dashboard's metric names (deploy/)
 check-deploy:
 	scripts/check-deploy.sh
+
+## deny: licenses, bans and sources of the dependency tree (deny.toml)
+deny:
+	scripts/deny.sh
 
 ## bench: the benchmark harness, release build (see BENCHMARKS.md; minutes, not in CI)
 bench:
