@@ -13,9 +13,11 @@ pub mod app;
 pub mod config;
 /// Postgres pool and migrations.
 pub mod db;
+/// What the service did, announced for whoever waits on it (the tests).
+pub mod events;
 /// The HTTP JSON API: routes, extractors and the one place errors become responses.
 pub mod http;
-/// Outgoing email: the `Mailer` trait, SMTP and file mailers.
+/// Outgoing email: the SMTP and file mailers.
 pub mod mail;
 /// Prometheus metrics: names, the recorder, the gauges read at scrape time.
 pub mod metrics;
@@ -30,5 +32,6 @@ pub use simplebank_queue as queue;
 pub mod tasks;
 /// Logging set-up.
 pub mod telemetry;
-/// The user domain: validation, password hashing, persistence.
+/// The user domain: validation, password hashing, persistence, the sign-up
+/// use cases.
 pub mod users;

@@ -1,22 +1,19 @@
 //! The `simplebank` command: serve | relay [--once] | worker | migrate, and
 //! the operator's queues | tasks | outbox.
 
-use std::{io::IsTerminal, process::ExitCode, time::Duration, time::Instant};
+use std::{process::ExitCode, time::Duration};
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use simplebank::{
     app::{self, Clients, Components},
     config::{
         Config, LogFormat, parse_duration,
         scoped::{ForMigrate, ForQueues, ForRelay, ForWorker},
-        validate::Role,
     },
     db,
     ops::{self, Ops, outbox::OutboxArgs, queues::QueuesArgs, tasks::TasksArgs},
     telemetry,
 };
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -82,17 +79,18 @@ enum Command {
 }
 
 impl Command {
-    /// What this command runs, for the settings it must allow.
-    fn role(&self) -> Role {
+    /// What this command runs: its settings are checked for it, and it
+    /// starts them. The rest are one-shot tools, which run none.
+    fn components(&self) -> Components {
         match self {
-            Command::Serve { .. } => Role::Serve,
-            Command::Worker { .. } => Role::Worker,
-            Command::Relay { once: false, .. } => Role::Relay,
+            Command::Serve { .. } => Components::ALL,
+            Command::Worker { .. } => Components::WORKER,
+            Command::Relay { once: false, .. } => Components::RELAY,
             Command::Relay { once: true, .. }
             | Command::Migrate { .. }
             | Command::Queues { .. }
             | Command::Tasks { .. }
-            | Command::Outbox { .. } => Role::Tool,
+            | Command::Outbox { .. } => Components::NONE,
         }
     }
 
@@ -123,15 +121,15 @@ fn main() -> ExitCode {
     let json_logs = cfg.log.format == LogFormat::Json;
     // A bad setting: one line naming it, and exit code 2, as for a setting
     // the parser refused.
-    let warnings = match cfg.validate(cli.command.role()) {
+    let warnings = match cfg.validate(cli.command.components()) {
         Ok(warnings) => warnings,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = telemetry::init(&cfg.log, cli.command.role() == Role::Tool) {
-        eprintln!("error: {e:#}");
+    if let Err(e) = telemetry::init(&cfg.log, cli.command.components().is_tool()) {
+        eprintln!("error: {}", simplebank::queue::one_line(e.as_ref()));
         return ExitCode::FAILURE;
     }
     for warning in warnings {
@@ -149,7 +147,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line: in the log stream where that is JSON for a collector,
             // else plainly on stderr for the person at the terminal.
-            let e = error_chain(&e);
+            let e = simplebank::queue::one_line(e.as_ref());
             if json_logs {
                 tracing::error!(error = e, "exiting");
             } else {
@@ -160,137 +158,20 @@ fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes on one line. Many errors print their source as
-/// part of their own message (sqlx's do), so a cause already contained in
-/// the message before it is left out rather than repeated.
-fn error_chain(e: &anyhow::Error) -> String {
-    let mut line = String::new();
-    let mut previous = String::new();
-    for cause in e.chain() {
-        let msg = cause.to_string();
-        if !previous.contains(&msg) {
-            if !line.is_empty() {
-                line.push_str(": ");
-            }
-            line.push_str(&msg);
-        }
-        previous = msg;
-    }
-    line
-}
-
 async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
     match command {
-        Command::Serve { .. } => run_until_signal(&cfg, Components::ALL).await,
-        Command::Worker { .. } => {
-            run_until_signal(
-                &cfg,
-                Components {
-                    api: false,
-                    relay: false,
-                    worker: true,
-                },
-            )
-            .await
-        }
-        Command::Relay { once: false, .. } => {
-            run_until_signal(
-                &cfg,
-                Components {
-                    api: false,
-                    relay: true,
-                    worker: false,
-                },
-            )
-            .await
+        Command::Serve { .. } | Command::Worker { .. } | Command::Relay { once: false, .. } => {
+            run_until_signal(&cfg, command.components()).await
         }
         Command::Relay {
             once: true,
             redeliver_since,
             ..
-        } => {
-            let clients = Clients::new(&cfg)?;
-            let relay = clients.relay(&cfg)?;
-            let started = Instant::now();
-            // On a terminal, a line that shows the drain going on.
-            let progress = match std::io::stderr().is_terminal() {
-                true => Some(Progress::start(relay.clone(), &clients.pool).await),
-                false => None,
-            };
-            // A failed batch rolls back: what was not forwarded stays in the
-            // outbox for the next run, which the message says.
-            let drained = relay.drain(&CancellationToken::new()).await;
-            drop(progress);
-            let drained = drained.context("forwarding stopped; the rest stays in the outbox")?;
-            let forwarded = drained.forwarded;
-            if let Some(e) = drained.failed {
-                return Err(anyhow::Error::new(e).context(format!(
-                    "forwarded {forwarded} rows, but a queue refused its rows; they stay in the outbox"
-                )));
-            }
-            let redelivered = match redeliver_since {
-                Some(window) => relay
-                    .redeliver_since(window)
-                    .await
-                    .context("redelivery stopped; run it again")?,
-                None => 0,
-            };
-            let took = started.elapsed();
-            println!(
-                "relay: forwarded {forwarded} rows, redelivered {redelivered} in {:.3}s ({:.0} rows/s)",
-                took.as_secs_f64(),
-                (forwarded + redelivered) as f64 / took.as_secs_f64().max(1e-9)
-            );
-            Ok(())
-        }
+        } => ops::drain::run(&cfg, redeliver_since).await,
         Command::Migrate { .. } => db::migrate(&Clients::new(&cfg)?.pool).await,
         Command::Queues { args, .. } => ops::queues::run(&Ops::new(&cfg, args.json)?, &args).await,
         Command::Tasks { args, .. } => ops::tasks::run(&Ops::new(&cfg, args.json)?, &args).await,
         Command::Outbox { args, .. } => ops::outbox::run(&Ops::new(&cfg, args.json)?, &args).await,
-    }
-}
-
-/// A long drain's progress on the terminal, on one line rewritten twice a
-/// second: rows forwarded, the rate, and how long the rest should take.
-/// Dropped, it stops and ends its line.
-struct Progress(tokio::task::JoinHandle<()>);
-
-impl Progress {
-    async fn start(relay: simplebank::outbox::relay::Relay, pool: &sqlx::PgPool) -> Self {
-        let backlog = simplebank::outbox::stats::OutboxStats::read(pool)
-            .await
-            .ok()
-            .map(|s| s.undispatched);
-        match backlog {
-            Some(total) => eprint!("relay: {total} undispatched rows to forward"),
-            None => eprint!("relay: forwarding"),
-        }
-        let started = Instant::now();
-        Self(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let done = relay.forwarded_so_far();
-                let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
-                let left = match backlog {
-                    Some(total) if rate > 0.0 => {
-                        let left = total.saturating_sub(done);
-                        format!(
-                            ", about {left} of {total} left (~{:.0}s)",
-                            left as f64 / rate
-                        )
-                    }
-                    _ => String::new(),
-                };
-                eprint!("\r\x1b[Krelay: {done} rows forwarded, {rate:.0} rows/s{left}");
-            }
-        }))
-    }
-}
-
-impl Drop for Progress {
-    fn drop(&mut self) {
-        self.0.abort();
-        eprintln!();
     }
 }
 

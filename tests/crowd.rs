@@ -28,23 +28,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 async fn a_thousand_concurrent_sign_ups_keep_memory_bounded() {
     let env = TestEnv::new().await;
     let port = next_port();
-    // serve as shipped: default argon2id (19 MiB a hash), default limits.
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .env("DATABASE_URL", &env.db_url)
-        .env("REDIS_URL", &env.cfg.redis.url)
-        .env("REDIS_KEY_PREFIX", &env.cfg.redis.key_prefix)
-        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("DATABASE_MAX_CONNECTIONS", "8")
-        // The crowd comes from one address; the rate per address is tested
-        // in tests/it/edge.rs.
-        .env("HTTP_RATE_LIMIT", "0")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .current_dir(std::env::temp_dir())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_serve(&env, port);
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
@@ -66,26 +50,7 @@ async fn a_thousand_concurrent_sign_ups_keep_memory_bounded() {
             .unwrap();
         assert_eq!(res.status(), 200);
     }
-    let requests = (0..1000).map(|i| {
-        let (http, base) = (&http, &base);
-        async move {
-            let name = if i % 2 == 0 {
-                format!("taken{}", i % 10)
-            } else {
-                format!("new{i}")
-            };
-            match http
-                .post(format!("{base}/v1/create_user"))
-                .json(&user_json(&name))
-                .send()
-                .await
-            {
-                Ok(res) => res.status().as_u16(),
-                Err(_) => 0,
-            }
-        }
-    });
-    let statuses = futures::future::join_all(requests).await;
+    let statuses = the_crowd(&http, &base).await;
     let mut counts = std::collections::BTreeMap::new();
     for s in &statuses {
         *counts.entry(*s).or_insert(0) += 1;
@@ -116,4 +81,49 @@ async fn a_thousand_concurrent_sign_ups_keep_memory_bounded() {
     assert!(peak < 256 * 1024, "peak RSS {} MiB", peak / 1024);
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// serve as shipped: default argon2id (19 MiB a hash), default limits.
+fn spawn_serve(env: &TestEnv, port: u16) -> std::process::Child {
+    Command::new(BIN)
+        .arg("serve")
+        .env("DATABASE_URL", &env.db_url)
+        .env("REDIS_URL", &env.cfg.redis.url)
+        .env("REDIS_KEY_PREFIX", &env.cfg.redis.key_prefix)
+        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("DATABASE_MAX_CONNECTIONS", "8")
+        // The crowd comes from one address; the rate per address is tested
+        // in tests/it/edge.rs.
+        .env("HTTP_RATE_LIMIT", "0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .current_dir(std::env::temp_dir())
+        .spawn()
+        .unwrap()
+}
+
+/// 1,000 sign-ups at once, half of them with taken names; their statuses
+/// (0: no answer).
+async fn the_crowd(http: &reqwest::Client, base: &str) -> Vec<u16> {
+    let requests = (0..1000).map(|i| {
+        let (http, base) = (http, base);
+        async move {
+            let name = if i % 2 == 0 {
+                format!("taken{}", i % 10)
+            } else {
+                format!("new{i}")
+            };
+            match http
+                .post(format!("{base}/v1/create_user"))
+                .json(&user_json(&name))
+                .send()
+                .await
+            {
+                Ok(res) => res.status().as_u16(),
+                Err(_) => 0,
+            }
+        }
+    });
+    futures::future::join_all(requests).await
 }

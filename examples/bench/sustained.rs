@@ -23,13 +23,12 @@ use fred::prelude::*;
 use simplebank::{
     app::Clients,
     config::Config,
-    outbox::{stats::OutboxStats, wake::RelayWaker, write::NewTask},
+    outbox::{Outbox, stats::OutboxStats, wake::RelayWaker},
     queue::{Broker, HandlerRegistry, Processed, WorkerServer, handler_fn},
-    users::repo::{self, NewUser},
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{Bench, PREFIX, Row, ms, per_s, stop};
+use super::{Bench, PREFIX, Row, ms, per_s, sign_up, stop};
 
 /// The task kind the bench's workers run (a no-op).
 const KIND: &str = "bench:sustained";
@@ -159,33 +158,13 @@ impl Bench {
         cfg.redis.url = target.url.clone();
         cfg.redis.key_prefix = PREFIX.into();
         let clients = Clients::new(&cfg)?;
-        let broker = clients.queue.clone();
+        let broker = clients.broker.clone();
         let notes_dir = std::env::temp_dir().join(format!("sb-sustained-{}", std::process::id()));
         std::fs::create_dir_all(&notes_dir)?;
 
         // The workers first, each a process of its own, ready before load.
         // Guarded: an error on the way stops them too.
-        let mut children: Vec<(Worker, PathBuf)> = Vec::new();
-        for i in 0..workers {
-            let notes = notes_dir.join(format!("worker-{i}"));
-            let mut child = Command::new(std::env::current_exe()?)
-                .arg("--worker-child")
-                .arg(&notes)
-                .env("DATABASE_URL", &self.db_url)
-                .env("REDIS_URL", &target.url)
-                .env("REDIS_KEY_PREFIX", PREFIX)
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::piped())
-                .stdin(Stdio::null())
-                .spawn()
-                .context("starting a worker process")?;
-            let stdout = child.stdout.take().unwrap();
-            let child = Worker(Some(child));
-            let mut ready = String::new();
-            BufReader::new(stdout).read_line(&mut ready)?;
-            ensure!(ready.trim() == "ready", "a worker process did not start");
-            children.push((child, notes));
-        }
+        let children = self.start_workers(target, workers, &notes_dir)?;
         let stop_relay = CancellationToken::new();
         let waker = RelayWaker::new();
         let relay = tokio::spawn(clients.relay(&cfg)?.run(
@@ -201,37 +180,7 @@ impl Bench {
         let started_ms = Utc::now().timestamp_millis();
         let deadline = started + window;
         let committed = Arc::new(AtomicU64::new(0));
-        let mut writers = tokio::task::JoinSet::new();
-        for w in 0..self.args.sustained_writers {
-            let (pool, waker, committed) = (self.pool.clone(), waker.clone(), committed.clone());
-            writers.spawn(async move {
-                let mut i = 0u64;
-                while Instant::now() < deadline {
-                    let name = format!("s{w}_{i}");
-                    let email = format!("{name}@example.com");
-                    let user = NewUser {
-                        username: &name,
-                        full_name: "Bench User",
-                        email: &email,
-                        hashed_password: "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
-                    };
-                    let task = NewTask {
-                        kind: KIND,
-                        queue: "critical".into(),
-                        payload: serde_json::json!({ "username": name }),
-                        max_retry: 3,
-                        timeout: Duration::from_secs(30),
-                        process_in: Duration::ZERO,
-                        request_id: None,
-                    };
-                    repo::create_with_task(&pool, &user, &task).await?;
-                    committed.fetch_add(1, Ordering::Relaxed);
-                    waker.wake();
-                    i += 1;
-                }
-                anyhow::Ok(())
-            });
-        }
+        let mut writers = self.spawn_writers(&waker, deadline, &committed);
         // The backlog (outbox rows not yet forwarded plus tasks waiting in
         // Redis), sampled along the way.
         let mut samples = Vec::new();
@@ -276,6 +225,66 @@ impl Bench {
             p50: q(0.50),
             p99: q(0.99),
         })
+    }
+
+    /// `workers` worker processes on `target`, each noting into a file in
+    /// `notes_dir`, once each is ready.
+    fn start_workers(
+        &self,
+        target: &Target,
+        workers: usize,
+        notes_dir: &Path,
+    ) -> anyhow::Result<Vec<(Worker, PathBuf)>> {
+        let mut children: Vec<(Worker, PathBuf)> = Vec::new();
+        for i in 0..workers {
+            let notes = notes_dir.join(format!("worker-{i}"));
+            let mut child = Command::new(std::env::current_exe()?)
+                .arg("--worker-child")
+                .arg(&notes)
+                .env("DATABASE_URL", &self.db_url)
+                .env("REDIS_URL", &target.url)
+                .env("REDIS_KEY_PREFIX", PREFIX)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::piped())
+                .stdin(Stdio::null())
+                .spawn()
+                .context("starting a worker process")?;
+            let stdout = child.stdout.take().unwrap();
+            let child = Worker(Some(child));
+            let mut ready = String::new();
+            BufReader::new(stdout).read_line(&mut ready)?;
+            ensure!(ready.trim() == "ready", "a worker process did not start");
+            children.push((child, notes));
+        }
+        Ok(children)
+    }
+
+    /// The sign-up writers, committing until `deadline` and counting their
+    /// commits in `committed`.
+    fn spawn_writers(
+        &self,
+        waker: &RelayWaker,
+        deadline: Instant,
+        committed: &Arc<AtomicU64>,
+    ) -> tokio::task::JoinSet<anyhow::Result<()>> {
+        let mut writers = tokio::task::JoinSet::new();
+        for w in 0..self.args.sustained_writers {
+            let (outbox, committed) = (
+                Outbox::new(self.pool.clone(), waker.clone()),
+                committed.clone(),
+            );
+            writers.spawn(async move {
+                let mut i = 0u64;
+                while Instant::now() < deadline {
+                    let name = format!("s{w}_{i}");
+                    sign_up(&outbox, &name, KIND).await?;
+                    committed.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+                anyhow::Ok(())
+            });
+        }
+        writers
     }
 }
 

@@ -63,6 +63,7 @@ mod fence;
 mod handler;
 mod maintenance;
 mod observe;
+mod one_line;
 mod outage;
 mod retry;
 mod run;
@@ -77,6 +78,7 @@ pub use connection::RedisSettings;
 pub use fence::Fenced;
 pub use handler::{Handler, HandlerRegistry, Ledger, Processed, handler_fn};
 pub use observe::{Observer, RunEnd, RunEnded};
+pub use one_line::one_line;
 pub use outage::Outage;
 pub use retry::RetryPolicy;
 pub use server::{QueueWeight, WorkerServer, WorkerSettings};
@@ -138,7 +140,7 @@ impl TaskError {
 impl std::fmt::Display for TaskError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Retry(e) | Self::SkipRetry(e) => write!(f, "{e:#}"),
+            Self::Retry(e) | Self::SkipRetry(e) => f.write_str(&one_line(e.as_ref())),
             Self::Fenced(why) => write!(f, "stopped before its effect: {why}"),
         }
     }

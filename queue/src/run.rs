@@ -211,7 +211,7 @@ async fn mark_done(ledger: &dyn Ledger, task: &Task, abort: &CancellationToken) 
             }
             Err(e) => {
                 if outage
-                    .pause("postgres", &format!("{e:#}"), abort)
+                    .pause("postgres", &crate::one_line(e.as_ref()), abort)
                     .await
                     .is_break()
                 {

@@ -1,3 +1,5 @@
+//! Over 450 lines on purpose: one test binary for the worker, so its tests link once.
+//!
 //! The worker server and broker against a real Redis (`make test` starts one
 //! and exports REDIS_URL): idempotent enqueue, weights, strict priority,
 //! delays, retries, archive, panics, timeouts, leases, shutdown, and the

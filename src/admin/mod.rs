@@ -9,13 +9,14 @@
 //! ([`auth`]) and made through the queue broker, which logs the audit line.
 
 mod auth;
+mod overview;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use askama::Template;
 use axum::{
     Extension, Form, Router,
-    extract::{ConnectInfo, Path, Query, Request, State},
+    extract::{ConnectInfo, Path, Request, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     middleware::{self, Next},
     response::{Html, IntoResponse, Redirect, Response},
@@ -26,8 +27,7 @@ use sqlx::PgPool;
 
 use crate::{
     config::Config,
-    outbox::stats::OutboxStats,
-    queue::{Broker, QueueWeight, Repair, TaskId, TaskState},
+    queue::{Broker, QueueWeight, Repair, TaskId},
 };
 use auth::{Key, Session};
 
@@ -77,7 +77,7 @@ impl Dashboard {
 pub fn router<S: Clone + Send + Sync + 'static>(dashboard: Dashboard) -> Router<S> {
     let dashboard = Arc::new(dashboard);
     Router::new()
-        .route("/admin", get(index))
+        .route("/admin", get(overview::index))
         .route("/admin/login", post(login))
         .route("/admin/logout", post(logout))
         .route("/admin/queues/{queue}/{action}", post(queue_action))
@@ -201,162 +201,6 @@ async fn unknown(State(d): Shared, headers: HeaderMap) -> Response {
         Some(_) => page(StatusCode::NOT_FOUND, "<p>No such page.</p>".into()),
         None => unauthorized(&d, None),
     }
-}
-
-/// One queue's line.
-struct QueueRow {
-    name: String,
-    weight: u32,
-    paused: bool,
-    counts: [u64; 5],
-    latency: String,
-}
-
-/// One archived task.
-struct ArchivedRow {
-    queue: String,
-    id: TaskId,
-    kind: String,
-    retried: String,
-    failed_at: String,
-    error: String,
-}
-
-#[derive(Template)]
-#[template(path = "admin/dashboard.html")]
-struct DashboardPage {
-    refresh: u64,
-    csrf: String,
-    notice: Option<String>,
-    problems: Vec<String>,
-    queues: Vec<QueueRow>,
-    archived: Vec<ArchivedRow>,
-    undispatched: String,
-    oldest: String,
-    relay: &'static str,
-    relay_max_age: String,
-    now: String,
-}
-
-/// Where a change redirects to: what was done, as known words only (a link
-/// cannot make the page say something of an attacker's choosing).
-#[derive(Deserialize, Default)]
-struct Done {
-    done: Option<String>,
-    queue: Option<String>,
-    task: Option<TaskId>,
-}
-
-impl Done {
-    fn notice(&self, d: &Dashboard) -> Option<String> {
-        let verb = match self.done.as_deref()? {
-            v @ ("retried" | "deleted" | "paused" | "resumed" | "unchanged") => v,
-            _ => return None,
-        };
-        let queue = self.queue.as_deref().filter(|q| d.knows_queue(q))?;
-        Some(match (verb, self.task) {
-            ("unchanged", Some(id)) => format!("Task {id} of {queue}: nothing to change."),
-            ("unchanged", None) => format!("Queue {queue}: nothing to change."),
-            (verb, Some(id)) => format!("Task {id} of {queue} {verb}."),
-            (verb, None) => format!("Queue {queue} {verb}."),
-        })
-    }
-}
-
-fn human(d: Duration) -> String {
-    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
-}
-
-async fn index(State(d): Shared, headers: HeaderMap, Query(done): Query<Done>) -> Response {
-    let Some(session) = d.session(&headers) else {
-        return unauthorized(&d, None);
-    };
-    let mut problems = Vec::new();
-    let mut queues = Vec::new();
-    let mut archived = Vec::new();
-    for QueueWeight {
-        queue: name,
-        weight,
-    } in &d.queues
-    {
-        let stats = match d.broker.stats(name).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(queue = %name, error = %e, "dashboard: cannot read the queue");
-                problems.push(format!("Queue {name}: Redis did not answer."));
-                continue;
-            }
-        };
-        let from = stats.archived.saturating_sub(ARCHIVED_SHOWN);
-        match d
-            .broker
-            .list(name, TaskState::Archived, from, ARCHIVED_SHOWN)
-            .await
-        {
-            Ok(tasks) => archived.extend(tasks.into_iter().rev().map(|t| {
-                ArchivedRow {
-                    queue: name.clone(),
-                    id: t.id,
-                    kind: t.kind,
-                    retried: format!("{}/{}", t.retried, t.max_retry),
-                    failed_at: t
-                        .last_failed_at
-                        .map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string()),
-                    error: t.last_error.unwrap_or_default(),
-                }
-            })),
-            Err(e) => {
-                tracing::warn!(queue = %name, error = %e, "dashboard: cannot list archived tasks");
-                problems.push(format!(
-                    "Queue {name}: its archived tasks could not be read."
-                ));
-            }
-        }
-        queues.push(QueueRow {
-            name: name.clone(),
-            weight: *weight,
-            paused: stats.paused,
-            counts: [
-                stats.pending,
-                stats.active,
-                stats.scheduled,
-                stats.retry,
-                stats.archived,
-            ],
-            latency: stats.latency.map_or("-".into(), human),
-        });
-    }
-    let (undispatched, oldest, relay) = match OutboxStats::read(&d.pool).await {
-        Ok(s) => (
-            s.undispatched_text(),
-            s.oldest_age.map_or("-".into(), human),
-            match s.stalled(d.relay_max_age) {
-                Some(_) => "stalled",
-                None => "flowing",
-            },
-        ),
-        Err(e) => {
-            tracing::warn!(error = %e, "dashboard: cannot read the outbox");
-            problems.push("The outbox could not be read: Postgres did not answer.".into());
-            ("?".into(), "?".into(), "unknown")
-        }
-    };
-    let html = render(&DashboardPage {
-        refresh: d.refresh.as_secs(),
-        csrf: session.csrf,
-        notice: done.notice(&d),
-        problems,
-        queues,
-        archived,
-        undispatched,
-        oldest,
-        relay,
-        relay_max_age: human(d.relay_max_age),
-        now: chrono::Utc::now()
-            .format("%Y-%m-%d %H:%M:%S UTC")
-            .to_string(),
-    });
-    page(StatusCode::OK, html)
 }
 
 #[derive(Deserialize)]

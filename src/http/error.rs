@@ -14,7 +14,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::users::{
-    FieldViolation, password::HashError, repo::CreateUserError, repo::Taken,
+    FieldViolation, password::HashError, repo::CreateUserError, repo::Taken, signup::SignUpError,
     verify_email::VerifyError,
 };
 
@@ -106,7 +106,7 @@ impl IntoResponse for ApiError {
         let (status, code) = self.parts();
         let message = match &self {
             Self::Internal(e) => {
-                tracing::error!(error = format!("{e:#}"), "internal error");
+                tracing::error!(error = crate::queue::one_line(e.as_ref()), "internal error");
                 "internal error".to_owned()
             }
             _ => self.to_string(),
@@ -190,6 +190,15 @@ impl From<CreateUserError> for ApiError {
                 Self::AlreadyExists("email already exists".into())
             }
             CreateUserError::Db(e) => e.into(),
+        }
+    }
+}
+
+impl From<SignUpError> for ApiError {
+    fn from(e: SignUpError) -> Self {
+        match e {
+            SignUpError::Create(e) => e.into(),
+            SignUpError::Hash(e) => e.into(),
         }
     }
 }

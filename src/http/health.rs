@@ -46,23 +46,23 @@ pub async fn healthz() -> Json<Health> {
     tag = "health"
 )]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
-    Probes::new(state.pool, state.queue).check().await
+    Probes::new(state.pool, state.broker).check().await
 }
 
 /// What a process's readiness depends on.
 #[derive(Clone)]
 pub struct Probes {
     pool: PgPool,
-    queue: Broker,
+    broker: Broker,
     /// For a relay: the oldest undispatched row may be at most this old.
     outbox_max_age: Option<Duration>,
 }
 
 impl Probes {
-    pub fn new(pool: PgPool, queue: Broker) -> Self {
+    pub fn new(pool: PgPool, broker: Broker) -> Self {
         Self {
             pool,
-            queue,
+            broker,
             outbox_max_age: None,
         }
     }
@@ -80,7 +80,7 @@ impl Probes {
     /// 503 names what does not.
     pub async fn check(&self) -> (StatusCode, Json<Readiness>) {
         let pg = probe(sqlx::query("SELECT 1").execute(&self.pool));
-        let redis = probe(self.queue.ping());
+        let redis = probe(self.broker.ping());
         let outbox = async {
             let max_age = self.outbox_max_age?;
             Some(

@@ -18,11 +18,10 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     admin::{self, Dashboard},
-    config::{HttpConfig, SignupConfig},
+    config::HttpConfig,
     metrics::Scrape,
-    outbox::wake::RelayWaker,
     queue::Broker,
-    users::password::PasswordHasher,
+    users::signup::SignUps,
 };
 use error::ApiError;
 
@@ -30,10 +29,8 @@ use error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
-    pub queue: Broker,
-    pub hasher: PasswordHasher,
-    pub signup: SignupConfig,
-    pub waker: RelayWaker,
+    pub broker: Broker,
+    pub signups: SignUps,
     /// What /metrics reads; `None`: no /metrics here (it is on ADMIN_ADDR).
     pub scrape: Option<Scrape>,
 }

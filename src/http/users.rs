@@ -9,14 +9,7 @@ use super::{
     error::{ApiError, ErrorBody},
     extract::{ApiJson, RequestId},
 };
-use crate::{
-    tasks::send_verify_email,
-    users::{
-        User,
-        repo::{self, CreateUserError},
-        validation::SignUp,
-    },
-};
+use crate::users::{User, validation::SignUp};
 
 #[derive(Deserialize, ToSchema)]
 pub struct CreateUserRequest {
@@ -64,20 +57,6 @@ pub async fn create_user(
 ) -> Result<Json<CreateUserResponse>, ApiError> {
     let signup = SignUp::parse(req.username, req.full_name, req.email, req.password)
         .map_err(ApiError::invalid)?;
-    // Cheap checks first: a taken name or address costs no hash.
-    if let Some(taken) = repo::taken(&state.pool, &signup.username, &signup.email).await? {
-        return Err(CreateUserError::Taken(taken).into());
-    }
-    let hashed = state.hasher.hash(signup.password).await?;
-    let task = send_verify_email::task(&state.signup, &signup.username).caused_by(request_id);
-    let new_user = repo::NewUser {
-        username: &signup.username,
-        full_name: &signup.full_name,
-        email: &signup.email,
-        hashed_password: &hashed,
-    };
-    let (user, task_id) = repo::create_with_task(&state.pool, &new_user, &task).await?;
-    state.waker.wake();
-    tracing::info!(username = %user.username, task_id = task_id.get(), "user created");
+    let user = state.signups.create(signup, request_id).await?;
     Ok(Json(CreateUserResponse { user }))
 }

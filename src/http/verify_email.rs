@@ -10,12 +10,9 @@ use super::{
     error::{ApiError, ErrorBody},
     extract::{ApiJson, ApiQuery, RequestId},
 };
-use crate::{
-    tasks::send_verify_email,
-    users::{
-        validation::{self, Violations},
-        verify_email::{self, Resend},
-    },
+use crate::users::{
+    validation::{self, Violations},
+    verify_email::{self, Resend},
 };
 
 /// Both are read as text so that a malformed value is reported as a field
@@ -108,22 +105,12 @@ pub async fn resend_verify_email(
     let mut v = Violations::default();
     v.check("email", validation::email(&req.email));
     v.finish().map_err(ApiError::invalid)?;
-    let interval = state.signup.verify_email_resend_interval;
-    let outcome = verify_email::request_resend(&state.pool, &req.email, interval, |username| {
-        send_verify_email::task(&state.signup, username).caused_by(request_id)
-    })
-    .await?;
-    match outcome {
+    match state.signups.resend_link(&req.email, request_id).await? {
         Resend::TooSoon => Err(ApiError::TooManyRequests {
             message: "a new link was asked for this address a moment ago; try again later".into(),
-            retry_after: interval,
+            retry_after: state.signups.resend_interval(),
         }),
-        Resend::Queued { task_id } => {
-            state.waker.wake();
-            tracing::info!(task_id = task_id.get(), "verification link sent again");
-            Ok(accepted())
-        }
-        Resend::NothingToSend => Ok(accepted()),
+        Resend::Queued { .. } | Resend::NothingToSend => Ok(accepted()),
     }
 }
 

@@ -1,8 +1,10 @@
 //! The operator's commands: `queues` (counts, latency, pause and resume),
-//! `tasks` (list, show, retry, delete) and `outbox stats`. Human tables by
+//! `tasks` (list, show, retry, delete), `outbox stats`, and the recovery
+//! drain `relay --once` ([`drain`]). Human tables by
 //! default, `--json` for scripts. Every change goes through the queue
 //! broker, which logs one audit line naming the user who asked.
 
+pub mod drain;
 pub mod outbox;
 pub mod queues;
 pub mod tasks;
@@ -37,7 +39,7 @@ impl Ops {
         let clients = Clients::new(cfg)?;
         Ok(Self {
             pool: clients.pool,
-            broker: clients.queue,
+            broker: clients.broker,
             queues: cfg.worker.queues.by_priority(),
             json,
             retention: cfg.worker.done_retention,

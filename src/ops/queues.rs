@@ -68,7 +68,7 @@ async fn watch(ops: &Ops, every: Duration) -> anyhow::Result<()> {
     loop {
         let pass = async {
             if let Err(e) = show(ops, true).await {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", crate::queue::one_line(e.as_ref()));
             }
             tokio::time::sleep(every).await;
         };

@@ -1,15 +1,18 @@
 //! The transactional outbox.
 //!
-//! [`write`] inserts a task row inside the caller's transaction, so the row
-//! commits if and only if the caller's own rows do. [`relay`] forwards committed
-//! rows to their Redis queues. [`wake`] tells relays promptly that rows were
-//! committed, without a NOTIFY inside the writing transaction.
+//! [`Outbox`] ([`write`]) inserts task rows inside the caller's transaction,
+//! so they commit if and only if the caller's own rows do, and wakes the
+//! relays after the commit. [`relay`] forwards committed rows to their Redis
+//! queues. [`wake`] holds both halves of the wake-up, without a NOTIFY inside
+//! the writing transaction.
 
 mod held;
 pub mod relay;
 pub mod stats;
 pub mod wake;
 pub mod write;
+
+pub use write::{NewTask, Outbox, OutboxTx};
 
 use chrono::{DateTime, Utc};
 

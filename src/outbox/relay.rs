@@ -23,13 +23,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sqlx::{PgPool, postgres::PgListener};
-use tokio::sync::Notify;
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use super::{NOTIFY_CHANNEL, OutboxRow, held::HeldQueues, wake::RelayWaker};
+use super::{OutboxRow, held::HeldQueues, wake::RelayWaker};
 use crate::{
     config::RelayConfig,
+    events::{self, Event},
     metrics,
     queue::{Broker, Outage, QueueError, TaskMessage},
 };
@@ -90,11 +90,51 @@ impl Drained {
     }
 }
 
+/// A queue Redis refused a batch's tasks of.
+struct Refusal {
+    queue: String,
+    /// It was held back already (this was another try).
+    was_held: bool,
+}
+
+/// What Redis made of a batch: the queues that refused, and the last error.
+#[derive(Default)]
+struct Enqueued {
+    refusals: Vec<Refusal>,
+    error: Option<QueueError>,
+}
+
+impl Enqueued {
+    fn refused(&self, queue: &str) -> bool {
+        self.refusals.iter().any(|r| r.queue == queue)
+    }
+
+    /// For a batch none of whose tasks went through: `Ok` when only queues
+    /// already held refused (they stay held, the others are not concerned),
+    /// `Err` when a queue refused for the first time as well.
+    fn into_error(self) -> Result<Option<QueueError>, QueueError> {
+        match self.error {
+            Some(e) if self.refusals.iter().any(|r| !r.was_held) => Err(e),
+            error => Ok(error),
+        }
+    }
+
+    /// Logs, once, each queue that refused for the first time while others
+    /// went through: its rows wait, held back, and the other queues go on.
+    fn announce_new(&self, held: &HeldQueues) {
+        let Some(e) = &self.error else { return };
+        for r in self.refusals.iter().filter(|r| !r.was_held) {
+            tracing::warn!(queue = %r.queue, error = %e, "queue refuses tasks; its rows wait, the other queues go on");
+            held.announce(&r.queue);
+        }
+    }
+}
+
 /// Forwards outbox rows; see the module doc.
 #[derive(Clone)]
 pub struct Relay {
     pool: PgPool,
-    queue: Broker,
+    broker: Broker,
     cfg: RelayConfig,
     held: Arc<HeldQueues>,
     /// Rows this relay forwarded, for progress reports.
@@ -102,11 +142,11 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn new(pool: PgPool, queue: Broker, cfg: RelayConfig) -> Self {
+    pub fn new(pool: PgPool, broker: Broker, cfg: RelayConfig) -> Self {
         let held = Arc::new(HeldQueues::new(Duration::from_millis(100), cfg.max_backoff));
         Self {
             pool,
-            queue,
+            broker,
             cfg,
             held,
             forwarded: Arc::default(),
@@ -134,35 +174,77 @@ impl Relay {
     }
 
     async fn try_forward_batch(&self) -> Result<Batch, RelayError> {
-        let now = Instant::now();
-        let skipped = self.held.skipped(now);
-        let due = self.held.due(now);
         let mut tx = self.pool.begin_with(BEGIN_BATCH).await?;
+        let tasks = self.claim(&mut tx).await?;
+        if tasks.is_empty() {
+            return Ok(Batch::default());
+        }
+        let claimed = tasks.len();
+        let enqueued = self.enqueue(&tasks).await;
+        let forwarded: Vec<&TaskMessage> = tasks
+            .iter()
+            .filter(|t| !enqueued.refused(&t.queue))
+            .collect();
+        if forwarded.is_empty() {
+            // Dropping `tx` rolls back; every row stays undispatched.
+            return match enqueued.into_error() {
+                // Only queues already held, tried again: held on.
+                Ok(failed) => Ok(Batch {
+                    claimed,
+                    forwarded: 0,
+                    failed,
+                }),
+                // Every queue refused, some for the first time (Redis is down,
+                // most likely): an outage, which the caller logs.
+                Err(e) => Err(RelayError::Redis(e)),
+            };
+        }
+        enqueued.announce_new(&self.held);
+        let ids: Vec<i64> = forwarded.iter().map(|t| t.id.get()).collect();
+        sqlx::query_file!("sql/outbox/mark_dispatched.sql", &ids)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.forwarded
+            .fetch_add(ids.len() as u64, Ordering::Relaxed);
+        events::announce(Event::Forwarded { rows: ids.len() });
+        metrics::relay_batch(forwarded.iter().map(|t| (t.queue.as_str(), t.created_at)));
+        Ok(Batch {
+            claimed,
+            forwarded: ids.len(),
+            failed: enqueued.error,
+        })
+    }
+
+    /// Claims a batch of undispatched rows in `tx`, leaving out the queues
+    /// held back now.
+    async fn claim(&self, tx: &mut sqlx::PgConnection) -> Result<Vec<TaskMessage>, RelayError> {
+        let now = Instant::now();
+        let due = self.held.due(now);
         let rows = sqlx::query_file_as!(
             OutboxRow,
             "sql/outbox/claim.sql",
             i64::from(self.cfg.batch_size),
-            &skipped
+            &self.held.skipped(now)
         )
-        .fetch_all(&mut *tx)
+        .fetch_all(tx)
         .await?;
-        let claimed = rows.len();
         // A claim that was not full took every row it could: a held queue
         // due for a try with no rows in it has none left (another relay
         // forwarded them), and is held no more.
-        if claimed < self.cfg.batch_size as usize {
+        if rows.len() < self.cfg.batch_size as usize {
             for queue in due.iter().filter(|q| !rows.iter().any(|r| &r.queue == *q)) {
                 self.held.recovered(queue);
             }
         }
-        if rows.is_empty() {
-            return Ok(Batch::default());
-        }
-        let (ids, tasks): (Vec<i64>, Vec<TaskMessage>) =
-            rows.into_iter().map(|r| (r.id, r.into())).unzip();
-        let mut failed = None;
-        let mut refused: Vec<(String, bool)> = Vec::new();
-        for (queue, outcome) in self.queue.enqueue_each(&tasks).await {
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    /// Enqueues `tasks`, one script call per queue in one round trip, and
+    /// notes which queues refused theirs.
+    async fn enqueue(&self, tasks: &[TaskMessage]) -> Enqueued {
+        let mut enqueued = Enqueued::default();
+        for (queue, outcome) in self.broker.enqueue_each(tasks).await {
             match outcome {
                 Ok(_) => {
                     // Its failure was logged (a partial one): so is this.
@@ -172,60 +254,12 @@ impl Relay {
                 }
                 Err(e) => {
                     let was_held = self.held.failed(&queue, Instant::now());
-                    refused.push((queue, was_held));
-                    failed = Some(e);
+                    enqueued.refusals.push(Refusal { queue, was_held });
+                    enqueued.error = Some(e);
                 }
             }
         }
-        let ids: Vec<i64> = match refused.is_empty() {
-            true => ids,
-            false => ids
-                .into_iter()
-                .zip(&tasks)
-                .filter(|(_, t)| !refused.iter().any(|(q, _)| *q == t.queue))
-                .map(|(id, _)| id)
-                .collect(),
-        };
-        if let Some(e) = &failed {
-            if ids.is_empty() {
-                // Dropping `tx` rolls back; the rows stay undispatched.
-                if refused.iter().all(|(_, was_held)| *was_held) {
-                    // Only queues already held, tried again: held on, the
-                    // others go on.
-                    return Ok(Batch {
-                        claimed,
-                        forwarded: 0,
-                        failed,
-                    });
-                }
-                // Every queue refused, some for the first time (Redis is
-                // down, most likely): an outage, which the caller logs.
-                return Err(RelayError::Redis(e.clone()));
-            }
-            for (queue, was_held) in &refused {
-                if !was_held {
-                    tracing::warn!(queue = %queue, error = %e, "queue refuses tasks; its rows wait, the other queues go on");
-                    self.held.announce(queue);
-                }
-            }
-        }
-        sqlx::query_file!("sql/outbox/mark_dispatched.sql", &ids)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        self.forwarded
-            .fetch_add(ids.len() as u64, Ordering::Relaxed);
-        metrics::relay_batch(
-            tasks
-                .iter()
-                .filter(|t| !refused.iter().any(|(q, _)| *q == t.queue))
-                .map(|t| (t.queue.as_str(), t.created_at)),
-        );
-        Ok(Batch {
-            claimed,
-            forwarded: ids.len(),
-            failed,
-        })
+        enqueued
     }
 
     /// Forwards batches until none is left (or `shutdown`, after the current
@@ -284,7 +318,7 @@ impl Relay {
             after = last.id;
             let tasks: Vec<TaskMessage> = rows.into_iter().map(Into::into).collect();
             total += tasks.len() as u64;
-            self.queue.enqueue(&tasks).await?;
+            self.broker.enqueue(&tasks).await?;
         }
         Ok(total)
     }
@@ -334,15 +368,8 @@ impl Relay {
     /// backoff and logged once per change of state.
     pub async fn run(self, waker: RelayWaker, listen_url: String, shutdown: CancellationToken) {
         tracing::info!("start outbox relay");
-        let notified = std::sync::Arc::new(Notify::new());
         let cleanup = tokio::spawn(self.clone().cleanup_loop(shutdown.clone()));
-        let listener = tokio::spawn(listen(
-            listen_url,
-            waker.origin.clone(),
-            notified.clone(),
-            self.cfg.max_backoff,
-            shutdown.clone(),
-        ));
+        let wake_ups = waker.wake_ups(listen_url, self.cfg.max_backoff, shutdown.clone());
         let mut outage = Outage::new(
             "relay cannot forward; retrying with backoff",
             "relay recovered: forwarding again",
@@ -374,71 +401,11 @@ impl Relay {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = waker.local.notified() => {}
-                _ = notified.notified() => {}
+                _ = wake_ups.next() => {}
                 _ = tokio::time::sleep(self.cfg.poll_interval) => {}
             }
         }
-        let _ = tokio::join!(listener, cleanup);
+        let _ = tokio::join!(wake_ups.stopped(), cleanup);
         tracing::info!("outbox relay stopped");
-    }
-}
-
-/// LISTENs for commits of other processes and wakes the relay. Runs on its own
-/// direct connection, re-established when lost (the relay is woken then too,
-/// since notifications may have been missed meanwhile).
-async fn listen(
-    url: String,
-    own_origin: std::sync::Arc<str>,
-    wake: std::sync::Arc<Notify>,
-    max_backoff: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut listener: Option<PgListener> = None;
-    let mut outage = Outage::new(
-        "relay listener cannot reach postgres; polling meanwhile",
-        "relay listener connected again",
-        Duration::from_millis(100),
-        max_backoff,
-    );
-    loop {
-        let l = match listener.as_mut() {
-            Some(l) => l,
-            None => {
-                let connected = async {
-                    let mut l = PgListener::connect(&url).await?;
-                    l.listen(NOTIFY_CHANNEL).await?;
-                    Ok::<_, sqlx::Error>(l)
-                };
-                match connected.await {
-                    Ok(l) => {
-                        outage.up();
-                        wake.notify_one();
-                        listener.insert(l)
-                    }
-                    Err(e) => {
-                        if outage.pause("postgres", &e, &shutdown).await.is_break() {
-                            return;
-                        }
-                        continue;
-                    }
-                }
-            }
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            msg = l.try_recv() => match msg {
-                // This process's own commits woke the relay directly already.
-                Ok(Some(n)) if n.payload() == &*own_origin => {}
-                Ok(Some(_)) => wake.notify_one(),
-                // The connection dropped; the next try_recv reconnects.
-                Ok(None) => wake.notify_one(),
-                Err(e) => {
-                    // Reconnect at once; failures to do so back off.
-                    outage.down("postgres", &e);
-                    listener = None;
-                }
-            },
-        }
     }
 }

@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-use crate::{config::Config, mail::Mailer, queue::HandlerRegistry};
+use crate::{
+    config::{Config, MailConfig},
+    mail::Mailer,
+    queue::HandlerRegistry,
+};
 
 /// Time allowed after an effect for its ledger record. A handler fences for
 /// the effect and this together, so no other worker is handed the task
@@ -18,8 +22,8 @@ pub const LEDGER_ALLOWANCE: Duration = Duration::from_secs(2);
 /// record) takes. The worker's shutdown grace must cover it, and its lease
 /// twice (a lease is extended every third of it, so two thirds is what a
 /// run may find left).
-pub fn effect_budget(mailer: &Mailer) -> Duration {
-    mailer.send_limit() + LEDGER_ALLOWANCE
+pub fn effect_budget(mail: &MailConfig) -> Duration {
+    crate::mail::send_limit(mail) + LEDGER_ALLOWANCE
 }
 
 /// Sends the verification email of a new user.
@@ -36,6 +40,7 @@ pub fn registry(pool: PgPool, mailer: Mailer, cfg: &Config) -> HandlerRegistry {
             mailer,
             cfg.mail.app_base_url.clone(),
             cfg.signup.verify_email_link_ttl,
+            effect_budget(&cfg.mail),
         ),
     );
     registry

@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use crate::{
     config::SignupConfig,
     mail::{Delivered, Email, Mailer},
-    outbox::write::NewTask,
+    outbox::NewTask,
     queue::{Handler, Processed, Task, TaskError},
     users::{repo, verify_email},
 };
@@ -41,16 +41,26 @@ pub struct SendVerifyEmail {
     mailer: Mailer,
     base_url: String,
     link_ttl: Duration,
+    /// What the send and its ledger record may take: [`super::effect_budget`].
+    effect_budget: Duration,
 }
 
 impl SendVerifyEmail {
-    /// Links in its emails work for `link_ttl` from each send.
-    pub fn new(pool: PgPool, mailer: Mailer, base_url: String, link_ttl: Duration) -> Self {
+    /// Links in its emails work for `link_ttl` from each send; a run fences
+    /// for `effect_budget` before it sends.
+    pub fn new(
+        pool: PgPool,
+        mailer: Mailer,
+        base_url: String,
+        link_ttl: Duration,
+        effect_budget: Duration,
+    ) -> Self {
         Self {
             pool,
             mailer,
             base_url: base_url.trim_end_matches('/').to_owned(),
             link_ttl,
+            effect_budget,
         }
     }
 
@@ -95,7 +105,7 @@ impl SendVerifyEmail {
         };
         // Past this point the email may go out: only while no other worker
         // can be handed this task before the send and its ledger record end.
-        task.fence(super::effect_budget(&self.mailer)).await?;
+        task.fence(self.effect_budget).await?;
         let delivered = self.mailer.send(&email).await.map_err(|e| {
             if e.is_permanent() {
                 // Ten more refusals over four hours would change nothing.

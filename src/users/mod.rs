@@ -1,9 +1,10 @@
-//! The user domain: sign-up input and its validation, password hashing, and
-//! persistence (the user row and its outbox row in one transaction), plus
-//! email verification.
+//! The user domain: sign-up input and its validation, password hashing,
+//! persistence, the sign-up use cases (the user row and its outbox row in one
+//! transaction), and email verification.
 
 pub mod password;
 pub mod repo;
+pub mod signup;
 pub mod validation;
 pub mod verify_email;
 

@@ -1,13 +1,9 @@
-//! Persistence of users. Sign-up writes the user and its outbox row in one
-//! transaction: both commit or neither does.
+//! Persistence of users. The user row is inserted in the transaction that
+//! carries its task (see [`super::signup`]): both commit or neither does.
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
-use super::User;
-use crate::{
-    outbox::write::{self, NewTask},
-    queue::TaskId,
-};
+use super::{User, validation::SignUp};
 
 /// Which unique value a sign-up collided with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,40 +20,28 @@ pub enum CreateUserError {
     Db(#[from] sqlx::Error),
 }
 
-/// What sign-up stores.
-pub struct NewUser<'a> {
-    pub username: &'a str,
-    pub full_name: &'a str,
-    pub email: &'a str,
-    pub hashed_password: &'a str,
-}
-
-/// Inserts the user and the task's outbox row in one transaction; returns the
-/// user and the task id.
-pub async fn create_with_task(
-    pool: &PgPool,
-    user: &NewUser<'_>,
-    task: &NewTask,
-) -> Result<(User, TaskId), CreateUserError> {
-    let mut tx = pool.begin().await?;
-    let created = sqlx::query_file_as!(
+/// Inserts the user of `signup` with its password hash on `conn`, a
+/// connection in the caller's transaction (the one that carries its task).
+pub async fn insert(
+    conn: &mut PgConnection,
+    signup: &SignUp,
+    hashed_password: &str,
+) -> Result<User, CreateUserError> {
+    sqlx::query_file_as!(
         User,
         "sql/users/insert.sql",
-        user.username,
-        user.hashed_password,
-        user.full_name,
-        user.email
+        signup.username(),
+        hashed_password,
+        signup.full_name(),
+        signup.email()
     )
-    .fetch_one(&mut *tx)
+    .fetch_one(conn)
     .await
     .map_err(|e| match unique_violation(&e) {
         Some("users_pkey") => CreateUserError::Taken(Taken::Username),
         Some("users_email_key" | "users_email_lower_key") => CreateUserError::Taken(Taken::Email),
         _ => CreateUserError::Db(e),
-    })?;
-    let task_id = write::insert(&mut tx, task).await?;
-    tx.commit().await?;
-    Ok((created, task_id))
+    })
 }
 
 /// Which of `username` and `email` (in any case) an account has already;

@@ -38,13 +38,26 @@ impl Violations {
     }
 }
 
-/// A sign-up whose every field passed its rules.
-#[derive(Debug, Clone)]
+/// A sign-up whose every field passed its rules. The fields are private, so
+/// the only way to one is [`SignUp::parse`]; its `Debug` never shows the
+/// password.
+#[derive(Clone)]
 pub struct SignUp {
-    pub username: String,
-    pub full_name: String,
-    pub email: String,
-    pub password: String,
+    username: String,
+    full_name: String,
+    email: String,
+    password: String,
+}
+
+impl std::fmt::Debug for SignUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignUp")
+            .field("username", &self.username)
+            .field("full_name", &self.full_name)
+            .field("email", &self.email)
+            .field("password", &"[redacted]")
+            .finish()
+    }
 }
 
 impl SignUp {
@@ -67,6 +80,23 @@ impl SignUp {
             email,
             password,
         })
+    }
+
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+
+    pub fn full_name(&self) -> &str {
+        &self.full_name
+    }
+
+    pub fn email(&self) -> &str {
+        &self.email
+    }
+
+    /// The plaintext password, for hashing only.
+    pub fn password(&self) -> &str {
+        &self.password
     }
 }
 

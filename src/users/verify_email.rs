@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
 use crate::{
-    outbox::write::{self, NewTask},
+    outbox::{NewTask, Outbox},
     queue::TaskId,
 };
 
@@ -96,12 +96,12 @@ pub enum Resend {
 /// `interval` per address, whether or not the address belongs to anyone.
 /// The task, built by `task` from the username, commits with the request.
 pub async fn request_resend(
-    pool: &PgPool,
+    outbox: &Outbox,
     email: &str,
     interval: Duration,
     task: impl FnOnce(&str) -> NewTask,
 ) -> Result<Resend, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = outbox.begin().await?;
     sqlx::query_file!(
         "sql/verify_emails/prune_resends.sql",
         interval.as_secs_f64()
@@ -123,7 +123,7 @@ pub async fn request_resend(
         .await?;
     let outcome = match username {
         Some(username) => Resend::Queued {
-            task_id: write::insert(&mut tx, &task(&username)).await?,
+            task_id: tx.insert(&task(&username)).await?,
         },
         None => Resend::NothingToSend,
     };

@@ -25,33 +25,6 @@ fn base_url(var: &str) -> String {
         .unwrap_or_else(|_| panic!("{var} is not set: run the tests with `make test`"))
 }
 
-/// The component sets the tests start, besides [`Components::ALL`].
-pub const API_ONLY: Components = Components {
-    api: true,
-    relay: false,
-    worker: false,
-};
-pub const API_AND_RELAY: Components = Components {
-    api: true,
-    relay: true,
-    worker: false,
-};
-pub const RELAY_ONLY: Components = Components {
-    api: false,
-    relay: true,
-    worker: false,
-};
-pub const WORKER_ONLY: Components = Components {
-    api: false,
-    relay: false,
-    worker: true,
-};
-pub const RELAY_AND_WORKER: Components = Components {
-    api: false,
-    relay: true,
-    worker: true,
-};
-
 /// The configuration as a process started with no settings would see it
 /// (besides DATABASE_URL and REDIS_URL, which `make test` exports).
 pub fn default_config() -> Config {

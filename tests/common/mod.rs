@@ -10,8 +10,9 @@
 // Each test binary uses a part of it.
 #![allow(dead_code, unused_imports)]
 
-/// The queue crate's test support: its logging set-up, [`eventually`] and
-/// the raw Redis client are the service tests' too.
+/// The queue crate's test support: its logging set-up, its wait core
+/// ([`wait::eventually`] runs it on the service's events) and the raw Redis
+/// client are the service tests' too.
 #[path = "../../queue/tests/common/mod.rs"]
 pub mod queue_support;
 
@@ -25,5 +26,5 @@ pub use env::*;
 pub use link::*;
 pub use ports::next_port;
 pub use process::*;
-pub use queue_support::{eventually, init_logs, redis_client};
+pub use queue_support::{init_logs, redis_client};
 pub use wait::*;

@@ -1,12 +1,24 @@
 //! Waiting for what the app does: a task reaching a state, any condition
-//! becoming true. Bounded: a wait that runs out fails the test with what it
+//! becoming true. A wait looks again at each event the service announces
+//! (a batch forwarded, a run recorded, a lease lost: [`simplebank::events`]),
+//! not on a timer. Bounded: a wait that runs out fails the test with what it
 //! waited for.
 
 use std::time::Duration;
 
-use super::eventually;
+use super::queue_support::eventually_on;
 
 use simplebank::queue::{Broker, TaskId, TaskInfo, TaskState};
+
+/// Waits until `check` returns `Some`, looking again at each event of the
+/// service (see the module doc), or panics after `limit` naming `what`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    eventually_on(limit, what, &mut simplebank::events::subscribe(), check).await
+}
 
 /// Waits (up to `limit`) until task `id` of `queue` exists and passes `ok`.
 pub async fn wait_task(

@@ -8,7 +8,7 @@ use std::{process::Stdio, time::Duration};
 use fantoccini::{ClientBuilder, Locator};
 use simplebank::{
     app::Components,
-    queue::{TaskId, TaskState},
+    queue::{Broker, TaskId, TaskState},
 };
 
 use crate::common::*;
@@ -75,97 +75,11 @@ async fn a_change_needs_a_session_and_its_csrf_field() {
     let broker = env.queue();
     let http = plain_http();
 
-    // No session: the login form, 401, on every route.
-    let res = http.get(app.url("/admin")).send().await.unwrap();
-    assert_eq!(res.status(), 401);
-    assert!(res.text().await.unwrap().contains("name=\"token\""));
-    let res = form(http.post(app.url("/admin/tasks/default/7/retry")), "csrf=x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 401);
-    // Whatever the method or path: 401 first (not 405, 400 or 404).
-    for (method, path) in [
-        ("GET", "/admin/login"),
-        ("GET", "/admin/queues/default/pause"),
-        ("POST", "/admin/tasks/default/not-a-number/retry"),
-        ("GET", "/admin/"),
-    ] {
-        let req = match method {
-            "GET" => http.get(app.url(path)),
-            _ => http.post(app.url(path)),
-        };
-        assert_eq!(req.send().await.unwrap().status(), 401, "{method} {path}");
-    }
-    let res = form(http.post(app.url("/admin/login")), "token=not-the-token")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 401);
+    assert_every_route_refused_without_a_session(&http, &app).await;
 
-    // Logged in: a cookie, and the page shows the archived task.
-    let res = form(
-        http.post(app.url("/admin/login")),
-        &format!("token={TOKEN}"),
-    )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(res.status(), 303);
-    let set_cookie = res.headers()["set-cookie"].to_str().unwrap().to_owned();
-    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"));
-    let cookie = set_cookie.split(';').next().unwrap().to_owned();
-    let res = http
-        .get(app.url("/admin"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let page = res.text().await.unwrap();
-    assert!(page.contains("id=\"archived-7\""), "{page}");
-    assert!(
-        page.contains(r#"http-equiv="refresh" content="5; url=/admin""#),
-        "reloads itself"
-    );
-    let csrf = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("a csrf field")
-        .to_owned();
-    let res = http
-        .get(app.url("/admin/no-such-page"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 404);
+    let (cookie, csrf) = log_in_and_see_the_archived_task(&http, &app).await;
 
-    // The session without its CSRF field (a forged form), or with another
-    // origin: refused, nothing changed.
-    for (body, origin) in [
-        ("csrf=".to_owned(), None),
-        (format!("csrf={}", "ab".repeat(32)), None),
-        (format!("csrf={csrf}"), Some("http://evil.example")),
-    ] {
-        let mut req = form(http.post(app.url("/admin/tasks/default/7/retry")), &body)
-            .header("cookie", &cookie);
-        if let Some(origin) = origin {
-            req = req.header("origin", origin);
-        }
-        let res = req.send().await.unwrap();
-        assert_eq!(res.status(), 403, "{body} {origin:?}");
-        assert_eq!(
-            broker
-                .task("default", TaskId::from(7))
-                .await
-                .unwrap()
-                .unwrap()
-                .state,
-            TaskState::Archived
-        );
-    }
+    assert_forged_changes_refused(&http, &app, &cookie, &csrf, &broker).await;
     // With it: retried, and back on the page with a notice.
     let res = form(
         http.post(app.url("/admin/tasks/default/7/retry")),
@@ -208,6 +122,115 @@ async fn a_change_needs_a_session_and_its_csrf_field() {
     );
     assert_eq!(broker.stats("default").await.unwrap().pending, 0);
     app.stop().await;
+}
+
+/// No session: the login form, 401, on every route.
+async fn assert_every_route_refused_without_a_session(http: &reqwest::Client, app: &TestApp) {
+    let res = http.get(app.url("/admin")).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    assert!(res.text().await.unwrap().contains("name=\"token\""));
+    let res = form(http.post(app.url("/admin/tasks/default/7/retry")), "csrf=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    // Whatever the method or path: 401 first (not 405, 400 or 404).
+    for (method, path) in [
+        ("GET", "/admin/login"),
+        ("GET", "/admin/queues/default/pause"),
+        ("POST", "/admin/tasks/default/not-a-number/retry"),
+        ("GET", "/admin/"),
+    ] {
+        let req = match method {
+            "GET" => http.get(app.url(path)),
+            _ => http.post(app.url(path)),
+        };
+        assert_eq!(req.send().await.unwrap().status(), 401, "{method} {path}");
+    }
+    let res = form(http.post(app.url("/admin/login")), "token=not-the-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+}
+
+/// Logged in: a cookie, and the page shows the archived task. Returns the
+/// session cookie and the page's CSRF field.
+async fn log_in_and_see_the_archived_task(
+    http: &reqwest::Client,
+    app: &TestApp,
+) -> (String, String) {
+    let res = form(
+        http.post(app.url("/admin/login")),
+        &format!("token={TOKEN}"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 303);
+    let set_cookie = res.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"));
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let res = http
+        .get(app.url("/admin"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let page = res.text().await.unwrap();
+    assert!(page.contains("id=\"archived-7\""), "{page}");
+    assert!(
+        page.contains(r#"http-equiv="refresh" content="5; url=/admin""#),
+        "reloads itself"
+    );
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a csrf field")
+        .to_owned();
+    let res = http
+        .get(app.url("/admin/no-such-page"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    (cookie, csrf)
+}
+
+/// The session without its CSRF field (a forged form), or with another
+/// origin: refused, nothing changed.
+async fn assert_forged_changes_refused(
+    http: &reqwest::Client,
+    app: &TestApp,
+    cookie: &str,
+    csrf: &str,
+    broker: &Broker,
+) {
+    for (body, origin) in [
+        ("csrf=".to_owned(), None),
+        (format!("csrf={}", "ab".repeat(32)), None),
+        (format!("csrf={csrf}"), Some("http://evil.example")),
+    ] {
+        let mut req = form(http.post(app.url("/admin/tasks/default/7/retry")), &body)
+            .header("cookie", cookie);
+        if let Some(origin) = origin {
+            req = req.header("origin", origin);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 403, "{body} {origin:?}");
+        assert_eq!(
+            broker
+                .task("default", TaskId::from(7))
+                .await
+                .unwrap()
+                .unwrap()
+                .state,
+            TaskState::Archived
+        );
+    }
 }
 
 /// chromedriver on a port of its own, stopped (by its PID) when dropped.

@@ -4,14 +4,14 @@ use serde_json::json;
 
 use std::time::Duration;
 
-use crate::common::{
-    API_AND_RELAY, API_ONLY, RedisProcess, TestEnv, eventually, user_json, wait_task,
-};
+use simplebank::app::Components;
+
+use crate::common::{RedisProcess, TestEnv, eventually, user_json, wait_task};
 
 #[tokio::test]
 async fn create_user_writes_one_user_and_one_outbox_row() {
     let env = TestEnv::new().await;
-    let app = env.start(API_ONLY).await;
+    let app = env.start(Components::API).await;
     let (status, body) = app.post_json("/v1/create_user", user_json("alice")).await;
     assert_eq!(status, 200, "{body}");
     let user = &body["user"];
@@ -48,7 +48,7 @@ async fn create_user_writes_one_user_and_one_outbox_row() {
 #[tokio::test]
 async fn duplicate_username_or_email_is_409_and_adds_no_outbox_row() {
     let env = TestEnv::new().await;
-    let app = env.start(API_ONLY).await;
+    let app = env.start(Components::API).await;
     assert_eq!(
         app.post_json("/v1/create_user", user_json("bob")).await.0,
         200
@@ -99,7 +99,7 @@ async fn a_failure_after_the_user_insert_leaves_neither_row() {
     .execute(&env.pool)
     .await
     .unwrap();
-    let app = env.start(API_ONLY).await;
+    let app = env.start(Components::API).await;
     let res = app
         .http
         .post(app.url("/v1/create_user"))
@@ -128,7 +128,7 @@ async fn a_failure_after_the_user_insert_leaves_neither_row() {
 #[tokio::test]
 async fn each_invalid_field_is_reported() {
     let env = TestEnv::new().await;
-    let app = env.start(API_ONLY).await;
+    let app = env.start(Components::API).await;
     let cases = [
         ("username", json!("ab")),
         ("username", json!("Alice")),
@@ -183,7 +183,7 @@ async fn each_invalid_field_is_reported() {
 async fn malformed_requests_get_json_errors() {
     let mut env = TestEnv::new().await;
     env.cfg.http.body_limit = 1024;
-    let app = env.start(API_ONLY).await;
+    let app = env.start(Components::API).await;
     let post = |body: String, ctype: &'static str| {
         let req = app
             .http
@@ -246,7 +246,7 @@ async fn malformed_requests_get_json_errors() {
 #[tokio::test]
 async fn postgres_unreachable_is_503() {
     let env = TestEnv::new().await;
-    let app = env.start(API_ONLY).await;
+    let app = env.start(Components::API).await;
     // Point a second app at a port held by a socket that never answers (a
     // hung server; holding it keeps parallel tests off the port). It cannot
     // migrate, so serve the router directly.
@@ -260,10 +260,12 @@ async fn postgres_unreachable_is_503() {
     let clients = simplebank::app::Clients::new(&cfg).unwrap();
     let state = simplebank::http::AppState {
         pool: clients.pool.clone(),
-        queue: clients.queue.clone(),
-        hasher: simplebank::users::password::PasswordHasher::new(&cfg.signup).unwrap(),
-        signup: cfg.signup.clone(),
-        waker: Default::default(),
+        broker: clients.broker.clone(),
+        signups: simplebank::users::signup::SignUps::new(
+            simplebank::outbox::Outbox::new(clients.pool.clone(), Default::default()),
+            simplebank::users::password::PasswordHasher::new(&cfg.signup).unwrap(),
+            cfg.signup.clone(),
+        ),
         scrape: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -307,7 +309,7 @@ async fn redis_down_does_not_change_the_answer_and_the_task_arrives_later() {
     env.cfg.redis.command_timeout = Duration::from_millis(500);
     env.cfg.relay.max_backoff = Duration::from_millis(200);
     redis.stop();
-    let app = env.start(API_AND_RELAY).await;
+    let app = env.start(Components::API | Components::RELAY).await;
 
     let (status, body) = app.post_json("/v1/create_user", user_json("hank")).await;
     assert_eq!(status, 200, "{body}");
@@ -351,7 +353,7 @@ async fn redis_down_does_not_change_the_answer_and_the_task_arrives_later() {
 #[tokio::test]
 async fn openapi_document_describes_every_endpoint() {
     let env = TestEnv::new().await;
-    let app = env.start(API_ONLY).await;
+    let app = env.start(Components::API).await;
     let (status, doc) = app.get_json("/openapi.json").await;
     assert_eq!(status, 200);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));

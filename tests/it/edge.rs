@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use crate::common::{API_ONLY, TestEnv, user_json};
+use simplebank::app::Components;
+
+use crate::common::{TestEnv, user_json};
 
 #[tokio::test]
 async fn sign_ups_beyond_the_hashing_slots_are_refused_fast_with_retry_after() {
@@ -13,7 +15,7 @@ async fn sign_ups_beyond_the_hashing_slots_are_refused_fast_with_retry_after() {
     env.cfg.signup.argon2_iterations = 2;
     env.cfg.signup.argon2_max_concurrent = Some(1);
     env.cfg.signup.argon2_queue_wait = Duration::from_millis(20);
-    let app = env.start(API_ONLY).await;
+    let app = env.start(Components::API).await;
     let requests = (0..20).map(|i| {
         let app = &app;
         async move {
@@ -185,7 +187,7 @@ async fn a_client_trickling_its_headers_is_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut env = TestEnv::new().await;
     env.cfg.http.header_timeout = Duration::from_millis(300);
-    let app = env.start(API_ONLY).await;
+    let app = env.start(Components::API).await;
     let addr = app.base.trim_start_matches("http://").to_owned();
     let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
     slow.write_all(b"POST /v1/create_user HTTP/1.1\r\nHost: x\r\n")

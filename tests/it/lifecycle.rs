@@ -211,31 +211,8 @@ async fn no_secret_in_any_log_line_of_a_sign_up_and_its_verification() {
     let env = TestEnv::new().await;
     let mail_dir = std::env::temp_dir().join(format!("sblogs-{}", uuid::Uuid::new_v4().simple()));
     let port = crate::common::next_port();
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .env("DATABASE_URL", &env.db_url)
-        .env("REDIS_URL", &env.cfg.redis.url)
-        .env("REDIS_KEY_PREFIX", &env.cfg.redis.key_prefix)
-        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("MAIL_DIR", &mail_dir)
-        .env("VERIFY_EMAIL_PROCESS_IN", "0s")
-        .env("ARGON2_MEMORY_KIB", "64")
-        .env("ARGON2_ITERATIONS", "1")
-        .env("RUST_LOG", "trace")
-        .env("LOG_FORMAT", "json")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .current_dir(std::env::temp_dir())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_tracing_serve(&env, &mail_dir, port);
     let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-    let drain = |r: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = BufReader::new(r).read_to_string(&mut s);
-            s
-        })
-    };
     let (out, err) = (drain(Box::new(out)), drain(Box::new(err)));
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
@@ -255,24 +232,7 @@ async fn no_secret_in_any_log_line_of_a_sign_up_and_its_verification() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    let eml = eventually(Duration::from_secs(20), "the email file", || async {
-        let path = std::fs::read_dir(&mail_dir)
-            .ok()?
-            .filter_map(|e| Some(e.ok()?.path()))
-            .find(|p| p.extension().is_some_and(|x| x == "eml"))?;
-        std::fs::read(path).ok()
-    })
-    .await;
-    // The link, from the message (the database keeps only the code's hash).
-    let text = mail_parser::MessageParser::default()
-        .parse(&eml)
-        .and_then(|m| m.body_text(0).map(|t| t.into_owned()))
-        .expect("a plain-text part");
-    let link = text
-        .split_whitespace()
-        .find(|w| w.contains("secret_code="))
-        .expect("a link")
-        .to_owned();
+    let link = verification_link(&mail_dir).await;
     let code = link.rsplit_once("secret_code=").unwrap().1.to_owned();
     let res = http
         .get(link.replace("http://localhost:8080", &base))
@@ -315,6 +275,62 @@ async fn no_secret_in_any_log_line_of_a_sign_up_and_its_verification() {
         );
     }
     let _ = std::fs::remove_dir_all(&mail_dir);
+}
+
+/// `serve` for `env`, logging everything as JSON, its emails written to
+/// `mail_dir`, on `port`; its stdout and stderr piped.
+fn spawn_tracing_serve(
+    env: &TestEnv,
+    mail_dir: &std::path::Path,
+    port: u16,
+) -> std::process::Child {
+    Command::new(BIN)
+        .arg("serve")
+        .env("DATABASE_URL", &env.db_url)
+        .env("REDIS_URL", &env.cfg.redis.url)
+        .env("REDIS_KEY_PREFIX", &env.cfg.redis.key_prefix)
+        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("MAIL_DIR", mail_dir)
+        .env("VERIFY_EMAIL_PROCESS_IN", "0s")
+        .env("ARGON2_MEMORY_KIB", "64")
+        .env("ARGON2_ITERATIONS", "1")
+        .env("RUST_LOG", "trace")
+        .env("LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .current_dir(std::env::temp_dir())
+        .spawn()
+        .unwrap()
+}
+
+/// Reads all of `r` on a thread of its own.
+fn drain(r: Box<dyn std::io::Read + Send>) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = BufReader::new(r).read_to_string(&mut s);
+        s
+    })
+}
+
+/// The verification link of the email written to `mail_dir`, once it is.
+async fn verification_link(mail_dir: &std::path::Path) -> String {
+    let eml = eventually(Duration::from_secs(20), "the email file", || async {
+        let path = std::fs::read_dir(mail_dir)
+            .ok()?
+            .filter_map(|e| Some(e.ok()?.path()))
+            .find(|p| p.extension().is_some_and(|x| x == "eml"))?;
+        std::fs::read(path).ok()
+    })
+    .await;
+    // The link, from the message (the database keeps only the code's hash).
+    let text = mail_parser::MessageParser::default()
+        .parse(&eml)
+        .and_then(|m| m.body_text(0).map(|t| t.into_owned()))
+        .expect("a plain-text part");
+    text.split_whitespace()
+        .find(|w| w.contains("secret_code="))
+        .expect("a link")
+        .to_owned()
 }
 
 #[test]

@@ -1,21 +1,23 @@
 //! Support for the queue crate's tests: a Redis key prefix of the test's own
 //! on the Redis that REDIS_URL names, a worker server started and stopped on
-//! it, an in-memory ledger, and bounded waits. The service's tests use its
-//! logging, waits and raw Redis client too (tests/common/mod.rs).
+//! it, an in-memory ledger, and bounded waits that look again whenever a
+//! worker reports something ([`eventually`]). The service's tests use its
+//! logging, its wait core and raw Redis client too (tests/common/mod.rs).
 
 #![allow(dead_code)]
 
 use std::{
     collections::HashSet,
-    sync::{Mutex, Once},
+    sync::{Arc, LazyLock, Mutex, Once},
     time::{Duration, Instant},
 };
 
 use futures::future::BoxFuture;
 use simplebank_queue::{
-    Broker, HandlerRegistry, Ledger, QueueWeight, RedisSettings, RetryPolicy, Task, TaskId,
-    TaskInfo, TaskState, WorkerServer, WorkerSettings,
+    Broker, HandlerRegistry, Ledger, Observer, QueueWeight, RedisSettings, RetryPolicy, RunEnd,
+    RunEnded, Task, TaskId, TaskInfo, TaskState, WorkerServer, WorkerSettings,
 };
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 /// Logs to the test's output, at TEST_LOG (default warn).
@@ -123,6 +125,7 @@ pub fn start_worker_with(
     if let Some(ledger) = ledger {
         server = server.with_ledger(ledger);
     }
+    server = server.with_observer(Arc::new(Reported));
     let stop = CancellationToken::new();
     let handle = tokio::spawn(server.run(stop.clone()));
     RunningWorker { stop, handle }
@@ -191,21 +194,79 @@ pub async fn wait_state(q: &Broker, queue: &str, id: TaskId, state: TaskState) -
     .await
 }
 
-/// Polls `check` every 20 ms until it returns `Some`, or panics after `limit`.
-pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+/// What the test workers report (any run ended, lease expired or lost),
+/// for [`eventually`] to look again at once.
+static REPORTS: LazyLock<broadcast::Sender<()>> = LazyLock::new(|| broadcast::channel(1024).0);
+
+/// The observer of every test worker: it tells waiters that something ended.
+struct Reported;
+
+impl Observer for Reported {
+    fn run_ended(&self, _run: &RunEnded<'_>) {
+        let _ = REPORTS.send(());
+    }
+
+    fn lease_expired(&self, _kind: &str, _end: RunEnd) {
+        let _ = REPORTS.send(());
+    }
+
+    fn lease_lost(&self, _id: TaskId) {
+        let _ = REPORTS.send(());
+    }
+}
+
+/// The longest a wait goes without looking again: for what no report
+/// announces (a task the test enqueued itself, a run that started, another
+/// process's work).
+const LOOK_AGAIN_AFTER: Duration = Duration::from_millis(100);
+
+/// The shortest time between two looks: a flood of reports (thousands of
+/// runs a second) must not turn a wait into a busy loop of checks.
+const LOOK_AT_MOST_EVERY: Duration = Duration::from_millis(5);
+
+/// Waits until `check` returns `Some`, looking again at each of the test
+/// workers' reports, or panics after `limit` naming `what`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let start = Instant::now();
+    eventually_on(limit, what, &mut REPORTS.subscribe(), check).await
+}
+
+/// Waits until `check` returns `Some`, looking again at every event of
+/// `events` (or after [`LOOK_AGAIN_AFTER`] at the latest), or panics after
+/// `limit` naming `what`. Subscribe before the call: an event between the
+/// subscription and the first look is not missed.
+pub async fn eventually_on<E: Clone, T, F, Fut>(
+    limit: Duration,
+    what: &str,
+    events: &mut broadcast::Receiver<E>,
+    mut check: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
     loop {
+        let looked = Instant::now();
         if let Some(v) = check().await {
             return v;
         }
+        let now = Instant::now();
         assert!(
-            start.elapsed() < limit,
+            now < deadline,
             "timed out after {limit:?} waiting for {what}"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let wait = LOOK_AGAIN_AFTER.min(deadline - now);
+        // An event, a lag (events were missed: look again) or the time: look.
+        let _ = tokio::time::timeout(wait, events.recv()).await;
+        tokio::time::sleep_until((looked + LOOK_AT_MOST_EVERY).into()).await;
+        // What came meanwhile is seen by the next look.
+        while !matches!(
+            events.try_recv(),
+            Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed)
+        ) {}
     }
 }
