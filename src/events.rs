@@ -2,7 +2,8 @@
 //! the tests wait on these instead of sleeping between checks, and an
 //! embedder may too. One bus per process (like the metrics recorder), so a
 //! waiter needs no handle on the component it waits for; each event is sent
-//! after the fact it names is stored. With nobody subscribed, sending costs
+//! once what it names is done (a batch committed; a run's outcome sent to
+//! Redis, or given up at shutdown). With nobody subscribed, sending costs
 //! a lock and nothing more.
 
 use std::sync::LazyLock;

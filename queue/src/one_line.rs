@@ -4,8 +4,8 @@ use std::error::Error;
 
 /// `e` and its causes on one line, `outer: inner: innermost`, each text
 /// once. Many errors print their source as part of their own message (sqlx's
-/// and lettre's do), so a cause whose text the line already ends with is left
-/// out rather than repeated.
+/// and lettre's do), so a cause whose text the error just before it already
+/// contains is left out rather than repeated.
 ///
 /// ```
 /// let e = anyhow::anyhow!("554 5.7.1 refused").context("smtp: 554 5.7.1 refused");
@@ -13,13 +13,15 @@ use std::error::Error;
 /// ```
 pub fn one_line(e: &(dyn Error + 'static)) -> String {
     let mut line = e.to_string();
+    let mut previous = line.clone();
     let mut cause = e.source();
     while let Some(c) = cause {
         let text = c.to_string();
-        if !line.contains(&text) {
+        if !previous.contains(&text) {
             line.push_str(": ");
             line.push_str(&text);
         }
+        previous = text;
         cause = c.source();
     }
     line
@@ -46,5 +48,18 @@ mod tests {
         );
         let e = anyhow::Error::new(Reply).context("smtp");
         assert_eq!(one_line(e.as_ref()), "smtp: 5.7.1 Sending paused");
+    }
+
+    #[test]
+    fn a_cause_is_compared_with_the_error_just_before_it_only() {
+        // "timed out" appears in the outer message, but the cause before it
+        // does not say it: it is printed.
+        let e = anyhow::anyhow!("timed out")
+            .context("connecting")
+            .context("run timed out: giving up");
+        assert_eq!(
+            one_line(e.as_ref()),
+            "run timed out: giving up: connecting: timed out"
+        );
     }
 }

@@ -51,6 +51,22 @@ pub async fn start(cfg: &Config, components: Components) -> anyhow::Result<Runni
     // Installed before anything is counted.
     metrics::handle();
     let mut app = RunningApp::new(cfg, Clients::new(cfg)?);
+    match start_components(&mut app, cfg, components).await {
+        Ok(()) => Ok(app),
+        Err(e) => {
+            // What started before the failure stops with it.
+            app.shutdown();
+            Err(e)
+        }
+    }
+}
+
+/// Starts `components` on `app`, one after the other.
+async fn start_components(
+    app: &mut RunningApp,
+    cfg: &Config,
+    components: Components,
+) -> anyhow::Result<()> {
     let scrape = Scrape::new(
         components.relay.then(|| app.clients.pool.clone()),
         components
@@ -81,7 +97,7 @@ pub async fn start(cfg: &Config, components: Components) -> anyhow::Result<Runni
         app.tracker.spawn(worker.run(app.shutdown.clone()));
     }
     app.tracker.close();
-    Ok(app)
+    Ok(())
 }
 
 /// The worker server with this service's handlers, ledger and metrics.

@@ -38,22 +38,18 @@ impl HeldQueues {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The queues to leave out of a claim now.
-    pub fn skipped(&self, now: Instant) -> Vec<String> {
-        self.map()
-            .iter()
-            .filter(|(_, h)| h.until > now)
-            .map(|(q, _)| q.clone())
-            .collect()
-    }
-
-    /// The held queues whose backoff is over: due for another try.
-    pub fn due(&self, now: Instant) -> Vec<String> {
-        self.map()
-            .iter()
-            .filter(|(_, h)| h.until <= now)
-            .map(|(q, _)| q.clone())
-            .collect()
+    /// The held queues at `now`, in one look (another lane may fail a queue
+    /// meanwhile): those to leave out of a claim, and those whose backoff is
+    /// over, due for another try.
+    pub fn split(&self, now: Instant) -> (Vec<String>, Vec<String>) {
+        let (mut skipped, mut due) = (Vec::new(), Vec::new());
+        for (queue, held) in self.map().iter() {
+            match held.until > now {
+                true => skipped.push(queue.clone()),
+                false => due.push(queue.clone()),
+            }
+        }
+        (skipped, due)
     }
 
     /// Whether any queue is failing (held now, or due for another try).
@@ -108,19 +104,20 @@ mod tests {
         let held = HeldQueues::new(ms(100), ms(300));
         let now = Instant::now();
         assert!(!held.failed("a", now));
-        assert_eq!(held.skipped(now), ["a"]);
-        assert!(held.skipped(now + ms(100)).is_empty(), "due for a retry");
-        assert_eq!(held.due(now + ms(100)), ["a"]);
-        assert!(held.due(now).is_empty());
+        let (skipped, due) = held.split(now);
+        assert_eq!((skipped, due), (vec!["a".to_owned()], vec![]));
+        let (skipped, due) = held.split(now + ms(100));
+        assert!(skipped.is_empty(), "due for a retry");
+        assert_eq!(due, ["a"]);
         assert!(held.any());
         assert!(held.failed("a", now));
         assert!(held.failed("a", now));
         assert_eq!(
-            held.skipped(now + ms(299)),
+            held.split(now + ms(299)).0,
             ["a"],
             "backoff capped at 300 ms"
         );
-        assert!(held.skipped(now + ms(300)).is_empty());
+        assert!(held.split(now + ms(300)).0.is_empty());
         held.announce("a");
         assert_eq!(held.recovered("a"), Some(true));
         assert_eq!(held.recovered("a"), None);

@@ -219,13 +219,12 @@ impl Relay {
     /// Claims a batch of undispatched rows in `tx`, leaving out the queues
     /// held back now.
     async fn claim(&self, tx: &mut sqlx::PgConnection) -> Result<Vec<TaskMessage>, RelayError> {
-        let now = Instant::now();
-        let due = self.held.due(now);
+        let (skipped, due) = self.held.split(Instant::now());
         let rows = sqlx::query_file_as!(
             OutboxRow,
             "sql/outbox/claim.sql",
             i64::from(self.cfg.batch_size),
-            &self.held.skipped(now)
+            &skipped
         )
         .fetch_all(tx)
         .await?;

@@ -102,8 +102,8 @@ impl RelayWaker {
     }
 }
 
-/// What wakes one relay. Both sources keep one pending permit, so a burst of
-/// commits while the relay works costs it one more pass.
+/// What wakes one relay. Each source keeps one pending permit, so a burst of
+/// commits while the relay works costs it one more pass per source at most.
 pub struct WakeUps {
     local: Arc<Notify>,
     remote: Arc<Notify>,

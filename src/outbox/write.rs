@@ -1,8 +1,8 @@
 //! The write side: [`Outbox`] owns the whole protocol of writing a task. Rows
 //! are inserted in the caller's transaction ([`OutboxTx::insert`]), so they
 //! commit if and only if the caller's own rows do, and [`OutboxTx::commit`]
-//! wakes the relays once they are committed. There is no other way to write
-//! an outbox row, so no writer can forget the wake-up.
+//! wakes the relays once they are committed. The service has no other way to
+//! write an outbox row, so no writer can forget the wake-up.
 
 use std::{
     ops::{Deref, DerefMut},

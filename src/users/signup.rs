@@ -48,7 +48,7 @@ impl SignUps {
     /// Creates the account and its verify-email task in one transaction.
     pub async fn create(
         &self,
-        signup: SignUp,
+        mut signup: SignUp,
         request_id: Option<String>,
     ) -> Result<User, SignUpError> {
         let pool = self.outbox.pool();
@@ -56,7 +56,7 @@ impl SignUps {
         if let Some(taken) = repo::taken(pool, signup.username(), signup.email()).await? {
             return Err(CreateUserError::Taken(taken).into());
         }
-        let hashed = self.hasher.hash(signup.password().to_owned()).await?;
+        let hashed = self.hasher.hash(signup.take_password()).await?;
         let task = send_verify_email::task(&self.cfg, signup.username()).caused_by(request_id);
         let mut tx = self.outbox.begin().await?;
         let user = repo::insert(&mut tx, &signup, &hashed).await?;

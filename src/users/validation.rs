@@ -94,9 +94,9 @@ impl SignUp {
         &self.email
     }
 
-    /// The plaintext password, for hashing only.
-    pub fn password(&self) -> &str {
-        &self.password
+    /// Takes the plaintext password out, for hashing: no copy stays behind.
+    pub fn take_password(&mut self) -> String {
+        std::mem::take(&mut self.password)
     }
 }
 
@@ -154,6 +154,22 @@ pub fn positive_id(value: i64) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sign_up_never_shows_its_password() {
+        let mut signup = SignUp::parse(
+            "alice".into(),
+            "Alice Liddell".into(),
+            "alice@example.com".into(),
+            "hunter2-secret".into(),
+        )
+        .unwrap();
+        let shown = format!("{signup:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("alice@example.com"), "{shown}");
+        assert_eq!(signup.take_password(), "hunter2-secret");
+        assert_eq!(signup.take_password(), "", "taken, not copied");
+    }
 
     #[test]
     fn usernames() {

@@ -26,5 +26,5 @@ pub use env::*;
 pub use link::*;
 pub use ports::next_port;
 pub use process::*;
-pub use queue_support::{init_logs, redis_client};
+pub use queue_support::{RunningWorker, init_logs, redis_client, stop_worker};
 pub use wait::*;

@@ -1,7 +1,8 @@
 //! Waiting for what the app does: a task reaching a state, any condition
 //! becoming true. A wait looks again at each event the service announces
 //! (a batch forwarded, a run recorded, a lease lost: [`simplebank::events`]),
-//! not on a timer. Bounded: a wait that runs out fails the test with what it
+//! and after 100 ms at the latest for what no event announces (a child
+//! process, the SMTP server's mailbox). Bounded: a wait that runs out fails the test with what it
 //! waited for.
 
 use std::time::Duration;

@@ -60,7 +60,8 @@ async fn a_failing_queue_does_not_strand_the_tasks_of_another() {
         env.cfg.redis.connection().subscriber().unwrap(),
         settings,
         registry,
-    );
+    )
+    .with_observer(std::sync::Arc::new(simplebank::events::Announced));
     let stop = CancellationToken::new();
     let worker = tokio::spawn(server.run(stop.clone()));
     let batch: Vec<_> = (1..=40).map(|id| msg(id, "critical")).collect();

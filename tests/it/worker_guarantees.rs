@@ -9,15 +9,18 @@ use std::{
 
 use fred::prelude::*;
 use simplebank::{
+    events::Announced,
     queue::{
         Broker, HandlerRegistry, Processed, Task, TaskId, TaskMessage, TaskState, WorkerServer,
         WorkerSettings, handler_fn,
     },
     tasks::ledger::PgLedger,
 };
-use tokio_util::sync::CancellationToken;
 
-use crate::common::{CuttableLink, TestEnv, eventually, postgres_addr, redis_addr, redis_client};
+use crate::common::{
+    CuttableLink, RunningWorker, TestEnv, eventually, postgres_addr, redis_addr, redis_client,
+    stop_worker,
+};
 use crate::guarantees::msg;
 
 /// What handlers of the fault tests did: (worker, task id) per effect.
@@ -31,7 +34,7 @@ fn start_worker(
     ledger_pool: sqlx::PgPool,
     registry: HandlerRegistry,
     tweak: impl FnOnce(&mut WorkerSettings),
-) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+) -> RunningWorker {
     let mut redis = env.cfg.redis.clone();
     redis.url = redis_url.to_owned();
     let mut settings = env.cfg.worker.server_settings();
@@ -42,17 +45,9 @@ fn start_worker(
         settings,
         registry,
     )
-    .with_ledger(PgLedger::new(ledger_pool));
-    let stop = CancellationToken::new();
-    (stop.clone(), tokio::spawn(server.run(stop)))
-}
-
-async fn stop_worker((stop, handle): (CancellationToken, tokio::task::JoinHandle<()>)) {
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(15), handle)
-        .await
-        .expect("worker stops")
-        .unwrap();
+    .with_ledger(PgLedger::new(ledger_pool))
+    .with_observer(Arc::new(Announced));
+    RunningWorker::spawn(server)
 }
 
 /// Handlers of kind "k" that pass their fence, make their effect (noted in

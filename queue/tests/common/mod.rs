@@ -125,16 +125,25 @@ pub fn start_worker_with(
     if let Some(ledger) = ledger {
         server = server.with_ledger(ledger);
     }
-    server = server.with_observer(Arc::new(Reported));
-    let stop = CancellationToken::new();
-    let handle = tokio::spawn(server.run(stop.clone()));
-    RunningWorker { stop, handle }
+    RunningWorker::spawn(server.with_observer(Arc::new(Reported)))
 }
+
+impl RunningWorker {
+    /// Runs `server`, built by the caller, until [`stop_worker`].
+    pub fn spawn(server: WorkerServer) -> Self {
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(server.run(stop.clone()));
+        Self { stop, handle }
+    }
+}
+
+/// Longer than any test's shutdown grace (the service's default is 15 s).
+const STOP_LIMIT: Duration = Duration::from_secs(20);
 
 /// Stops `worker` and checks that it stops within its grace and a margin.
 pub async fn stop_worker(worker: RunningWorker) {
     worker.stop.cancel();
-    tokio::time::timeout(Duration::from_secs(10), worker.handle)
+    tokio::time::timeout(STOP_LIMIT, worker.handle)
         .await
         .expect("worker stops")
         .unwrap();
@@ -250,7 +259,6 @@ where
 {
     let deadline = Instant::now() + limit;
     loop {
-        let looked = Instant::now();
         if let Some(v) = check().await {
             return v;
         }
@@ -262,7 +270,7 @@ where
         let wait = LOOK_AGAIN_AFTER.min(deadline - now);
         // An event, a lag (events were missed: look again) or the time: look.
         let _ = tokio::time::timeout(wait, events.recv()).await;
-        tokio::time::sleep_until((looked + LOOK_AT_MOST_EVERY).into()).await;
+        tokio::time::sleep_until((now + LOOK_AT_MOST_EVERY).into()).await;
         // What came meanwhile is seen by the next look.
         while !matches!(
             events.try_recv(),
