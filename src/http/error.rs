@@ -171,7 +171,13 @@ impl From<sqlx::Error> for ApiError {
                 message: "too busy to answer now; try again shortly".into(),
                 retry_after: std::time::Duration::from_secs(1),
             },
-            sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+            // A protocol error is a connection that broke off mid-exchange:
+            // a proxy in front of a Postgres that is down accepts and closes,
+            // and the client reads a zero where the handshake's answer was.
+            sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_) => {
                 tracing::warn!(error = %e, "postgres unavailable");
                 Self::Unavailable("database unavailable".into())
             }
@@ -251,5 +257,31 @@ impl From<QueryRejection> for ApiError {
             message: r.body_text(),
             details: Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_that_broke_off_is_503_not_500() {
+        let cases = [
+            sqlx::Error::Protocol("unexpected response from SSLRequest: 0x00".into()),
+            sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into()),
+            sqlx::Error::PoolClosed,
+        ];
+        for e in cases {
+            let shown = e.to_string();
+            assert_eq!(
+                ApiError::from(e).parts(),
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+                "{shown}"
+            );
+        }
+        assert_eq!(
+            ApiError::from(sqlx::Error::RowNotFound).parts().0,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 }

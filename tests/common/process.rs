@@ -85,6 +85,33 @@ pub fn redis_command(port: u16, args: &[&str]) -> Command {
     cmd
 }
 
+/// The pid the test SMTP server on `port` reports (its NOOP reply names it,
+/// tests/support/smtp_sink.py), if one answers.
+pub fn smtp_pid(port: u16) -> Option<u32> {
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut reply = String::new();
+    let mut buf = [0u8; 1024];
+    let mut asked = false;
+    loop {
+        if !asked && reply.starts_with("220") && reply.contains("\r\n") {
+            conn.write_all(b"NOOP\r\n").ok()?;
+            asked = true;
+        }
+        if let Some(rest) = reply.split("pid=").nth(1)
+            && let Some((pid, _)) = rest.split_once('\r')
+        {
+            let _ = conn.write_all(b"QUIT\r\n");
+            return pid.trim().parse().ok();
+        }
+        let n = conn.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        reply.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
 /// Whether the redis-server on `port` is `child`.
 pub fn is_redis_child(port: u16, child: &Child) -> bool {
     redis_pid(port) == Some(child.id())
@@ -189,27 +216,13 @@ impl SmtpProcess {
             "aiosmtpd in .dev/venv",
             Duration::from_secs(15),
             |port| Self::command(port, &maildir),
-            // An SMTP server has no pid to ask; the child still running once
-            // its port answers did bind it (a failed bind ends it at once).
-            |_, _| true,
+            |port, child| smtp_pid(port) == Some(child.id()),
         );
-        let mut smtp = Self {
+        Self {
             port,
             maildir,
             child: Some(child),
-        };
-        smtp.confirm_running();
-        smtp
-    }
-
-    fn confirm_running(&mut self) {
-        std::thread::sleep(Duration::from_millis(50));
-        let child = self.child.as_mut().unwrap();
-        assert!(
-            matches!(child.try_wait(), Ok(None)),
-            "aiosmtpd exited after port {} answered: another server holds it",
-            self.port
-        );
+        }
     }
 
     fn command(port: u16, maildir: &Path) -> Command {
@@ -250,12 +263,12 @@ impl SmtpProcess {
             .spawn()
             .expect("aiosmtpd in .dev/venv (make test installs it)");
         assert!(
-            wait_listening(&mut child, self.port, Duration::from_secs(15)),
+            wait_listening(&mut child, self.port, Duration::from_secs(15))
+                && smtp_pid(self.port) == Some(child.id()),
             "aiosmtpd did not start again on port {}",
             self.port
         );
         self.child = Some(child);
-        self.confirm_running();
     }
 
     /// Stops the server (SIGKILL: it is gone at once); what it received stays.
