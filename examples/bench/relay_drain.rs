@@ -59,8 +59,11 @@ impl Bench {
         let started = Instant::now();
         let mut marked = 0i64;
         while started.elapsed() < PART_LIMIT {
-            // The relay's own BEGIN: asynchronous commit, in the same round trip.
-            let mut tx = conn.begin_with(relay::BEGIN_BATCH).await?;
+            // The relay's own BEGIN: asynchronous commit and the session's
+            // bounds, in the same round trip.
+            let mut tx = conn
+                .begin_with(relay::begin_batch(Duration::from_secs(30)))
+                .await?;
             let ids: Vec<i64> = sqlx::query(include_str!("../../sql/outbox/claim.sql"))
                 .bind(i64::from(batch))
                 // No queue held back, as in the relay's usual case.

@@ -79,6 +79,17 @@ impl Config {
         self.relay.validate()?;
         self.worker.validate()?;
         self.mail.validate()?;
+        // A batch's transaction idles while Redis answers its enqueue.
+        let redis_step = self.redis.command_timeout + self.redis.wait_timeout;
+        if self.relay.session_timeout <= redis_step {
+            return Err(check::bad(
+                "RELAY_SESSION_TIMEOUT",
+                format!(
+                    "must be longer than REDIS_COMMAND_TIMEOUT plus REDIS_WAIT_TIMEOUT ({}), or a slow Redis reply ends the batch",
+                    humantime::format_duration(redis_step)
+                ),
+            ));
+        }
         match components.worker {
             true => self.worker_agrees(components.api),
             false => Ok(Vec::new()),

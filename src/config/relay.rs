@@ -41,6 +41,14 @@ pub struct RelayConfig {
     /// outbox row is older than this: a stuck relay shows to the orchestrator.
     #[arg(id = "relay_ready_max_age", value_name = "RELAY_READY_MAX_AGE", long = "relay-ready-max-age", env = "RELAY_READY_MAX_AGE", default_value = "5m", value_parser = parse_duration)]
     pub ready_max_age: Duration,
+    /// Longest a relay's batch transaction may sit idle, or one of its
+    /// statements run, before Postgres ends it (set per transaction, so it
+    /// works through PgBouncer, with TCP keepalives of the same order): a
+    /// relay host that vanished mid-batch without closing its connection
+    /// frees its rows within about this. Longer than REDIS_COMMAND_TIMEOUT
+    /// plus REDIS_WAIT_TIMEOUT, the Redis step a batch waits for.
+    #[arg(id = "relay_session_timeout", value_name = "RELAY_SESSION_TIMEOUT", long = "relay-session-timeout", env = "RELAY_SESSION_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub session_timeout: Duration,
     /// Shortest time between two post-commit pg_notify calls of one process.
     #[arg(id = "relay_notify_coalesce", value_name = "RELAY_NOTIFY_COALESCE", long = "relay-notify-coalesce", env = "RELAY_NOTIFY_COALESCE", default_value = "5ms", value_parser = parse_duration)]
     pub notify_coalesce: Duration,
@@ -62,6 +70,7 @@ impl RelayConfig {
         )?;
         at_least("OUTBOX_RETENTION", self.outbox_retention, s(60))?;
         at_least("RELAY_READY_MAX_AGE", self.ready_max_age, s(1))?;
+        at_least("RELAY_SESSION_TIMEOUT", self.session_timeout, s(1))?;
         in_range(
             "OUTBOX_CLEANUP_BATCH",
             self.outbox_cleanup_batch,

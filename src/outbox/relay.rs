@@ -43,25 +43,52 @@ pub enum RelayError {
     Db(#[from] sqlx::Error),
     #[error(transparent)]
     Redis(#[from] QueueError),
+    #[error("postgres: the batch had no answer within {0:?}; given up")]
+    TimedOut(Duration),
 }
 
 impl RelayError {
     /// Which side is failing, to log once per change of state.
     fn side(&self) -> &'static str {
         match self {
-            Self::Db(_) => "postgres",
+            Self::Db(_) | Self::TimedOut(_) => "postgres",
             Self::Redis(_) => "redis",
         }
     }
 }
 
-/// How a batch's transaction begins. Its commit is asynchronous: marking rows
-/// dispatched need not wait for the WAL flush, because a mark lost in a
-/// Postgres crash only means the rows are forwarded again, and the idempotent
-/// enqueue keeps one task per row. Set per transaction, in the same round trip
-/// as BEGIN, rather than as a connection option, which poolers such as
-/// PgBouncer refuse.
-pub const BEGIN_BATCH: &str = "BEGIN; SET LOCAL synchronous_commit = off";
+/// How a batch's transaction begins, all in the same round trip as BEGIN and
+/// set per transaction rather than as connection options, which poolers such
+/// as PgBouncer refuse:
+/// - an asynchronous commit: marking rows dispatched need not wait for the
+///   WAL flush, because a mark lost in a Postgres crash only means the rows
+///   are forwarded again, and the idempotent enqueue keeps one task per row;
+/// - bounds on the session (`timeout`, RELAY_SESSION_TIMEOUT): a relay host
+///   that vanished mid-batch without closing its connection (power loss, a
+///   partition) would otherwise hold its rows locked, and its transaction id
+///   the vacuum horizon, until Linux's keepalive gives up after about two
+///   hours. Postgres ends a transaction idle for `timeout` or a statement
+///   running for it, and its keepalives notice a dead peer within a few
+///   seconds of silence.
+pub fn begin_batch(timeout: Duration) -> String {
+    let ms = timeout.as_millis().max(1);
+    format!(
+        "BEGIN; SET LOCAL synchronous_commit = off; \
+         SET LOCAL idle_in_transaction_session_timeout = {ms}; \
+         SET LOCAL statement_timeout = {ms}; \
+         SET LOCAL tcp_keepalives_idle = {KEEPALIVE_IDLE_S}; \
+         SET LOCAL tcp_keepalives_interval = {KEEPALIVE_INTERVAL_S}; \
+         SET LOCAL tcp_keepalives_count = {KEEPALIVE_COUNT}; \
+         SET LOCAL tcp_user_timeout = {ms}"
+    )
+}
+
+/// Silence on a batch's connection after which Postgres probes the relay,
+/// the time between probes, and the probes unanswered before it gives up:
+/// a dead peer is noticed within about 10 s.
+const KEEPALIVE_IDLE_S: u32 = 4;
+const KEEPALIVE_INTERVAL_S: u32 = 2;
+const KEEPALIVE_COUNT: u32 = 3;
 
 /// What one batch did.
 #[derive(Debug, Default)]
@@ -139,6 +166,8 @@ pub struct Relay {
     held: Arc<HeldQueues>,
     /// Rows this relay forwarded, for progress reports.
     forwarded: Arc<AtomicU64>,
+    /// The statement that begins a batch ([`begin_batch`]).
+    begin: String,
 }
 
 impl Relay {
@@ -147,10 +176,17 @@ impl Relay {
         Self {
             pool,
             broker,
-            cfg,
             held,
             forwarded: Arc::default(),
+            begin: begin_batch(cfg.session_timeout),
+            cfg,
         }
+    }
+
+    /// The longest one batch may take: its claim and its mark, each bounded
+    /// by the session timeout in Postgres, and the Redis step between.
+    fn batch_limit(&self) -> Duration {
+        self.cfg.session_timeout * 3
     }
 
     /// Rows this relay (and its clones) forwarded since it was made.
@@ -162,7 +198,14 @@ impl Relay {
     /// refused stay undispatched, and that queue is held back from the next
     /// claims for a while; the other queues' rows are marked and committed.
     pub async fn forward_batch(&self) -> Result<Batch, RelayError> {
-        let batch = self.try_forward_batch().await;
+        // The relay's own bound: Postgres ends a batch it stopped hearing
+        // from, and this ends a batch whose Postgres went silent (a link
+        // that drops packets without closing), so the loop goes on.
+        let limit = self.batch_limit();
+        let batch = match tokio::time::timeout(limit, self.try_forward_batch()).await {
+            Ok(batch) => batch,
+            Err(_) => Err(RelayError::TimedOut(limit)),
+        };
         match &batch {
             Ok(Batch {
                 failed: Some(_), ..
@@ -174,7 +217,7 @@ impl Relay {
     }
 
     async fn try_forward_batch(&self) -> Result<Batch, RelayError> {
-        let mut tx = self.pool.begin_with(BEGIN_BATCH).await?;
+        let mut tx = self.pool.begin_with(self.begin.clone()).await?;
         let tasks = self.claim(&mut tx).await?;
         if tasks.is_empty() {
             return Ok(Batch::default());

@@ -23,7 +23,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 /// and a new one is closed as soon as it is accepted. The server itself keeps
 /// running, with the test's data, for the test to inspect. While replies are
 /// swallowed, requests reach the server and its answers are dropped: a reply
-/// lost on the way back.
+/// lost on the way back. Blackholed, nothing passes either way and nothing is
+/// closed: a peer that vanished without a FIN (power loss, a partition).
 ///
 /// The link's port is bound once, for its whole life: a cut closes
 /// connections, not the listener, so no other process can take the port
@@ -37,6 +38,7 @@ pub struct CuttableLink {
 struct LinkState {
     target: SocketAddr,
     swallow: AtomicBool,
+    blackhole: AtomicBool,
     /// Cancelled by a cut: every pipe of the current connections ends.
     up: std::sync::Mutex<Option<CancellationToken>>,
     pipes: TaskTracker,
@@ -49,6 +51,7 @@ impl CuttableLink {
         let state = Arc::new(LinkState {
             target,
             swallow: AtomicBool::new(false),
+            blackhole: AtomicBool::new(false),
             up: std::sync::Mutex::new(Some(CancellationToken::new())),
             pipes: TaskTracker::new(),
         });
@@ -79,9 +82,16 @@ impl CuttableLink {
         self.state.swallow.store(true, Ordering::SeqCst);
     }
 
+    /// From now on, nothing passes in either direction, and no connection is
+    /// closed: each end hears nothing more from the other.
+    pub fn blackhole(&self) {
+        self.state.blackhole.store(true, Ordering::SeqCst);
+    }
+
     /// Lets connections through again (and replies, if they were swallowed).
     pub async fn restore(&mut self) {
         self.state.swallow.store(false, Ordering::SeqCst);
+        self.state.blackhole.store(false, Ordering::SeqCst);
         let mut up = self.state.up.lock().unwrap();
         assert!(up.is_none(), "already up");
         *up = Some(CancellationToken::new());
@@ -125,25 +135,26 @@ async fn accept_loop(listener: TcpListener, state: Arc<LinkState>) {
             };
             let (client_read, client_write) = client.into_split();
             let (server_read, server_write) = server.into_split();
+            let (requests, replies) = ([&state2.blackhole], [&state2.swallow, &state2.blackhole]);
             tokio::select! {
                 _ = token.cancelled() => {}
-                _ = pipe(client_read, server_write, None) => {}
-                _ = pipe(server_read, client_write, Some(&state2.swallow)) => {}
+                _ = pipe(client_read, server_write, &requests) => {}
+                _ = pipe(server_read, client_write, &replies) => {}
             }
         });
     }
 }
 
 /// Copies `from` to `to` until either end closes; drops what it reads while
-/// `swallow` is set.
-async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, swallow: Option<&AtomicBool>) {
+/// any of `dropping` is set.
+async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, dropping: &[&AtomicBool]) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        if swallow.is_some_and(|s| s.load(Ordering::SeqCst)) {
+        if dropping.iter().any(|d| d.load(Ordering::SeqCst)) {
             continue;
         }
         if to.write_all(&buf[..n]).await.is_err() {

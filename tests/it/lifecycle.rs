@@ -159,6 +159,7 @@ fn a_bad_setting_is_refused_at_start_with_one_line_naming_it() {
         ("DATABASE_MAX_CONNECTIONS", "0", "from 1 to"),
         ("REDIS_COMMAND_TIMEOUT", "0s", "at least"),
         ("RELAY_POLL_INTERVAL", "0s", "at least"),
+        ("RELAY_SESSION_TIMEOUT", "3s", "REDIS_COMMAND_TIMEOUT plus"),
         ("ARGON2_MEMORY_KIB", "1", "argon2"),
         ("REDIS_URL", "redis://:hunter2@[::1", "Redis URL"),
         ("DATABASE_URL", "mysql://u:hunter2@db/x", "postgres://"),

@@ -15,6 +15,7 @@ mod operate_cli;
 mod redis_servers;
 mod relay;
 mod relay_outages;
+mod relay_sessions;
 mod sentinel;
 mod verify_email;
 mod verify_links;
