@@ -19,7 +19,8 @@ pub struct CreateUserRequest {
     /// 3-100 characters: letters (any script) and spaces.
     #[schema(min_length = 3, max_length = 100, pattern = "^([^\\W\\d_]| )+$")]
     pub full_name: String,
-    /// A valid address, 3-200 characters.
+    /// A valid address, 3-200 ASCII characters (an internationalised domain in
+    /// its xn-- form).
     #[schema(format = "email", min_length = 3, max_length = 200)]
     pub email: String,
     /// 6-100 characters.

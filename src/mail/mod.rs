@@ -14,6 +14,10 @@ use crate::config::MailConfig;
 /// One message to one recipient, with plain-text and HTML bodies.
 #[derive(Debug, Clone)]
 pub struct Email {
+    /// What makes its Message-ID: the same on every send of one email (each
+    /// attempt of one task), so that receivers and people recognise a repeat.
+    /// The mailer adds the sender's domain: `<{message_key}@{domain}>`.
+    pub message_key: String,
     pub to: String,
     pub subject: String,
     pub text: String,
@@ -118,6 +122,11 @@ impl Mailer {
 
     async fn send_unbounded(&self, email: &Email) -> Result<Delivered, MailError> {
         let message = Message::builder()
+            .message_id(Some(format!(
+                "<{}@{}>",
+                email.message_key,
+                self.from.email.domain()
+            )))
             .from(self.from.clone())
             .to(Mailbox::new(None, email.to.parse()?))
             .subject(email.subject.clone())

@@ -10,7 +10,7 @@ use crate::{
     config::SignupConfig,
     mail::{Delivered, Email, Mailer},
     outbox::NewTask,
-    queue::{Handler, Processed, Task, TaskError},
+    queue::{Handler, Processed, Task, TaskError, TaskId},
     users::{repo, verify_email},
 };
 
@@ -91,6 +91,7 @@ impl SendVerifyEmail {
             self.base_url, code.id, code.secret_code
         );
         let email = Email {
+            message_key: message_key(task.id),
             to: code.email.clone(),
             subject: "Welcome to Simple Bank".into(),
             text: format!(
@@ -128,6 +129,12 @@ impl Handler for SendVerifyEmail {
     fn handle<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<Processed, TaskError>> {
         Box::pin(self.run(task))
     }
+}
+
+/// The Message-ID key of task `id`'s email: one per task, so every attempt's
+/// copy carries the same Message-ID.
+pub fn message_key(id: TaskId) -> String {
+    format!("verify-email.{id}")
 }
 
 fn html_escape(s: &str) -> String {

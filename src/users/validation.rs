@@ -137,6 +137,14 @@ pub fn email(value: &str) -> Result<(), String> {
     {
         return Err("is not a valid email address".into());
     }
+    // The mailer does not ask for SMTPUTF8, and a server without it refuses
+    // a non-ASCII address on every attempt: the email would retry for hours
+    // and land in the archive. Refused here instead, where the person can
+    // still correct it; an internationalised domain is accepted in its
+    // ASCII (xn--) form.
+    if !value.is_ascii() {
+        return Err("must be ASCII (write an internationalised domain in its xn-- form)".into());
+    }
     Ok(())
 }
 
@@ -194,6 +202,10 @@ mod tests {
         assert!(email("alice").is_err());
         assert!(email("Alice <alice@example.com>").is_err());
         assert!(email("a@").is_err());
+        // No SMTPUTF8: a non-ASCII address could never be delivered.
+        assert!(email("jösé@example.com").is_err());
+        assert!(email("jose@bücher.example").is_err());
+        assert!(email("jose@xn--bcher-kva.example").is_ok());
     }
 
     #[test]

@@ -293,3 +293,56 @@ async fn the_file_mailer_writes_the_message_and_the_link_works() {
     let _ = std::fs::remove_dir_all(&dir);
     app.stop().await;
 }
+
+/// The Message-ID of a raw message.
+fn message_id(raw: &str) -> String {
+    mail_parser::MessageParser::default()
+        .parse(raw.as_bytes())
+        .expect("a MIME message")
+        .message_id()
+        .expect("a Message-ID")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn every_send_of_one_task_carries_one_message_id() {
+    let mut env = TestEnv::new().await;
+    let smtp = SmtpProcess::start();
+    env.cfg.mail.smtp_url = Some(smtp.url());
+    // No tombstone in Redis once the task completed: redelivered, it runs again.
+    env.cfg.worker.done_retention = Duration::ZERO;
+    let app = env.start(Components::ALL).await;
+    assert_eq!(
+        app.post_json("/v1/create_user", user_json("milo")).await.0,
+        200
+    );
+    let id = env.only_outbox_id().await;
+    eventually(Duration::from_secs(20), "the first email", || async {
+        (smtp.messages().len() == 1).then_some(())
+    })
+    .await;
+    // The send's ledger record lost, as after a crash between the SMTP
+    // server's acceptance and the record: the task is run and sent again.
+    sqlx::query("DELETE FROM task_ledger")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let relay = Clients::new(&env.cfg).unwrap().relay(&env.cfg).unwrap();
+    assert_eq!(
+        relay
+            .redeliver_since(Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        1
+    );
+    let messages = eventually(Duration::from_secs(20), "the second email", || async {
+        let messages = smtp.messages();
+        (messages.len() == 2).then_some(messages)
+    })
+    .await;
+    let ids: Vec<String> = messages.iter().map(|m| message_id(m)).collect();
+    assert_eq!(ids[0], ids[1], "one Message-ID for both copies");
+    // Stable per task and the sender's domain, as RFC 5322 asks.
+    assert_eq!(ids[0], format!("verify-email.{id}@simplebank.local"));
+    app.stop().await;
+}
