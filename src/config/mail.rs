@@ -54,7 +54,7 @@ pub struct MailConfig {
 impl MailConfig {
     pub(super) fn validate(&self) -> Result<(), InvalidSetting> {
         if let Some(url) = &self.smtp_url
-            && lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(url).is_err()
+            && crate::mail::SmtpServer::from_url(url).is_err()
         {
             return Err(bad(
                 "SMTP_URL",

@@ -4,11 +4,14 @@
 
 use std::{path::PathBuf, time::Duration};
 
+mod smtp;
+
 use lettre::{
-    AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
+    Message,
     message::{Mailbox, MultiPart},
 };
 
+pub use self::smtp::{Phase, SmtpError, SmtpServer};
 use crate::config::MailConfig;
 
 /// One message to one recipient, with plain-text and HTML bodies.
@@ -32,8 +35,8 @@ pub enum MailError {
     Message(#[from] lettre::error::Error),
     #[error("invalid address: {0}")]
     Address(#[from] lettre::address::AddressError),
-    #[error("smtp: {0}")]
-    Smtp(#[from] lettre::transport::smtp::Error),
+    #[error(transparent)]
+    Smtp(#[from] SmtpError),
     #[error("writing the mail file: {0}")]
     Io(#[from] std::io::Error),
     #[error("smtp: no answer within {0:?}")]
@@ -41,8 +44,10 @@ pub enum MailError {
 }
 
 impl MailError {
-    /// Whether sending again cannot help: the server refused for good (a 5xx
-    /// reply, such as an unknown mailbox) or the message cannot be built.
+    /// Whether sending again cannot help: the server refused this recipient
+    /// or this message for good (see [`SmtpError::is_permanent`]; a refusal
+    /// of the sender passes when the provider recovers), or the message
+    /// cannot be built.
     pub fn is_permanent(&self) -> bool {
         match self {
             Self::Smtp(e) => e.is_permanent(),
@@ -55,7 +60,7 @@ impl MailError {
 /// Where messages go.
 #[derive(Clone)]
 pub enum Transport {
-    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Smtp(SmtpServer),
     File(PathBuf),
 }
 
@@ -90,12 +95,9 @@ impl Mailer {
     pub fn from_config(cfg: &MailConfig) -> Result<Self, MailError> {
         let from = Mailbox::new(Some(cfg.from_name.clone()), cfg.from_address.parse()?);
         let transport = match &cfg.smtp_url {
-            // The error would quote the URL, password and all.
+            // The error never quotes the URL, password and all.
             Some(url) => Transport::Smtp(
-                AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
-                    .map_err(|_| MailError::Config("SMTP_URL is not a valid SMTP URL".into()))?
-                    .timeout(Some(cfg.smtp_timeout))
-                    .build(),
+                SmtpServer::from_url(url).map_err(|e| MailError::Config(e.to_string()))?,
             ),
             None => Transport::File(cfg.dir.clone()),
         };
@@ -136,7 +138,11 @@ impl Mailer {
             ))?;
         match &self.transport {
             Transport::Smtp(smtp) => {
-                smtp.send(message).await?;
+                let envelope = message.envelope();
+                let (Some(from), [to]) = (envelope.from(), envelope.to()) else {
+                    unreachable!("one sender and one recipient, set above");
+                };
+                smtp.send(from, to, &message.formatted()).await?;
                 Ok(Delivered::Smtp)
             }
             Transport::File(dir) => {

@@ -288,6 +288,16 @@ impl SmtpProcess {
         self.received().into_iter().map(|(_, m)| m).collect()
     }
 
+    /// While `on`, the server refuses the sender at MAIL FROM (554 5.7.1), as
+    /// a provider does that paused the sending account.
+    pub fn refuse_sender(&self, on: bool) {
+        let flag = self.maildir.join("refuse-sender");
+        match on {
+            true => std::fs::write(flag, b"").unwrap(),
+            false => std::fs::remove_file(flag).unwrap(),
+        }
+    }
+
     /// Every message received so far, raw, with when it was written.
     pub fn received(&self) -> Vec<(std::time::SystemTime, String)> {
         let Ok(entries) = std::fs::read_dir(self.maildir.join("new")) else {

@@ -218,8 +218,51 @@ async fn a_refused_recipient_is_archived_at_once_with_the_reason() {
     let info = wait_state(&env.queue(), "critical", id, TaskState::Archived).await;
     assert_eq!(info.retried, 0, "a permanent refusal is not retried");
     let error = info.last_error.unwrap();
-    assert!(error.contains("550"), "{error}");
+    assert!(
+        error.contains("550") && error.contains("RCPT TO"),
+        "{error}"
+    );
+    // Each cause once on the line, not its text three times.
+    assert_eq!(error.matches("mailbox unavailable").count(), 1, "{error}");
     assert!(smtp.messages().is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_sender_delays_the_email_and_archives_nothing() {
+    let mut env = TestEnv::new().await;
+    let smtp = SmtpProcess::start();
+    env.cfg.mail.smtp_url = Some(smtp.url());
+    // The provider paused the sending account: 554 at MAIL FROM, a 5xx that
+    // is about the sender, not about this recipient.
+    smtp.refuse_sender(true);
+    let app = env.start(Components::ALL).await;
+    assert_eq!(
+        app.post_json("/v1/create_user", user_json("sam")).await.0,
+        200
+    );
+    let id = env.only_outbox_id().await;
+    let q = env.queue();
+    let refused = wait_task(
+        &q,
+        "critical",
+        id,
+        Duration::from_secs(20),
+        "3 refused attempts",
+        |t| t.retried >= 3,
+    )
+    .await;
+    assert_ne!(refused.state, TaskState::Archived, "retried, not archived");
+    let error = refused.last_error.unwrap();
+    assert!(
+        error.contains("MAIL FROM") && error.contains("554"),
+        "{error}"
+    );
+    // The account resumes: the email goes out on the next try.
+    smtp.refuse_sender(false);
+    let done = wait_state(&q, "critical", id, TaskState::Completed).await;
+    assert!(done.retried >= 3, "{done:?}");
+    assert_eq!(smtp.messages().len(), 1);
     app.stop().await;
 }
 
@@ -317,9 +360,22 @@ async fn every_send_of_one_task_carries_one_message_id() {
         200
     );
     let id = env.only_outbox_id().await;
-    eventually(Duration::from_secs(20), "the first email", || async {
-        (smtp.messages().len() == 1).then_some(())
-    })
+    // The first send, its ledger record (which follows the send) and its
+    // acknowledgement in Redis (which follows the record): a redelivery
+    // before that would find the task still there and change nothing.
+    let q = env.queue();
+    eventually(
+        Duration::from_secs(20),
+        "the first email, settled",
+        || async {
+            let recorded = env.count("SELECT count(*) FROM task_ledger").await == 1;
+            let settled = match q.task("critical", id).await.unwrap() {
+                Some(t) => t.state == TaskState::Completed,
+                None => true,
+            };
+            (smtp.messages().len() == 1 && recorded && settled).then_some(())
+        },
+    )
     .await;
     // The send's ledger record lost, as after a crash between the SMTP
     // server's acceptance and the record: the task is run and sent again.

@@ -1,0 +1,305 @@
+//! The SMTP exchange, phase by phase, so that a refusal is judged by where it
+//! came: a 5xx to RCPT TO is about this recipient, and retrying cannot help;
+//! a 5xx to the greeting, EHLO, AUTH or MAIL FROM is about the sender (a
+//! paused account, an expired password, a quota) and passes once the
+//! provider recovers, so it is retried like an outage. One connection per
+//! send, on lettre's connection type.
+
+use std::fmt;
+
+use lettre::{
+    Address,
+    transport::smtp::{
+        authentication::{Credentials, Mechanism},
+        client::{AsyncSmtpConnection, TlsParameters},
+        commands::{Data, Mail, Rcpt},
+        extension::ClientId,
+    },
+};
+
+/// Where in the exchange a reply came (or did not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The connection, the greeting, EHLO and STARTTLS.
+    Connect,
+    Auth,
+    MailFrom,
+    RcptTo,
+    Data,
+    /// The reply to the message's final dot.
+    EndOfData,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Connect => "connect",
+            Self::Auth => "AUTH",
+            Self::MailFrom => "MAIL FROM",
+            Self::RcptTo => "RCPT TO",
+            Self::Data => "DATA",
+            Self::EndOfData => "end of DATA",
+        })
+    }
+}
+
+/// A failed exchange: the phase and what the server (or the link) said.
+#[derive(Debug, thiserror::Error)]
+#[error("smtp at {phase}: {source}")]
+pub struct SmtpError {
+    pub phase: Phase,
+    #[source]
+    pub source: lettre::transport::smtp::Error,
+}
+
+impl SmtpError {
+    /// Whether sending this message to this recipient again cannot help: a
+    /// 5xx at RCPT TO that is about the mailbox (550, 551, 553, or an
+    /// enhanced 5.1.x), or a 5xx at the end of DATA that names the message
+    /// (enhanced 5.6.x). Everything else is about the sender or the moment:
+    /// retried.
+    pub fn is_permanent(&self) -> bool {
+        match self.source.status() {
+            Some(code) if self.source.is_permanent() => {
+                refused_for_good(self.phase, &code.to_string(), &self.source.to_string())
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Whether a 5xx reply `code` (shown by lettre as `shown`) at `phase` is
+/// about this recipient or this message; see [`SmtpError::is_permanent`].
+fn refused_for_good(phase: Phase, code: &str, shown: &str) -> bool {
+    let enhanced = enhanced_status(shown);
+    match phase {
+        Phase::RcptTo => {
+            matches!(code, "550" | "551" | "553") || enhanced.is_some_and(|s| s.starts_with("5.1."))
+        }
+        Phase::EndOfData => enhanced.is_some_and(|s| s.starts_with("5.6.")),
+        Phase::Connect | Phase::Auth | Phase::MailFrom | Phase::Data => false,
+    }
+}
+
+/// The enhanced status code (RFC 3463, `class.subject.detail`) at the start
+/// of a reply's text, as lettre shows it: `permanent error (550): 5.1.1 ...`.
+fn enhanced_status(shown: &str) -> Option<&str> {
+    let text = shown.split_once("): ")?.1;
+    let first = text.split_whitespace().next()?;
+    let parts: Vec<&str> = first.split('.').collect();
+    let numeric = parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    numeric.then_some(first)
+}
+
+/// How the connection is secured.
+#[derive(Clone)]
+enum Security {
+    Plain,
+    /// TLS from the first byte (smtps://).
+    Wrapper(TlsParameters),
+    /// STARTTLS, refused if the server does not offer it (?tls=required).
+    Required(TlsParameters),
+    /// STARTTLS when the server offers it (?tls=opportunistic).
+    Opportunistic(TlsParameters),
+}
+
+/// An SMTP server as SMTP_URL names it: `smtp://[user:password@]host[:port]`
+/// (plain, port 25; `?tls=required` or `?tls=opportunistic` for STARTTLS,
+/// port 587) or `smtps://` (TLS, port 465), an optional EHLO name as its path.
+#[derive(Clone)]
+pub struct SmtpServer {
+    host: String,
+    port: u16,
+    security: Security,
+    credentials: Option<Credentials>,
+    hello: ClientId,
+}
+
+/// Why SMTP_URL cannot be used; never quotes the URL (it may hold a password).
+#[derive(Debug, thiserror::Error)]
+#[error("SMTP_URL {0}")]
+pub struct BadSmtpUrl(&'static str);
+
+impl SmtpServer {
+    pub fn from_url(url: &str) -> Result<Self, BadSmtpUrl> {
+        let url = url::Url::parse(url).map_err(|_| BadSmtpUrl("is not a URL"))?;
+        let host = url.host_str().ok_or(BadSmtpUrl("has no host"))?.to_owned();
+        let tls = || TlsParameters::new(host.clone()).map_err(|_| BadSmtpUrl("has no usable TLS"));
+        let starttls = url.query_pairs().find(|(k, _)| k == "tls").map(|(_, v)| v);
+        let (security, port) = match (url.scheme(), starttls.as_deref()) {
+            ("smtp", None) => (Security::Plain, 25),
+            ("smtp", Some("required")) => (Security::Required(tls()?), 587),
+            ("smtp", Some("opportunistic")) => (Security::Opportunistic(tls()?), 587),
+            ("smtps", _) => (Security::Wrapper(tls()?), 465),
+            _ => return Err(BadSmtpUrl("is not an smtp:// or smtps:// URL")),
+        };
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map(|s| s.into_owned())
+                .map_err(|_| BadSmtpUrl("has a user or password that is not UTF-8"))
+        };
+        let credentials = match url.password() {
+            Some(password) => Some(Credentials::new(decode(url.username())?, decode(password)?)),
+            None => None,
+        };
+        let hello = match url.path().trim_matches('/') {
+            "" => ClientId::default(),
+            name => ClientId::Domain(name.to_owned()),
+        };
+        Ok(Self {
+            port: url.port().unwrap_or(port),
+            host,
+            security,
+            credentials,
+            hello,
+        })
+    }
+
+    /// Sends `message` (the whole formatted message) from `from` to `to`, one
+    /// phase after the other, each failure naming its phase.
+    pub async fn send(
+        &self,
+        from: &Address,
+        to: &Address,
+        message: &[u8],
+    ) -> Result<(), SmtpError> {
+        let at = |phase| move |source| SmtpError { phase, source };
+        let mut conn = self.connect().await.map_err(at(Phase::Connect))?;
+        let sent = async {
+            if let Some(credentials) = &self.credentials {
+                conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
+                    .await
+                    .map_err(at(Phase::Auth))?;
+            }
+            conn.command(Mail::new(Some(from.clone()), vec![]))
+                .await
+                .map_err(at(Phase::MailFrom))?;
+            conn.command(Rcpt::new(to.clone(), vec![]))
+                .await
+                .map_err(at(Phase::RcptTo))?;
+            conn.command(Data).await.map_err(at(Phase::Data))?;
+            conn.message(message).await.map_err(at(Phase::EndOfData))?;
+            Ok(())
+        }
+        .await;
+        match &sent {
+            Ok(()) => {
+                let _ = conn.quit().await;
+            }
+            Err(_) => conn.abort().await,
+        }
+        sent
+    }
+
+    async fn connect(&self) -> Result<AsyncSmtpConnection, lettre::transport::smtp::Error> {
+        let wrapper = match &self.security {
+            Security::Wrapper(tls) => Some(tls.clone()),
+            _ => None,
+        };
+        let mut conn = AsyncSmtpConnection::connect_tokio1(
+            (self.host.as_str(), self.port),
+            None,
+            &self.hello,
+            wrapper,
+            None,
+        )
+        .await?;
+        match &self.security {
+            Security::Required(tls) => conn.starttls(tls.clone(), &self.hello).await?,
+            Security::Opportunistic(tls) if conn.can_starttls() => {
+                conn.starttls(tls.clone(), &self.hello).await?
+            }
+            _ => {}
+        }
+        Ok(conn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_refusals_about_the_recipient_or_the_message_are_for_good() {
+        let shown = |code: &str, text: &str| format!("permanent error ({code}): {text}");
+        // About this mailbox.
+        for (code, text) in [
+            ("550", "5.1.1 mailbox unavailable"),
+            ("551", "user not local"),
+            ("553", "mailbox name not allowed"),
+            ("554", "5.1.0 address rejected"),
+        ] {
+            assert!(
+                refused_for_good(Phase::RcptTo, code, &shown(code, text)),
+                "{code} {text}"
+            );
+        }
+        // About this message.
+        assert!(refused_for_good(
+            Phase::EndOfData,
+            "554",
+            &shown("554", "5.6.0 bad content")
+        ));
+        // About the sender: the account, its password, its quota, its policy.
+        for (phase, code, text) in [
+            (Phase::Connect, "554", "5.7.1 no service for you"),
+            (Phase::Auth, "535", "5.7.8 authentication failed"),
+            (
+                Phase::MailFrom,
+                "554",
+                "5.7.1 Sending paused for this account",
+            ),
+            (Phase::MailFrom, "550", "5.4.5 daily sending quota exceeded"),
+            (Phase::MailFrom, "530", "5.7.0 must issue STARTTLS first"),
+            (Phase::RcptTo, "554", "5.7.1 relay access denied"),
+            (Phase::Data, "554", "transaction failed"),
+            (Phase::EndOfData, "554", "5.7.1 rejected by policy"),
+        ] {
+            assert!(
+                !refused_for_good(phase, code, &shown(code, text)),
+                "{phase} {code} {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn enhanced_codes_are_read_from_the_reply() {
+        assert_eq!(
+            enhanced_status("permanent error (550): 5.1.1 mailbox unavailable"),
+            Some("5.1.1")
+        );
+        assert_eq!(
+            enhanced_status("permanent error (554): Sending paused"),
+            None
+        );
+        assert_eq!(enhanced_status("network error: reset"), None);
+    }
+
+    #[test]
+    fn urls_are_read_as_lettre_reads_them() {
+        let s = SmtpServer::from_url("smtp://u:p%40ss@mail.example:2525/bank.example").unwrap();
+        assert_eq!((s.host.as_str(), s.port), ("mail.example", 2525));
+        assert!(matches!(s.security, Security::Plain));
+        assert!(s.credentials.is_some());
+        assert!(matches!(s.hello, ClientId::Domain(ref d) if d == "bank.example"));
+        let s = SmtpServer::from_url("smtp://mail.example?tls=required").unwrap();
+        assert_eq!(s.port, 587);
+        assert!(matches!(s.security, Security::Required(_)));
+        assert_eq!(
+            SmtpServer::from_url("smtps://mail.example").unwrap().port,
+            465
+        );
+        assert!(SmtpServer::from_url("ftp://u:secret@mail").is_err());
+        assert!(
+            !SmtpServer::from_url("ftp://u:secret@mail")
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("secret")
+        );
+    }
+}
