@@ -79,13 +79,20 @@ impl Config {
         self.relay.validate()?;
         self.worker.validate()?;
         self.mail.validate()?;
-        // A batch's transaction idles while Redis answers its enqueue.
-        let redis_step = self.redis.command_timeout + self.redis.wait_timeout;
-        if self.relay.session_timeout <= redis_step {
+        // A batch's transaction idles while Redis answers its enqueue (and
+        // the replicas its WAIT).
+        let redis_step = match self.redis.wait_replicas {
+            0 => self.redis.command_timeout,
+            _ => self.redis.command_timeout + self.redis.wait_timeout,
+        };
+        // `relay --once` is a tool that relays; other tools keep the
+        // relay's defaults, which pass.
+        let relays = components.relay || components.is_tool();
+        if relays && self.relay.session_timeout <= redis_step {
             return Err(check::bad(
                 "RELAY_SESSION_TIMEOUT",
                 format!(
-                    "must be longer than REDIS_COMMAND_TIMEOUT plus REDIS_WAIT_TIMEOUT ({}), or a slow Redis reply ends the batch",
+                    "must be longer than REDIS_COMMAND_TIMEOUT (plus REDIS_WAIT_TIMEOUT with REDIS_WAIT_REPLICAS): {}, or a slow Redis reply ends the batch",
                     humantime::format_duration(redis_step)
                 ),
             ));

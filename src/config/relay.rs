@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{
-    check::{InvalidSetting, at_least, in_range},
+    check::{InvalidSetting, at_least, bad, in_range},
     parse_duration,
 };
 
@@ -71,6 +71,10 @@ impl RelayConfig {
         at_least("OUTBOX_RETENTION", self.outbox_retention, s(60))?;
         at_least("RELAY_READY_MAX_AGE", self.ready_max_age, s(1))?;
         at_least("RELAY_SESSION_TIMEOUT", self.session_timeout, s(1))?;
+        // Postgres takes these timeouts in whole milliseconds, as an int.
+        if self.session_timeout > s(24 * 3600) {
+            return Err(bad("RELAY_SESSION_TIMEOUT", "must be at most 24h"));
+        }
         in_range(
             "OUTBOX_CLEANUP_BATCH",
             self.outbox_cleanup_batch,

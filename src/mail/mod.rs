@@ -97,7 +97,9 @@ impl Mailer {
         let transport = match &cfg.smtp_url {
             // The error never quotes the URL, password and all.
             Some(url) => Transport::Smtp(
-                SmtpServer::from_url(url).map_err(|e| MailError::Config(e.to_string()))?,
+                SmtpServer::from_url(url)
+                    .map_err(|e| MailError::Config(e.to_string()))?
+                    .with_connect_timeout(cfg.smtp_timeout / 3),
             ),
             None => Transport::File(cfg.dir.clone()),
         };

@@ -13,7 +13,7 @@ use lettre::{
         authentication::{Credentials, Mechanism},
         client::{AsyncSmtpConnection, TlsParameters},
         commands::{Data, Mail, Rcpt},
-        extension::ClientId,
+        extension::{ClientId, Extension, MailBodyParameter, MailParameter},
     },
 };
 
@@ -43,13 +43,19 @@ impl fmt::Display for Phase {
     }
 }
 
-/// A failed exchange: the phase and what the server (or the link) said.
+/// A failed send.
 #[derive(Debug, thiserror::Error)]
-#[error("smtp at {phase}: {source}")]
-pub struct SmtpError {
-    pub phase: Phase,
-    #[source]
-    pub source: lettre::transport::smtp::Error,
+pub enum SmtpError {
+    /// The exchange failed at `phase`: what the server (or the link) said.
+    #[error("smtp at {phase}: {source}")]
+    Exchange {
+        phase: Phase,
+        #[source]
+        source: lettre::transport::smtp::Error,
+    },
+    /// This server cannot take this recipient, whatever it answers.
+    #[error("smtp: {0}")]
+    Undeliverable(&'static str),
 }
 
 impl SmtpError {
@@ -59,11 +65,14 @@ impl SmtpError {
     /// (enhanced 5.6.x). Everything else is about the sender or the moment:
     /// retried.
     pub fn is_permanent(&self) -> bool {
-        match self.source.status() {
-            Some(code) if self.source.is_permanent() => {
-                refused_for_good(self.phase, &code.to_string(), &self.source.to_string())
-            }
-            _ => false,
+        match self {
+            Self::Exchange { phase, source } => match source.status() {
+                Some(code) if source.is_permanent() => {
+                    refused_for_good(*phase, &code.to_string(), &source.to_string())
+                }
+                _ => false,
+            },
+            Self::Undeliverable(_) => true,
         }
     }
 }
@@ -73,9 +82,13 @@ impl SmtpError {
 fn refused_for_good(phase: Phase, code: &str, shown: &str) -> bool {
     let enhanced = enhanced_status(shown);
     match phase {
-        Phase::RcptTo => {
-            matches!(code, "550" | "551" | "553") || enhanced.is_some_and(|s| s.starts_with("5.1."))
-        }
+        // An enhanced code decides where there is one: a server that checks
+        // the sender at RCPT TO (Postfix does by default) answers 553 5.7.1
+        // "Sender address rejected", or 550 5.1.8 "bad sender's domain".
+        Phase::RcptTo => match enhanced {
+            Some(s) => s.starts_with("5.1.") && !matches!(s, "5.1.7" | "5.1.8"),
+            None => matches!(code, "550" | "551" | "553"),
+        },
         Phase::EndOfData => enhanced.is_some_and(|s| s.starts_with("5.6.")),
         Phase::Connect | Phase::Auth | Phase::MailFrom | Phase::Data => false,
     }
@@ -93,6 +106,9 @@ fn enhanced_status(shown: &str) -> Option<&str> {
             .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
     numeric.then_some(first)
 }
+
+/// How long the goodbye (QUIT) after a send may take.
+const GOODBYE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How the connection is secured.
 #[derive(Clone)]
@@ -116,6 +132,9 @@ pub struct SmtpServer {
     security: Security,
     credentials: Option<Credentials>,
     hello: ClientId,
+    /// Per address the host resolves to: one that drops packets leaves time
+    /// for the next.
+    connect_timeout: Option<std::time::Duration>,
 }
 
 /// Why SMTP_URL cannot be used; never quotes the URL (it may hold a password).
@@ -156,7 +175,16 @@ impl SmtpServer {
             security,
             credentials,
             hello,
+            connect_timeout: None,
         })
+    }
+
+    /// The longest a TCP connection to one of the server's addresses may take.
+    pub fn with_connect_timeout(self, timeout: std::time::Duration) -> Self {
+        Self {
+            connect_timeout: Some(timeout),
+            ..self
+        }
     }
 
     /// Sends `message` (the whole formatted message) from `from` to `to`, one
@@ -167,15 +195,31 @@ impl SmtpServer {
         to: &Address,
         message: &[u8],
     ) -> Result<(), SmtpError> {
-        let at = |phase| move |source| SmtpError { phase, source };
+        let at = |phase| move |source| SmtpError::Exchange { phase, source };
         let mut conn = self.connect().await.map_err(at(Phase::Connect))?;
-        let sent = async {
+        let sent: Result<(), SmtpError> = async {
             if let Some(credentials) = &self.credentials {
                 conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
                     .await
                     .map_err(at(Phase::Auth))?;
             }
-            conn.command(Mail::new(Some(from.clone()), vec![]))
+            // lettre encodes every body as 7-bit text; should a message carry
+            // 8-bit bytes all the same, it says so, as lettre's own send does.
+            let mut options = Vec::new();
+            if !message.is_ascii() {
+                options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+            }
+            // An address stored before addresses had to be ASCII: sent where
+            // the server takes SMTPUTF8, refused for this recipient where not.
+            if !(AsRef::<str>::as_ref(from).is_ascii() && AsRef::<str>::as_ref(to).is_ascii()) {
+                if !conn.server_info().supports_feature(Extension::SmtpUtfEight) {
+                    return Err(SmtpError::Undeliverable(
+                        "a non-ASCII address, and the server does not take SMTPUTF8",
+                    ));
+                }
+                options.push(MailParameter::SmtpUtfEight);
+            }
+            conn.command(Mail::new(Some(from.clone()), options))
                 .await
                 .map_err(at(Phase::MailFrom))?;
             conn.command(Rcpt::new(to.clone(), vec![]))
@@ -186,12 +230,12 @@ impl SmtpServer {
             Ok(())
         }
         .await;
-        match &sent {
-            Ok(()) => {
-                let _ = conn.quit().await;
-            }
-            Err(_) => conn.abort().await,
-        }
+        // The outcome is known: the goodbye is not part of it. Said in the
+        // background, briefly, so a slow reply to QUIT can neither delay the
+        // send nor turn it into a timeout (and a second copy).
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(GOODBYE_LIMIT, conn.quit()).await;
+        });
         sent
     }
 
@@ -202,7 +246,7 @@ impl SmtpServer {
         };
         let mut conn = AsyncSmtpConnection::connect_tokio1(
             (self.host.as_str(), self.port),
-            None,
+            self.connect_timeout,
             &self.hello,
             wrapper,
             None,
@@ -232,6 +276,7 @@ mod tests {
             ("551", "user not local"),
             ("553", "mailbox name not allowed"),
             ("554", "5.1.0 address rejected"),
+            ("550", "mailbox unavailable"),
         ] {
             assert!(
                 refused_for_good(Phase::RcptTo, code, &shown(code, text)),
@@ -256,6 +301,21 @@ mod tests {
             (Phase::MailFrom, "550", "5.4.5 daily sending quota exceeded"),
             (Phase::MailFrom, "530", "5.7.0 must issue STARTTLS first"),
             (Phase::RcptTo, "554", "5.7.1 relay access denied"),
+            (
+                Phase::RcptTo,
+                "553",
+                "5.7.1 Sender address rejected: not owned by user",
+            ),
+            (
+                Phase::RcptTo,
+                "550",
+                "5.1.8 Sender address rejected: Domain not found",
+            ),
+            (
+                Phase::RcptTo,
+                "550",
+                "5.7.606 Access denied, banned sending IP",
+            ),
             (Phase::Data, "554", "transaction failed"),
             (Phase::EndOfData, "554", "5.7.1 rejected by policy"),
         ] {

@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use super::{OutboxRow, held::HeldQueues, wake::RelayWaker};
@@ -85,7 +85,8 @@ pub fn begin_batch(timeout: Duration) -> String {
 
 /// Silence on a batch's connection after which Postgres probes the relay,
 /// the time between probes, and the probes unanswered before it gives up:
-/// a dead peer is noticed within about 10 s.
+/// an idle dead peer is noticed within about 10 s (on Linux, unacknowledged
+/// data is given up after `tcp_user_timeout`, the session timeout, instead).
 const KEEPALIVE_IDLE_S: u32 = 4;
 const KEEPALIVE_INTERVAL_S: u32 = 2;
 const KEEPALIVE_COUNT: u32 = 3;
@@ -202,10 +203,20 @@ impl Relay {
         // from, and this ends a batch whose Postgres went silent (a link
         // that drops packets without closing), so the loop goes on.
         let limit = self.batch_limit();
-        let batch = match tokio::time::timeout(limit, self.try_forward_batch()).await {
-            Ok(batch) => batch,
-            Err(_) => Err(RelayError::TimedOut(limit)),
-        };
+        let batch = async {
+            let mut conn = self.pool.acquire().await?;
+            match tokio::time::timeout(limit, self.try_forward_batch(&mut conn)).await {
+                Ok(batch) => batch,
+                Err(_) => {
+                    // Closed, not handed back: the pool would ping it first,
+                    // and a ping over a silent link waits for the kernel to
+                    // give up (minutes), holding one of the relay's few slots.
+                    drop(conn.detach());
+                    Err(RelayError::TimedOut(limit))
+                }
+            }
+        }
+        .await;
         match &batch {
             Ok(Batch {
                 failed: Some(_), ..
@@ -216,8 +227,8 @@ impl Relay {
         batch
     }
 
-    async fn try_forward_batch(&self) -> Result<Batch, RelayError> {
-        let mut tx = self.pool.begin_with(self.begin.clone()).await?;
+    async fn try_forward_batch(&self, conn: &mut sqlx::PgConnection) -> Result<Batch, RelayError> {
+        let mut tx = conn.begin_with(self.begin.clone()).await?;
         let tasks = self.claim(&mut tx).await?;
         if tasks.is_empty() {
             return Ok(Batch::default());

@@ -10,7 +10,7 @@ use crate::{
     config::SignupConfig,
     mail::{Delivered, Email, Mailer},
     outbox::NewTask,
-    queue::{Handler, Processed, Task, TaskError, TaskId},
+    queue::{Handler, Processed, Task, TaskError},
     users::{repo, verify_email},
 };
 
@@ -91,7 +91,7 @@ impl SendVerifyEmail {
             self.base_url, code.id, code.secret_code
         );
         let email = Email {
-            message_key: message_key(task.id),
+            message_key: message_key(task),
             to: code.email.clone(),
             subject: "Welcome to Simple Bank".into(),
             text: format!(
@@ -131,10 +131,14 @@ impl Handler for SendVerifyEmail {
     }
 }
 
-/// The Message-ID key of task `id`'s email: one per task, so every attempt's
-/// copy carries the same Message-ID.
-pub fn message_key(id: TaskId) -> String {
-    format!("verify-email.{id}")
+/// The Message-ID key of `task`'s email: one per task, so every attempt's
+/// copy carries the same Message-ID. The task's creation time (its outbox
+/// row's, carried on every delivery) keeps it unique beyond this database:
+/// staging and production, or a database rebuilt from scratch, reuse task
+/// ids, and a receiver drops a message whose Message-ID it already holds.
+pub fn message_key(task: &Task) -> String {
+    let created = task.created_at.map_or(0, |t| t.timestamp_millis());
+    format!("verify-email.{}.{created}", task.id)
 }
 
 fn html_escape(s: &str) -> String {

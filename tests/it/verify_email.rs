@@ -399,6 +399,19 @@ async fn every_send_of_one_task_carries_one_message_id() {
     let ids: Vec<String> = messages.iter().map(|m| message_id(m)).collect();
     assert_eq!(ids[0], ids[1], "one Message-ID for both copies");
     // Stable per task and the sender's domain, as RFC 5322 asks.
-    assert_eq!(ids[0], format!("verify-email.{id}@simplebank.local"));
+    // The task's id and creation time, and the sender's domain.
+    let created: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT created_at FROM outbox WHERE id = $1")
+            .bind(id.get())
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        ids[0],
+        format!(
+            "verify-email.{id}.{}@simplebank.local",
+            created.timestamp_millis()
+        )
+    );
     app.stop().await;
 }
