@@ -124,18 +124,20 @@ async fn sign_ups_flow_through_a_crash_of_the_critical_queues_primary() {
 /// and no user emailed again after its run was recorded.
 async fn every_user_emailed_none_after_its_run(env: &TestEnv, users: usize) {
     let mail_dir = env.cfg.mail.dir.clone();
-    let emailed = eventually(Duration::from_secs(90), "every user emailed", || {
-        let mail_dir = mail_dir.clone();
-        async move {
-            let by = emails_by_recipient(&mail_dir);
-            (by.len() == users).then_some(by)
-        }
-    })
+    // Each run's ledger record follows its send: both, for every user.
+    let emailed = eventually(
+        Duration::from_secs(90),
+        "every user emailed and recorded",
+        || {
+            let mail_dir = mail_dir.clone();
+            async move {
+                let by = emails_by_recipient(&mail_dir);
+                let recorded = env.count("SELECT count(*) FROM task_ledger").await;
+                (by.len() == users && recorded == users as i64).then_some(by)
+            }
+        },
+    )
     .await;
-    assert_eq!(
-        env.count("SELECT count(*) FROM task_ledger").await,
-        users as i64
-    );
     eventually(Duration::from_secs(30), "the outbox drained", || async {
         let left = env
             .count("SELECT count(*) FROM outbox WHERE dispatched_at IS NULL")
