@@ -8,6 +8,7 @@
 
 mod held;
 pub mod relay;
+mod session;
 pub mod stats;
 pub mod wake;
 pub mod write;
