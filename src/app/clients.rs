@@ -90,5 +90,6 @@ fn broker(cfg: &Config, redis: fred::clients::Pool) -> Broker {
     Broker::new(redis, &cfg.redis.key_prefix).with_archive_limits(ArchiveLimits {
         max_age: cfg.worker.archive_max_age,
         max_size: cfg.worker.archive_max_size,
+        protect: cfg.worker.archive_protect,
     })
 }

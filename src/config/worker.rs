@@ -64,6 +64,11 @@ pub struct WorkerConfig {
         default_value_t = 10_000
     )]
     pub archive_max_size: u64,
+    /// A task archived within this is never deleted to keep to
+    /// WORKER_ARCHIVE_MAX_SIZE: an outage that archives more than the cap
+    /// keeps every task for an operator to retry, over the cap until then.
+    #[arg(id = "worker_archive_protect", value_name = "WORKER_ARCHIVE_PROTECT", long = "worker-archive-protect", env = "WORKER_ARCHIVE_PROTECT", default_value = "7d", value_parser = parse_duration)]
+    pub archive_protect: Duration,
 }
 
 impl WorkerConfig {
@@ -104,7 +109,17 @@ impl WorkerConfig {
             "WORKER_ARCHIVE_MAX_AGE",
             self.archive_max_age,
             Duration::from_secs(60),
-        )
+        )?;
+        if self.archive_protect > self.archive_max_age {
+            return Err(bad(
+                "WORKER_ARCHIVE_PROTECT",
+                format!(
+                    "must be at most WORKER_ARCHIVE_MAX_AGE ({})",
+                    humantime::format_duration(self.archive_max_age)
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -279,6 +279,7 @@ async fn the_archive_keeps_to_its_age_and_size_limits() {
     let q = env.queue().with_archive_limits(queue::ArchiveLimits {
         max_age: Duration::from_millis(300),
         max_size: 3,
+        protect: Duration::ZERO,
     });
     let archive = |id| {
         let q = q.clone();
@@ -313,6 +314,36 @@ async fn the_archive_keeps_to_its_age_and_size_limits() {
         [6],
         "and those past the age limit"
     );
+}
+
+#[tokio::test]
+async fn the_size_limit_never_deletes_a_recently_archived_task() {
+    let env = TestEnv::new().await;
+    let q = env.queue().with_archive_limits(queue::ArchiveLimits {
+        max_age: Duration::from_secs(3600),
+        max_size: 3,
+        protect: Duration::from_secs(600),
+    });
+    // A burst of failures twice the cap, all within the protected age.
+    for id in 1..=6 {
+        q.enqueue(&[msg(id, "default")]).await.unwrap();
+        let t = take_one(&q, "default", LEASE).await;
+        assert_eq!(
+            q.fail(&t, "sender refused", Duration::ZERO, true)
+                .await
+                .unwrap(),
+            FailOutcome::Archived
+        );
+    }
+    assert_eq!(q.trim_archive("default").await.unwrap(), 0);
+    let kept: Vec<i64> = q
+        .list("default", TaskState::Archived, 0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id.get())
+        .collect();
+    assert_eq!(kept, [1, 2, 3, 4, 5, 6], "every one kept, over the cap");
 }
 
 #[tokio::test]

@@ -161,6 +161,11 @@ fn a_bad_setting_is_refused_at_start_with_one_line_naming_it() {
         ("RELAY_POLL_INTERVAL", "0s", "at least"),
         ("RELAY_SESSION_TIMEOUT", "3s", "REDIS_COMMAND_TIMEOUT"),
         ("RELAY_SESSION_TIMEOUT", "30d", "at most 24h"),
+        (
+            "WORKER_ARCHIVE_PROTECT",
+            "100d",
+            "at most WORKER_ARCHIVE_MAX_AGE",
+        ),
         ("ARGON2_MEMORY_KIB", "1", "argon2"),
         ("REDIS_URL", "redis://:hunter2@[::1", "Redis URL"),
         ("DATABASE_URL", "mysql://u:hunter2@db/x", "postgres://"),

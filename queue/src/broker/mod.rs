@@ -46,8 +46,13 @@ pub use upkeep::Promoted;
 pub struct ArchiveLimits {
     /// An archived task older than this is deleted.
     pub max_age: Duration,
-    /// Most archived tasks kept; the oldest beyond it are deleted.
+    /// Most archived tasks kept; the oldest beyond it are deleted, except
+    /// those archived within [`ArchiveLimits::protect`].
     pub max_size: u64,
+    /// A task archived within this is never deleted for the size limit: a
+    /// burst of failures larger than the limit is kept whole until it is
+    /// this old (only the age limit removes it sooner, when shorter).
+    pub protect: Duration,
 }
 
 impl Default for ArchiveLimits {
@@ -55,6 +60,7 @@ impl Default for ArchiveLimits {
         Self {
             max_age: Duration::from_secs(90 * 24 * 3600),
             max_size: 10_000,
+            protect: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

@@ -76,6 +76,7 @@ impl Broker {
                     self.archive.max_age.as_millis().to_string(),
                     self.archive.max_size.to_string(),
                     TRIM_BATCH.to_string(),
+                    self.archive.protect.as_millis().to_string(),
                 ],
             )
             .await?;
