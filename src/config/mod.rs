@@ -79,16 +79,26 @@ impl Config {
         self.relay.validate()?;
         self.worker.validate()?;
         self.mail.validate()?;
-        // A batch's transaction idles while Redis answers its enqueue (and
-        // the replicas its WAIT).
+        // `relay --once` is a tool that relays; other tools keep the
+        // relay's defaults, which pass.
+        if components.relay || components.is_tool() {
+            self.relay_agrees()?;
+        }
+        match components.worker {
+            true => self.worker_agrees(components.api),
+            false => Ok(Vec::new()),
+        }
+    }
+
+    /// What the relay's session timeout must agree on with Redis: a batch's
+    /// transaction idles while Redis answers its enqueue (and the replicas
+    /// its WAIT).
+    fn relay_agrees(&self) -> Result<(), InvalidSetting> {
         let redis_step = match self.redis.wait_replicas {
             0 => self.redis.command_timeout,
             _ => self.redis.command_timeout + self.redis.wait_timeout,
         };
-        // `relay --once` is a tool that relays; other tools keep the
-        // relay's defaults, which pass.
-        let relays = components.relay || components.is_tool();
-        if relays && self.relay.session_timeout <= redis_step {
+        if self.relay.session_timeout <= redis_step {
             return Err(check::bad(
                 "RELAY_SESSION_TIMEOUT",
                 format!(
@@ -97,10 +107,7 @@ impl Config {
                 ),
             ));
         }
-        match components.worker {
-            true => self.worker_agrees(components.api),
-            false => Ok(Vec::new()),
-        }
+        Ok(())
     }
 
     /// What a worker's settings must agree on with the verify-email tasks
