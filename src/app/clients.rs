@@ -31,7 +31,7 @@ pub enum PoolFor {
 }
 
 /// Most connections of the worker's handlers' pool.
-pub const HANDLERS_POOL_MAX: u32 = 8;
+const HANDLERS_POOL_MAX: u32 = 8;
 
 impl PoolFor {
     fn size(self, cfg: &Config) -> u32 {

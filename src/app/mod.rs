@@ -11,7 +11,7 @@ use anyhow::Context;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use self::{
-    clients::{Clients, HANDLERS_POOL_MAX, PoolFor},
+    clients::{Clients, PoolFor},
     components::Components,
 };
 use crate::{

@@ -76,7 +76,9 @@ pub struct Mailer {
 /// The longest a file mailer's send (write and sync one file) may take.
 const FILE_SEND_LIMIT: Duration = Duration::from_secs(2);
 
-/// The longest one send of the mailer `cfg` describes takes, start to end.
+/// The longest one send of the mailer `cfg` describes takes, start to end:
+/// with the ledger's allowance, what a handler fences for
+/// ([`crate::tasks::effect_budget`]) and a shutdown waits for.
 pub fn send_limit(cfg: &MailConfig) -> Duration {
     match cfg.smtp_url {
         Some(_) => cfg.smtp_timeout,
@@ -110,13 +112,7 @@ impl Mailer {
         })
     }
 
-    /// The longest [`Mailer::send`] takes, start to end: what a handler fences
-    /// for before sending, and what a shutdown must wait for.
-    pub fn send_limit(&self) -> Duration {
-        self.limit
-    }
-
-    /// Sends `email`, in at most [`Mailer::send_limit`]. Success means the SMTP
+    /// Sends `email`, in at most [`send_limit`]. Success means the SMTP
     /// server accepted it (or the file was written and synced).
     pub async fn send(&self, email: &Email) -> Result<Delivered, MailError> {
         tokio::time::timeout(self.limit, self.send_unbounded(email))

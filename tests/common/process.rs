@@ -57,13 +57,25 @@ fn wait_listening(child: &mut Child, port: u16, limit: Duration) -> bool {
 
 /// The pid a redis-server on `port` reports (INFO server), if one answers.
 pub fn redis_pid(port: u16) -> Option<u32> {
+    reported_pid(port, None, b"INFO server\r\n", "process_id:")
+}
+
+/// The pid the server on `port` puts after `marker` in its answer to
+/// `request`, sent once its greeting (a line starting with `greeting`, when
+/// the protocol has one) came.
+fn reported_pid(port: u16, greeting: Option<&str>, request: &[u8], marker: &str) -> Option<u32> {
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    conn.write_all(b"INFO server\r\n").ok()?;
     let mut reply = String::new();
     let mut buf = [0u8; 8192];
+    let mut asked = false;
     loop {
-        if let Some(rest) = reply.split("process_id:").nth(1)
+        let greeted = greeting.is_none_or(|g| reply.starts_with(g) && reply.contains("\r\n"));
+        if !asked && greeted {
+            conn.write_all(request).ok()?;
+            asked = true;
+        }
+        if let Some(rest) = reply.split(marker).nth(1)
             && let Some((pid, _)) = rest.split_once('\r')
         {
             return pid.trim().parse().ok();
@@ -88,28 +100,7 @@ pub fn redis_command(port: u16, args: &[&str]) -> Command {
 /// The pid the test SMTP server on `port` reports (its NOOP reply names it,
 /// tests/support/smtp_sink.py), if one answers.
 pub fn smtp_pid(port: u16) -> Option<u32> {
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    let mut reply = String::new();
-    let mut buf = [0u8; 1024];
-    let mut asked = false;
-    loop {
-        if !asked && reply.starts_with("220") && reply.contains("\r\n") {
-            conn.write_all(b"NOOP\r\n").ok()?;
-            asked = true;
-        }
-        if let Some(rest) = reply.split("pid=").nth(1)
-            && let Some((pid, _)) = rest.split_once('\r')
-        {
-            let _ = conn.write_all(b"QUIT\r\n");
-            return pid.trim().parse().ok();
-        }
-        let n = conn.read(&mut buf).ok()?;
-        if n == 0 {
-            return None;
-        }
-        reply.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    reported_pid(port, Some("220"), b"NOOP\r\n", "pid=")
 }
 
 /// Whether the redis-server on `port` is `child`.
