@@ -26,6 +26,10 @@ pub enum Event {
     LeaseExpired { end: RunEnd },
     /// A worker's run of task `id` lost its lease and was stopped.
     LeaseLost { id: TaskId },
+    /// A worker's breaker stopped taking tasks from `queue` (again).
+    QueuePaused { queue: String },
+    /// A worker's breaker takes tasks from `queue` again.
+    QueueResumed { queue: String },
 }
 
 /// Events a slow subscriber may fall behind by before it misses some (it
@@ -64,5 +68,19 @@ impl Observer for Announced {
     fn lease_lost(&self, id: TaskId) {
         TaskMetrics.lease_lost(id);
         announce(Event::LeaseLost { id });
+    }
+
+    fn queue_paused(&self, queue: &str, pause: std::time::Duration) {
+        TaskMetrics.queue_paused(queue, pause);
+        announce(Event::QueuePaused {
+            queue: queue.to_owned(),
+        });
+    }
+
+    fn queue_resumed(&self, queue: &str, paused_for: std::time::Duration) {
+        TaskMetrics.queue_resumed(queue, paused_for);
+        announce(Event::QueueResumed {
+            queue: queue.to_owned(),
+        });
     }
 }

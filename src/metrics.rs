@@ -43,6 +43,12 @@ pub const TASKS_ARCHIVED: &str = "simplebank_tasks_archived_total";
 pub const HANDLER_DURATION: &str = "simplebank_task_handler_duration_seconds";
 pub const COMMIT_TO_HANDLED: &str = "simplebank_task_commit_to_handled_seconds";
 pub const SCRAPE_SOURCE_UP: &str = "simplebank_scrape_source_up";
+/// 1 while this worker's breaker holds a queue back (its tasks keep finding
+/// what they need down: the mail provider refusing the sender), else 0.
+pub const WORKER_BREAKER_OPEN: &str = "simplebank_worker_breaker_open";
+/// Pauses this worker's breakers took (an opening, and each longer pause
+/// after a probe found the dependency still down).
+pub const WORKER_BREAKER_PAUSES: &str = "simplebank_worker_breaker_pauses_total";
 
 /// Histogram buckets for every `_seconds` metric: from a millisecond (a
 /// relay hop) to minutes (a task that waited out an outage).
@@ -167,6 +173,15 @@ impl Observer for TaskMetrics {
     /// A run whose worker died or was cut off, which no worker lived to count.
     fn lease_expired(&self, kind: &str, end: RunEnd) {
         run_failed(kind, end);
+    }
+
+    fn queue_paused(&self, queue: &str, _pause: Duration) {
+        gauge!(WORKER_BREAKER_OPEN, "queue" => queue.to_owned()).set(1.0);
+        counter!(WORKER_BREAKER_PAUSES, "queue" => queue.to_owned()).increment(1);
+    }
+
+    fn queue_resumed(&self, queue: &str, _paused_for: Duration) {
+        gauge!(WORKER_BREAKER_OPEN, "queue" => queue.to_owned()).set(0.0);
     }
 }
 

@@ -15,6 +15,7 @@
 //! keep Redis's clock synchronised.
 //!
 //! [`Task::fence`]: super::Task::fence
+//! [`Task::await_outcome`]: super::Task::await_outcome
 
 use crate::TaskId;
 use std::{
@@ -69,6 +70,9 @@ pub struct RunGuard {
     stopping: CancellationToken,
     /// Set once the run passed its fence: its effect may be under way.
     passed: AtomicBool,
+    /// Set once the effect is handed over and the run only waits for its
+    /// outcome ([`RunGuard::await_outcome`]).
+    awaiting: AtomicBool,
     /// How to renew the lease in Redis (absent in unit tests).
     renewal: Option<Renewal>,
 }
@@ -101,6 +105,7 @@ impl RunGuard {
             lost: CancellationToken::new(),
             stopping: CancellationToken::new(),
             passed: AtomicBool::new(false),
+            awaiting: AtomicBool::new(false),
             renewal: None,
         }
     }
@@ -113,6 +118,28 @@ impl RunGuard {
     /// Whether the run passed its fence (its effect may be under way).
     pub(crate) fn passed(&self) -> bool {
         self.passed.load(Ordering::SeqCst)
+    }
+
+    /// Whether the run only waits for the outcome of an effect it handed
+    /// over: a shutdown at the end of its grace may abandon it.
+    pub(crate) fn awaiting(&self) -> bool {
+        self.awaiting.load(Ordering::SeqCst)
+    }
+
+    /// The effect is handed over (past the fence); the run now waits up to
+    /// `wait` for its outcome. Its timeout is moved to cover that wait, and
+    /// the lease keeper goes on extending the lease meanwhile.
+    pub(crate) fn await_outcome(&self, wait: Duration) {
+        debug_assert!(self.passed(), "an outcome is awaited after the fence");
+        let until = Instant::now() + wait;
+        let mut timeout_at = Self::lock(&self.timeout_at);
+        *timeout_at = Some(timeout_at.map_or(until, |t| t.max(until)));
+        self.awaiting.store(true, Ordering::SeqCst);
+    }
+
+    /// When the run's timeout ends (moved by [`RunGuard::await_outcome`]).
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        *Self::lock(&self.timeout_at)
     }
 
     /// The fence: renews the lease, then [`RunGuard::check`]s it.
@@ -210,6 +237,20 @@ mod tests {
         assert_eq!(guard.check(10 * S, Instant::now()), Err(Fenced::OutOfTime));
         guard.stop();
         assert_eq!(guard.check(S, Instant::now()), Err(Fenced::Stopping));
+    }
+
+    #[test]
+    fn awaiting_an_outcome_moves_the_timeout_and_never_shortens_it() {
+        let guard = RunGuard::new(Instant::now() + 30 * S);
+        guard.start_timeout(5 * S);
+        let timeout = guard.deadline().unwrap();
+        guard.passed.store(true, Ordering::SeqCst);
+        guard.await_outcome(60 * S);
+        assert!(guard.awaiting());
+        assert!(guard.deadline().unwrap() >= timeout + 50 * S);
+        let moved = guard.deadline().unwrap();
+        guard.await_outcome(Duration::ZERO);
+        assert_eq!(guard.deadline(), Some(moved));
     }
 
     #[test]

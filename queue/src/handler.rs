@@ -100,23 +100,32 @@ impl HandlerRegistry {
     }
 }
 
-/// Runs a handler with the task's timeout; a panic or a timeout is a failed attempt.
+/// Runs a handler with the task's timeout (moved by [`Task::await_outcome`]
+/// while the run waits for an effect's outcome); a panic or a timeout is a
+/// failed attempt.
 pub(super) async fn run_handler(
     handler: &dyn Handler,
     task: &Task,
 ) -> Result<Processed, TaskError> {
     task.guard.start_timeout(task.timeout);
-    match tokio::time::timeout(
-        task.timeout,
-        AssertUnwindSafe(handler.handle(task)).catch_unwind(),
-    )
-    .await
-    {
-        Err(_) => Err(TaskError::Retry(anyhow::anyhow!(
-            "timed out after {:?}",
-            task.timeout
-        ))),
-        Ok(Err(panic)) => {
+    let handling = AssertUnwindSafe(handler.handle(task)).catch_unwind();
+    tokio::pin!(handling);
+    let ended = loop {
+        let deadline = task.guard.deadline().expect("set above");
+        tokio::select! {
+            ended = &mut handling => break ended,
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                if task.guard.deadline() <= Some(std::time::Instant::now()) {
+                    return Err(TaskError::Retry(anyhow::anyhow!(
+                        "timed out after {:?}",
+                        task.timeout
+                    )));
+                }
+            }
+        }
+    };
+    match ended {
+        Err(panic) => {
             let msg = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
@@ -124,6 +133,6 @@ pub(super) async fn run_handler(
                 .unwrap_or_else(|| "unknown panic".into());
             Err(TaskError::Retry(anyhow::anyhow!("handler panicked: {msg}")))
         }
-        Ok(Ok(result)) => result,
+        Ok(result) => result,
     }
 }

@@ -57,6 +57,7 @@
 #![warn(missing_docs)]
 
 mod ack;
+mod breaker;
 mod broker;
 mod connection;
 mod fence;
@@ -70,6 +71,7 @@ mod run;
 mod server;
 mod task;
 
+pub use breaker::BreakerSettings;
 pub use broker::{
     AckOutcome, ArchiveLimits, Broker, FailOutcome, Promoted, QueueKeys, QueueStats, Repair,
     RequeueOutcome,
@@ -126,6 +128,20 @@ pub enum TaskError {
     Retry(anyhow::Error),
     /// Archived at once: trying again cannot help (bad payload, missing user).
     SkipRetry(anyhow::Error),
+    /// Retried after `delay` rather than the backoff (an attempt still
+    /// counts): the handler knows when trying again makes sense, e.g. once an
+    /// effect whose outcome is unknown has had time to show.
+    RetryAfter {
+        /// How long until the next attempt.
+        delay: std::time::Duration,
+        /// What failed.
+        error: anyhow::Error,
+    },
+    /// What the task needs is down, not the task: a mail provider refusing
+    /// the sender, say. The task is handed back without counting an attempt,
+    /// and after [`BreakerSettings::failures`] of these in a row the worker
+    /// stops taking tasks from its queue for a while (see [`BreakerSettings`]).
+    Unavailable(anyhow::Error),
     /// Stopped before its effect by [`Task::fence`]; see [`Fenced`].
     Fenced(Fenced),
 }
@@ -135,12 +151,28 @@ impl TaskError {
     pub fn skip_retry(e: impl Into<anyhow::Error>) -> Self {
         Self::SkipRetry(e.into())
     }
+
+    /// A failure to try again after `delay`; see [`TaskError::RetryAfter`].
+    pub fn retry_after(delay: std::time::Duration, e: impl Into<anyhow::Error>) -> Self {
+        Self::RetryAfter {
+            delay,
+            error: e.into(),
+        }
+    }
+
+    /// A dependency is down; see [`TaskError::Unavailable`].
+    pub fn unavailable(e: impl Into<anyhow::Error>) -> Self {
+        Self::Unavailable(e.into())
+    }
 }
 
 impl std::fmt::Display for TaskError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Retry(e) | Self::SkipRetry(e) => f.write_str(&one_line(e.as_ref())),
+            Self::Retry(e)
+            | Self::SkipRetry(e)
+            | Self::RetryAfter { error: e, .. }
+            | Self::Unavailable(e) => f.write_str(&one_line(e.as_ref())),
             Self::Fenced(why) => write!(f, "stopped before its effect: {why}"),
         }
     }

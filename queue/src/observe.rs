@@ -51,6 +51,15 @@ pub trait Observer: Send + Sync + 'static {
     /// A run of this process lost its lease before its fence and was stopped;
     /// another delivery has the task.
     fn lease_lost(&self, _id: TaskId) {}
+
+    /// This process stopped taking tasks from `queue` for `pause`: its tasks
+    /// keep finding what they need down (see [`crate::BreakerSettings`]).
+    /// Called again, with a longer pause, each time a probe finds it still
+    /// down.
+    fn queue_paused(&self, _queue: &str, _pause: Duration) {}
+
+    /// This process takes tasks from `queue` again, after `paused_for`.
+    fn queue_resumed(&self, _queue: &str, _paused_for: Duration) {}
 }
 
 /// The observer of a server given none.

@@ -26,7 +26,7 @@ use super::{
     handler::{Handler, Ledger, Processed, run_handler},
     task::Task,
 };
-use crate::{Observer, RunEnd, RunEnded, outage::Outage};
+use crate::{Observer, RunEnd, RunEnded, breaker::Verdict, outage::Outage};
 
 /// The longest one attempt to record a run in the ledger may take before it
 /// is tried again.
@@ -51,13 +51,20 @@ enum Outcome {
     AlreadyDone,
     Failed(TaskError),
     HandedBack,
+    /// What the task needs is down: handed back without counting an attempt.
+    Unavailable(anyhow::Error),
     /// Another delivery has the task (or will): nothing to record.
     LeaseLost,
 }
 
-/// Runs `task` with `handler` (none: no handler for its kind) and records
-/// the outcome.
-pub(super) async fn run(task: &Task, handler: Option<Arc<dyn Handler>>, cx: &RunContext<'_>) {
+/// Runs `task` with `handler` (none: no handler for its kind), records the
+/// outcome, and says what it showed of the queue's dependency (for the
+/// breaker).
+pub(super) async fn run(
+    task: &Task,
+    handler: Option<Arc<dyn Handler>>,
+    cx: &RunContext<'_>,
+) -> Verdict {
     let started = Instant::now();
     // Metrics are labelled by kinds the worker knows: a kind enqueued by
     // hand under any name adds one series, not one per name.
@@ -66,6 +73,11 @@ pub(super) async fn run(task: &Task, handler: Option<Arc<dyn Handler>>, cx: &Run
         None => super::handler::UNREGISTERED,
     };
     let outcome = execute(task, handler, cx).await;
+    let verdict = match &outcome {
+        Outcome::Unavailable(_) => Verdict::Down,
+        Outcome::Done(_) | Outcome::Failed(_) => Verdict::Up,
+        Outcome::AlreadyDone | Outcome::HandedBack | Outcome::LeaseLost => Verdict::Silent,
+    };
     let took = started.elapsed();
     if let Some(end) = record(task, outcome, took, cx).await {
         cx.observer.run_ended(&RunEnded {
@@ -76,6 +88,7 @@ pub(super) async fn run(task: &Task, handler: Option<Arc<dyn Handler>>, cx: &Run
             due_at: task.due_at(),
         });
     }
+    verdict
 }
 
 async fn execute(task: &Task, handler: Option<Arc<dyn Handler>>, cx: &RunContext<'_>) -> Outcome {
@@ -94,18 +107,27 @@ async fn execute(task: &Task, handler: Option<Arc<dyn Handler>>, cx: &RunContext
     };
     // A lost lease or the end of the shutdown grace stops the run, unless
     // it passed its fence: an effect under way is let finish (its lease and
-    // the grace both cover it).
+    // the grace both cover it). A run that only waits for the outcome of an
+    // effect it handed over is abandoned at the end of the grace: its
+    // handler recorded the hand-over, for the next delivery to judge.
     let handling = run_handler(handler.as_ref(), task);
     tokio::pin!(handling);
+    let guard = &task.guard;
     let result = loop {
         let stop = tokio::select! {
             biased;
             result = &mut handling => break result,
-            _ = cx.abort.cancelled(), if !task.guard.passed() => Outcome::HandedBack,
-            _ = task.guard.lost(), if !task.guard.passed() => Outcome::LeaseLost,
+            _ = cx.abort.cancelled(), if !guard.passed() || guard.awaiting() => Outcome::HandedBack,
+            _ = guard.lost(), if !guard.passed() => Outcome::LeaseLost,
         };
+        if guard.awaiting() {
+            tracing::warn!(
+                "shutdown grace over while waiting for the outcome of an effect: abandoned, for the next delivery to judge"
+            );
+            return stop;
+        }
         // The fence may have passed while the other branch woke.
-        if !task.guard.passed() {
+        if !guard.passed() {
             return stop;
         }
     };
@@ -113,6 +135,7 @@ async fn execute(task: &Task, handler: Option<Arc<dyn Handler>>, cx: &RunContext
         Ok(processed) => Outcome::Done(processed),
         Err(TaskError::Fenced(Fenced::Stopping)) => Outcome::HandedBack,
         Err(TaskError::Fenced(Fenced::LeaseLost)) => Outcome::LeaseLost,
+        Err(TaskError::Unavailable(e)) => Outcome::Unavailable(e),
         Err(e) => Outcome::Failed(e),
     }
 }
@@ -144,7 +167,10 @@ async fn record(
         }
         Outcome::Failed(error) => {
             let skip = matches!(error, TaskError::SkipRetry(_));
-            let delay = cx.retry.delay(task.attempt - 1);
+            let delay = match error {
+                TaskError::RetryAfter { delay, .. } => delay,
+                _ => cx.retry.delay(task.attempt - 1),
+            };
             match cx.broker.fail(task, &error.to_string(), delay, skip).await {
                 Ok(FailOutcome::Retry { at }) => {
                     tracing::warn!(r#type = %task.kind, payload = %task.payload, error = %error, retry_in_ms = delay.as_millis() as u64, retry_at = %at, "task failed; will retry");
@@ -165,14 +191,13 @@ async fn record(
                 }
             }
         }
+        Outcome::Unavailable(error) => {
+            tracing::warn!(r#type = %task.kind, error = %crate::one_line(error.as_ref()), "a dependency of the task is down: handed back, no attempt counted");
+            hand_back(task, cx).await;
+            None
+        }
         Outcome::HandedBack => {
-            match cx.broker.requeue(task).await {
-                Ok(RequeueOutcome::Pending) => tracing::info!("task handed back to pending"),
-                Ok(RequeueOutcome::LeaseLost) => lease_lost("handed back"),
-                Err(e) => {
-                    tracing::error!(error = %e, "could not hand the task back; its lease will run out")
-                }
-            }
+            hand_back(task, cx).await;
             None
         }
         Outcome::LeaseLost => {
@@ -182,6 +207,17 @@ async fn record(
             );
             cx.observer.lease_lost(task.id);
             None
+        }
+    }
+}
+
+/// Puts the task back at the front of its pending list, untried.
+async fn hand_back(task: &Task, cx: &RunContext<'_>) {
+    match cx.broker.requeue(task).await {
+        Ok(RequeueOutcome::Pending) => tracing::info!("task handed back to pending"),
+        Ok(RequeueOutcome::LeaseLost) => lease_lost("handed back"),
+        Err(e) => {
+            tracing::error!(error = %e, "could not hand the task back; its lease will run out")
         }
     }
 }

@@ -14,7 +14,10 @@
 //! is left then goes back to the front of its pending list (see
 //! [`super::run`]).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use fred::clients::SubscriberClient;
 use rand::Rng;
@@ -25,6 +28,7 @@ use tracing::Instrument;
 use super::{
     Broker, QueueError, RetryPolicy,
     ack::Acker,
+    breaker::{Allowance, BreakerSettings, Breakers, Change},
     handler::{HandlerRegistry, Ledger},
     maintenance::{self, RunningTasks, SAFETY_POLL},
     run::{self, RunContext},
@@ -51,6 +55,8 @@ pub struct WorkerSettings {
     /// How long a completed (or deleted) task is remembered, so that an
     /// enqueue of its id meanwhile stays a no-op.
     pub done_retention: Duration,
+    /// When to stop taking a queue's tasks because what they need is down.
+    pub breaker: BreakerSettings,
 }
 
 /// A queue a worker serves, and its share of the fetches.
@@ -77,6 +83,7 @@ struct Inner {
     observer: Arc<dyn Observer>,
     /// Woken when tasks may have become pending.
     fetch_wake: Arc<Notify>,
+    breakers: Breakers,
 }
 
 impl WorkerServer {
@@ -91,12 +98,13 @@ impl WorkerServer {
         Self {
             inner: Arc::new(Inner {
                 broker,
-                settings,
                 registry,
                 ledger: None,
                 running: Arc::default(),
                 observer: Arc::new(Unobserved),
                 fetch_wake: Arc::default(),
+                breakers: Breakers::new(settings.breaker),
+                settings,
             }),
             subscriber,
         }
@@ -256,6 +264,8 @@ impl Inner {
     /// Takes up to `n` tasks: by weight (each slot goes to a queue drawn in
     /// proportion to its weight, so a light queue never starves) or in strict
     /// priority order. Slots a short queue could not fill go to the others.
+    /// A queue whose breaker is open is skipped; one being probed gets one
+    /// task.
     ///
     /// A queue whose dequeue fails is skipped, and its error returned beside
     /// the tasks the others gave: those were taken under a lease, and
@@ -263,59 +273,82 @@ impl Inner {
     async fn dequeue(&self, n: usize) -> Fetched {
         let queues = &self.settings.queues;
         let lease = self.settings.lease;
-        let mut tasks = Vec::with_capacity(n);
-        let mut failed = None;
-        let mut answered = false;
-        // Queues that came back short from the weighted draw (or failed):
-        // they are empty, and asking them again costs a round trip.
-        let mut emptied = vec![false; queues.len()];
+        let now = Instant::now();
+        let allowed: Vec<Allowance> = queues
+            .iter()
+            .map(|q| self.breakers.allowance(&q.queue, now))
+            .collect();
+        // How many more tasks each queue may give.
+        let mut room: Vec<usize> = allowed
+            .iter()
+            .map(|a| match a {
+                Allowance::Any => n,
+                Allowance::One => 1,
+                Allowance::None => 0,
+            })
+            .collect();
+        let mut fetched = Fetched {
+            tasks: Vec::with_capacity(n),
+            failed: None,
+            answered: false,
+        };
+        // Records what queue `i` gave when asked for `want`.
+        let take = |fetched: &mut Fetched, room: &mut [usize], i: usize, got, want| match got {
+            Ok(got) => {
+                let got: Vec<Task> = got;
+                fetched.answered = true;
+                room[i] = if got.len() < want {
+                    0
+                } else {
+                    room[i] - got.len()
+                };
+                if let (Allowance::One, Some(probe)) = (allowed[i], got.first()) {
+                    self.breakers.took(&queues[i].queue, probe.id);
+                }
+                fetched.tasks.extend(got);
+            }
+            Err(e) => {
+                room[i] = 0;
+                fetched.failed = Some(e);
+            }
+        };
         if !self.settings.strict_priority && queues.len() > 1 {
-            let counts = weighted_draw(queues, n);
+            let counts: Vec<usize> = weighted_draw(queues, &room, n)
+                .into_iter()
+                .zip(&room)
+                .map(|(c, r)| c.min(*r))
+                .collect();
             let draws = queues
                 .iter()
                 .zip(&counts)
                 .filter(|(_, c)| **c > 0)
                 .map(|(q, c)| self.broker.dequeue(&q.queue, *c, lease));
-            let drawn = counts.iter().enumerate().filter(|(_, c)| **c > 0);
+            let drawn: Vec<(usize, usize)> = counts
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| **c > 0)
+                .map(|(i, c)| (i, *c))
+                .collect();
             for (got, (i, want)) in futures::future::join_all(draws)
                 .await
                 .into_iter()
                 .zip(drawn)
             {
-                match got {
-                    Ok(got) => {
-                        answered = true;
-                        emptied[i] = got.len() < *want;
-                        tasks.extend(got);
-                    }
-                    Err(e) => {
-                        emptied[i] = true;
-                        failed = Some(e);
-                    }
-                }
+                take(&mut fetched, &mut room, i, got, want);
             }
         }
         // Strict priority, and the slots the weighted draw left: the queues in
-        // priority order.
-        for (QueueWeight { queue, .. }, emptied) in queues.iter().zip(emptied) {
-            if tasks.len() == n {
-                break;
+        // priority order. A queue that came back short (or failed) is empty
+        // now, and asking it again costs a round trip.
+        for (i, QueueWeight { queue, .. }) in queues.iter().enumerate() {
+            let want = (n - fetched.tasks.len()).min(room[i]);
+            if want == 0 {
+                continue;
             }
-            if !emptied {
-                match self.broker.dequeue(queue, n - tasks.len(), lease).await {
-                    Ok(got) => {
-                        answered = true;
-                        tasks.extend(got);
-                    }
-                    Err(e) => failed = Some(e),
-                }
-            }
+            let got = self.broker.dequeue(queue, want, lease).await;
+            take(&mut fetched, &mut room, i, got, want);
         }
-        Fetched {
-            tasks,
-            failed,
-            answered,
-        }
+        fetched
     }
 
     async fn run_task(
@@ -335,10 +368,54 @@ impl Inner {
             abort: &abort,
             observer: self.observer.as_ref(),
         };
-        run::run(&task, self.registry.get(&task.kind), &cx)
-            .instrument(span)
+        let verdict = run::run(&task, self.registry.get(&task.kind), &cx)
+            .instrument(span.clone())
             .await;
         self.running.remove(&task);
+        let change = self
+            .breakers
+            .ended(&task.queue, task.id, verdict, Instant::now());
+        if let Some(change) = change {
+            self.report(&task.queue, change).instrument(span).await;
+        }
+    }
+
+    /// Logs a breaker's change (an opening once, not each longer pause),
+    /// tells the observer, and notes it in Redis for the dashboard.
+    async fn report(&self, queue: &str, change: Change) {
+        let noted = match change {
+            Change::Opened { pause } => {
+                tracing::warn!(
+                    queue,
+                    pause_ms = pause.as_millis() as u64,
+                    "tasks of this queue keep finding what they need down: not taking its tasks for a while (they stay pending)"
+                );
+                self.observer.queue_paused(queue, pause);
+                self.broker.note_breaker(queue, Some(pause)).await
+            }
+            Change::Reopened { pause } => {
+                tracing::debug!(
+                    queue,
+                    pause_ms = pause.as_millis() as u64,
+                    "still down: paused again"
+                );
+                self.observer.queue_paused(queue, pause);
+                self.broker.note_breaker(queue, Some(pause)).await
+            }
+            Change::Closed { paused_for } => {
+                tracing::info!(
+                    queue,
+                    paused_for_ms = paused_for.as_millis() as u64,
+                    "what the queue's tasks need answers again: taking its tasks"
+                );
+                self.observer.queue_resumed(queue, paused_for);
+                self.fetch_wake.notify_one();
+                self.broker.note_breaker(queue, None).await
+            }
+        };
+        if let Err(e) = noted {
+            tracing::debug!(error = %e, "could not note the breaker in redis (the dashboard shows it late)");
+        }
     }
 }
 
@@ -351,10 +428,15 @@ struct Fetched {
     answered: bool,
 }
 
-/// How many of `n` slots each queue gets, drawn in proportion to its weight.
-fn weighted_draw(queues: &[QueueWeight], n: usize) -> Vec<usize> {
+/// How many of `n` slots each queue gets, drawn in proportion to its weight
+/// among the queues with `room` left.
+fn weighted_draw(queues: &[QueueWeight], room: &[usize], n: usize) -> Vec<usize> {
+    let weight = |i: usize| match room[i] {
+        0 => 0,
+        _ => u64::from(queues[i].weight),
+    };
     // In u64: weights are u32 each, and their sum must not overflow.
-    let total: u64 = queues.iter().map(|q| u64::from(q.weight)).sum();
+    let total: u64 = (0..queues.len()).map(weight).sum();
     let mut counts = vec![0usize; queues.len()];
     if total == 0 {
         return counts;
@@ -362,10 +444,9 @@ fn weighted_draw(queues: &[QueueWeight], n: usize) -> Vec<usize> {
     let mut rng = rand::rng();
     for _ in 0..n {
         let mut pick = rng.random_range(0..total);
-        let i = queues
-            .iter()
-            .position(|q| {
-                let w = u64::from(q.weight);
+        let i = (0..queues.len())
+            .position(|i| {
+                let w = weight(i);
                 if pick < w {
                     true
                 } else {
@@ -390,9 +471,11 @@ mod tests {
             weight,
         };
         let queues = vec![queue("critical", 10), queue("default", 5)];
-        let counts = weighted_draw(&queues, 30_000);
+        let counts = weighted_draw(&queues, &[30_000, 30_000], 30_000);
         assert_eq!(counts.iter().sum::<usize>(), 30_000);
         // 2:1 expected; far outside this band would mean a broken draw.
         assert!((18_500..21_500).contains(&counts[0]), "{counts:?}");
+        // A paused queue gets nothing; the others get its share.
+        assert_eq!(weighted_draw(&queues, &[0, 30_000], 100), vec![0, 100]);
     }
 }

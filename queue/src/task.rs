@@ -177,6 +177,16 @@ impl Task {
         self.guard.fence(effect).await.map_err(TaskError::Fenced)
     }
 
+    /// Call after the fence, once the effect is handed over and only its
+    /// outcome is awaited, for at most `wait` (an SMTP server's reply to the
+    /// final dot). The run's timeout moves to cover the wait, the lease is
+    /// kept extended, and a shutdown whose grace ends meanwhile abandons the
+    /// run: record the hand-over durably before calling this, so that the
+    /// next delivery can tell the outcome is unknown. See [`super::fence`].
+    pub fn await_outcome(&self, wait: Duration) {
+        self.guard.await_outcome(wait)
+    }
+
     /// When the pipeline owed this task a run: its commit, or its
     /// process_at when it was to wait longer (a delay on purpose is not
     /// latency). The start of the commit-to-handled latency.

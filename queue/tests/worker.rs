@@ -308,6 +308,48 @@ async fn graceful_shutdown_hands_running_tasks_back() {
     assert_eq!(*started.lock().unwrap(), 1);
 }
 
+#[tokio::test]
+async fn a_run_waiting_for_its_outcome_outlives_its_timeout_and_not_the_grace() {
+    let env = QueueEnv::new().await;
+    let mut registry = HandlerRegistry::default();
+    // Hands its effect over, then waits for the outcome longer than its
+    // timeout (1 s): 1.5 s the first time, 600 s the second.
+    let waits = Arc::new(Mutex::new(vec![
+        Duration::from_secs(600),
+        Duration::from_millis(1500),
+    ]));
+    registry.register(
+        "slow-reply",
+        handler_fn(move |t: Task| {
+            let wait = waits.lock().unwrap().pop().unwrap_or(Duration::ZERO);
+            async move {
+                t.fence(Duration::from_millis(100)).await?;
+                t.await_outcome(Duration::from_secs(3600));
+                tokio::time::sleep(wait).await;
+                Ok(Processed::default())
+            }
+        }),
+    );
+    let worker = start_worker(&env, registry, |s| {
+        s.shutdown_grace = Duration::from_millis(300)
+    });
+    let q = env.queue();
+    let slow = |id| msg(id, "slow-reply", "default").with_timeout(Duration::from_secs(1));
+    q.enqueue(&[slow(31)]).await.unwrap();
+    // Not cut at its timeout: the wait moved it.
+    let done = wait_state(&q, "default", TaskId::from(31), TaskState::Completed).await;
+    assert_eq!(done.retried, 0, "{done:?}");
+    // A shutdown does not wait 600 s for the second: abandoned at the end
+    // of the grace, handed back uncounted.
+    q.enqueue(&[slow(32)]).await.unwrap();
+    wait_state(&q, "default", TaskId::from(32), TaskState::Active).await;
+    let t = Instant::now();
+    stop_worker(worker).await;
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let info = q.task("default", TaskId::from(32)).await.unwrap().unwrap();
+    assert_eq!((info.state, info.retried), (TaskState::Pending, 0));
+}
+
 /// Not a test on its own: the worker process that `a_killed_worker_loses_nothing`
 /// starts and kills. Runs only when that test sets its environment.
 #[tokio::test]
@@ -465,4 +507,66 @@ async fn a_task_in_the_ledger_is_not_run_again() {
     wait_state(&q, "default", TaskId::from(21), TaskState::Completed).await;
     stop_worker(worker).await;
     assert_eq!(*runs.lock().unwrap(), 1, "acknowledged, not run again");
+}
+
+#[tokio::test]
+async fn a_dependency_down_holds_its_queue_back_and_burns_no_attempt() {
+    let env = QueueEnv::new().await;
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let (is_down, seen) = (down.clone(), calls.clone());
+    let mut registry = HandlerRegistry::default();
+    registry.register(
+        "needs-smtp",
+        handler_fn(move |_t: Task| {
+            seen.lock().unwrap().push(Instant::now());
+            let down = is_down.load(std::sync::atomic::Ordering::SeqCst);
+            async move {
+                match down {
+                    true => Err(TaskError::unavailable(anyhow::anyhow!("sender refused"))),
+                    false => Ok(Processed::default()),
+                }
+            }
+        }),
+    );
+    registry.register(
+        "ok",
+        handler_fn(|_t: Task| async { Ok(Processed::default()) }),
+    );
+    // Breaker: 3 in a row, a first pause of 300 ms, at most 2 s.
+    let worker = start_worker(&env, registry, |_| {});
+    let q = env.queue();
+    q.enqueue(&[msg(21, "needs-smtp", "default")])
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "the queue held back", || async {
+        let held = q.stats("default").await.unwrap().held_back;
+        (held && calls.lock().unwrap().len() >= 3).then_some(())
+    })
+    .await;
+    let task = q.task("default", TaskId::from(21)).await.unwrap().unwrap();
+    assert_eq!(task.retried, 0, "no attempt counted: {task:?}");
+    assert_ne!(task.state, TaskState::Archived);
+    // The other queue flows meanwhile.
+    q.enqueue(&[msg(22, "ok", "critical")]).await.unwrap();
+    wait_state(&q, "critical", TaskId::from(22), TaskState::Completed).await;
+    // Each probe, one task at a time, waits out a pause that doubles.
+    eventually(Duration::from_secs(10), "two probes", || async {
+        (calls.lock().unwrap().len() >= 5).then_some(())
+    })
+    .await;
+    {
+        let calls = calls.lock().unwrap();
+        let gaps: Vec<Duration> = calls.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps[2] >= Duration::from_millis(300), "{gaps:?}");
+        assert!(gaps[3] >= Duration::from_millis(600), "{gaps:?}");
+    }
+    down.store(false, std::sync::atomic::Ordering::SeqCst);
+    let done = wait_state(&q, "default", TaskId::from(21), TaskState::Completed).await;
+    assert_eq!(done.retried, 0, "{done:?}");
+    eventually(Duration::from_secs(10), "the breaker closed", || async {
+        (!q.stats("default").await.unwrap().held_back).then_some(())
+    })
+    .await;
+    stop_worker(worker).await;
 }

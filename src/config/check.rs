@@ -48,6 +48,24 @@ pub(super) fn at_least(
     Ok(())
 }
 
+pub(super) fn at_most(
+    var: &'static str,
+    value: Duration,
+    max: Duration,
+) -> Result<(), InvalidSetting> {
+    if value > max {
+        return Err(bad(
+            var,
+            format!(
+                "must be at most {} (is {})",
+                humantime::format_duration(max),
+                humantime::format_duration(value)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub(super) fn in_range<T: PartialOrd + std::fmt::Display>(
     var: &'static str,
     value: T,

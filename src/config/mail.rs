@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::Args;
 
 use super::{
-    check::{InvalidSetting, at_least, bad, redact},
+    check::{InvalidSetting, at_least, at_most, bad, redact},
     parse_duration,
 };
 
@@ -16,9 +16,30 @@ pub struct MailConfig {
     /// smtps://... (implicit TLS). Unset: messages are written as .eml files into MAIL_DIR.
     #[arg(long, env = "SMTP_URL", hide_env_values = true)]
     pub smtp_url: Option<String>,
-    /// Timeout of one SMTP exchange.
+    /// The longest an SMTP send may take up to the message's final dot, all
+    /// phases together. A timeout there delivers nothing: the task is tried again.
     #[arg(long, env = "SMTP_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub smtp_timeout: Duration,
+    /// The connection, TLS, the server's greeting and EHLO (RFC 5321 4.5.3.2
+    /// allows 5 minutes for the greeting; a sender that gives up sooner only retries later).
+    #[arg(long, env = "SMTP_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub smtp_connect_timeout: Duration,
+    /// Each reply to AUTH, MAIL FROM, RCPT TO and DATA.
+    #[arg(long, env = "SMTP_COMMAND_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub smtp_command_timeout: Duration,
+    /// Writing the message, up to its final dot.
+    #[arg(long, env = "SMTP_DATA_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub smtp_data_timeout: Duration,
+    /// The reply to the message's final dot: RFC 5321 4.5.3.2 asks for 10
+    /// minutes, since giving up here can mean a second copy. A reply within it
+    /// is a success; none is "outcome unknown" (see SMTP_OUTCOME_UNKNOWN_DELAY).
+    #[arg(long, env = "SMTP_FINAL_REPLY_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub smtp_final_reply_timeout: Duration,
+    /// After a send whose outcome is unknown (no reply to its final dot, or its
+    /// worker stopped while waiting), the next attempt waits this long, and sends
+    /// again (with the same Message-ID) only if the address is still unverified.
+    #[arg(long, env = "SMTP_OUTCOME_UNKNOWN_DELAY", default_value = "1h", value_parser = parse_duration)]
+    pub smtp_outcome_unknown_delay: Duration,
     /// Folder of the file mailer.
     #[arg(
         id = "mail_dir",
@@ -61,10 +82,30 @@ impl MailConfig {
                 format!("is not a valid smtp:// or smtps:// URL ({})", redact(url)),
             ));
         }
+        let ms = Duration::from_millis;
+        at_least("SMTP_TIMEOUT", self.smtp_timeout, ms(100))?;
+        at_least("SMTP_CONNECT_TIMEOUT", self.smtp_connect_timeout, ms(100))?;
+        at_least("SMTP_COMMAND_TIMEOUT", self.smtp_command_timeout, ms(100))?;
+        at_least("SMTP_DATA_TIMEOUT", self.smtp_data_timeout, ms(100))?;
         at_least(
-            "SMTP_TIMEOUT",
-            self.smtp_timeout,
-            Duration::from_millis(100),
+            "SMTP_FINAL_REPLY_TIMEOUT",
+            self.smtp_final_reply_timeout,
+            ms(100),
+        )?;
+        at_most(
+            "SMTP_FINAL_REPLY_TIMEOUT",
+            self.smtp_final_reply_timeout,
+            Duration::from_secs(3600),
+        )?;
+        at_least(
+            "SMTP_OUTCOME_UNKNOWN_DELAY",
+            self.smtp_outcome_unknown_delay,
+            Duration::from_secs(1),
+        )?;
+        at_most(
+            "SMTP_OUTCOME_UNKNOWN_DELAY",
+            self.smtp_outcome_unknown_delay,
+            Duration::from_secs(7 * 24 * 3600),
         )
     }
 }

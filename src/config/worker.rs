@@ -8,7 +8,7 @@ use super::{
     check::{InvalidSetting, at_least, bad, in_range},
     parse_duration,
 };
-use crate::queue::{QueueWeight, RetryPolicy, WorkerSettings};
+use crate::queue::{BreakerSettings, QueueWeight, RetryPolicy, WorkerSettings};
 
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Worker")]
@@ -69,6 +69,24 @@ pub struct WorkerConfig {
     /// keeps every task for an operator to retry, over the cap until then.
     #[arg(id = "worker_archive_protect", value_name = "WORKER_ARCHIVE_PROTECT", long = "worker-archive-protect", env = "WORKER_ARCHIVE_PROTECT", default_value = "7d", value_parser = parse_duration)]
     pub archive_protect: Duration,
+    /// Runs in a row that find what their task needs down (the mail provider
+    /// refusing the sender) before the worker stops taking that queue's tasks
+    /// for a while; 0 never stops (such tasks are still handed back without
+    /// counting an attempt).
+    #[arg(
+        id = "worker_breaker_failures",
+        value_name = "WORKER_BREAKER_FAILURES",
+        long = "worker-breaker-failures",
+        env = "WORKER_BREAKER_FAILURES",
+        default_value_t = 3
+    )]
+    pub breaker_failures: u32,
+    /// The first such pause; each probe that finds the dependency still down doubles it.
+    #[arg(id = "worker_breaker_pause", value_name = "WORKER_BREAKER_PAUSE", long = "worker-breaker-pause", env = "WORKER_BREAKER_PAUSE", default_value = "5s", value_parser = parse_duration)]
+    pub breaker_pause: Duration,
+    /// The longest pause.
+    #[arg(id = "worker_breaker_max_pause", value_name = "WORKER_BREAKER_MAX_PAUSE", long = "worker-breaker-max-pause", env = "WORKER_BREAKER_MAX_PAUSE", default_value = "5m", value_parser = parse_duration)]
+    pub breaker_max_pause: Duration,
 }
 
 impl WorkerConfig {
@@ -85,6 +103,11 @@ impl WorkerConfig {
             },
             shutdown_grace: self.shutdown_grace,
             done_retention: self.done_retention,
+            breaker: BreakerSettings {
+                failures: self.breaker_failures,
+                first_pause: self.breaker_pause,
+                max_pause: self.breaker_max_pause,
+            },
         }
     }
 }
@@ -109,6 +132,17 @@ impl WorkerConfig {
             "WORKER_ARCHIVE_MAX_AGE",
             self.archive_max_age,
             Duration::from_secs(60),
+        )?;
+        in_range("WORKER_BREAKER_FAILURES", self.breaker_failures, 0, 1_000)?;
+        at_least(
+            "WORKER_BREAKER_PAUSE",
+            self.breaker_pause,
+            Duration::from_millis(100),
+        )?;
+        at_least(
+            "WORKER_BREAKER_MAX_PAUSE",
+            self.breaker_max_pause,
+            self.breaker_pause,
         )?;
         if self.archive_protect > self.archive_max_age {
             return Err(bad(

@@ -11,7 +11,7 @@ use lettre::{
     message::{Mailbox, MultiPart},
 };
 
-pub use self::smtp::{Phase, SmtpError, SmtpServer};
+pub use self::smtp::{Phase, SmtpError, SmtpLimits, SmtpServer};
 use crate::config::MailConfig;
 
 /// One message to one recipient, with plain-text and HTML bodies.
@@ -39,8 +39,8 @@ pub enum MailError {
     Smtp(#[from] SmtpError),
     #[error("writing the mail file: {0}")]
     Io(#[from] std::io::Error),
-    #[error("smtp: no answer within {0:?}")]
-    TimedOut(Duration),
+    #[error("writing the mail file: not done within {0:?}")]
+    FileTimedOut(Duration),
 }
 
 impl MailError {
@@ -52,8 +52,24 @@ impl MailError {
         match self {
             Self::Smtp(e) => e.is_permanent(),
             Self::Message(_) | Self::Address(_) => true,
-            Self::Config(_) | Self::Io(_) | Self::TimedOut(_) => false,
+            Self::Config(_) | Self::Io(_) | Self::FileTimedOut(_) => false,
         }
+    }
+
+    /// Whether every other message would fail the same way for now: the
+    /// sender was refused or the server is down ([`SmtpError::is_sender_side`]),
+    /// or the mail folder cannot be written.
+    pub fn is_sender_side(&self) -> bool {
+        match self {
+            Self::Smtp(e) => e.is_sender_side(),
+            Self::Io(_) | Self::FileTimedOut(_) => true,
+            Self::Config(_) | Self::Message(_) | Self::Address(_) => false,
+        }
+    }
+
+    /// Whether the message may have gone out although the send failed.
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(self, Self::Smtp(e) if e.is_outcome_unknown())
     }
 }
 
@@ -69,20 +85,39 @@ pub enum Transport {
 pub struct Mailer {
     from: Mailbox,
     transport: Transport,
-    /// The longest one send may take, start to end.
-    limit: Duration,
 }
 
 /// The longest a file mailer's send (write and sync one file) may take.
 const FILE_SEND_LIMIT: Duration = Duration::from_secs(2);
 
-/// The longest one send of the mailer `cfg` describes takes, start to end:
-/// with the ledger's allowance, what a handler fences for
-/// ([`crate::tasks::effect_budget`]) and a shutdown waits for.
-pub fn send_limit(cfg: &MailConfig) -> Duration {
+/// The longest a send of the mailer `cfg` describes takes until its message
+/// is handed over (for SMTP: up to the final dot). With the ledger's
+/// allowance, what a handler fences for ([`crate::tasks::effect_budget`])
+/// and a shutdown waits for.
+pub fn handover_limit(cfg: &MailConfig) -> Duration {
     match cfg.smtp_url {
         Some(_) => cfg.smtp_timeout,
         None => FILE_SEND_LIMIT,
+    }
+}
+
+/// The longest a send then waits for its outcome (the reply to the final
+/// dot); none for the file mailer, whose outcome is known at once.
+pub fn outcome_wait(cfg: &MailConfig) -> Duration {
+    match cfg.smtp_url {
+        Some(_) => cfg.smtp_final_reply_timeout,
+        None => Duration::ZERO,
+    }
+}
+
+/// The SMTP limits the settings give.
+fn smtp_limits(cfg: &MailConfig) -> SmtpLimits {
+    SmtpLimits {
+        exchange: cfg.smtp_timeout,
+        connect: cfg.smtp_connect_timeout,
+        command: cfg.smtp_command_timeout,
+        data: cfg.smtp_data_timeout,
+        final_reply: cfg.smtp_final_reply_timeout,
     }
 }
 
@@ -90,6 +125,19 @@ pub fn send_limit(cfg: &MailConfig) -> Duration {
 #[derive(Debug, Clone)]
 pub enum Delivered {
     Smtp,
+    File(PathBuf),
+}
+
+/// A message ready to go: for SMTP, the server waits for it at DATA's 354.
+pub struct Prepared {
+    message_id: String,
+    formatted: Vec<u8>,
+    route: Route,
+}
+
+enum Route {
+    // Boxed: an open connection is large beside a path.
+    Smtp(Box<smtp::Ready>),
     File(PathBuf),
 }
 
@@ -101,32 +149,20 @@ impl Mailer {
             Some(url) => Transport::Smtp(
                 SmtpServer::from_url(url)
                     .map_err(|e| MailError::Config(e.to_string()))?
-                    .with_connect_timeout(cfg.smtp_timeout / 3),
+                    .with_limits(smtp_limits(cfg)),
             ),
             None => Transport::File(cfg.dir.clone()),
         };
-        Ok(Self {
-            from,
-            transport,
-            limit: send_limit(cfg),
-        })
+        Ok(Self { from, transport })
     }
 
-    /// Sends `email`, in at most [`send_limit`]. Success means the SMTP
-    /// server accepted it (or the file was written and synced).
-    pub async fn send(&self, email: &Email) -> Result<Delivered, MailError> {
-        tokio::time::timeout(self.limit, self.send_unbounded(email))
-            .await
-            .map_err(|_| MailError::TimedOut(self.limit))?
-    }
-
-    async fn send_unbounded(&self, email: &Email) -> Result<Delivered, MailError> {
+    /// Builds `email` and, for SMTP, runs the exchange up to the point where
+    /// the server waits for the message (within [`handover_limit`]). Nothing
+    /// is delivered yet: [`Prepared::hand_over`] sends it.
+    pub async fn prepare(&self, email: &Email) -> Result<Prepared, MailError> {
+        let message_id = self.message_id(email);
         let message = Message::builder()
-            .message_id(Some(format!(
-                "<{}@{}>",
-                email.message_key,
-                self.from.email.domain()
-            )))
+            .message_id(Some(message_id.clone()))
             .from(self.from.clone())
             .to(Mailbox::new(None, email.to.parse()?))
             .subject(email.subject.clone())
@@ -134,32 +170,76 @@ impl Mailer {
                 email.text.clone(),
                 email.html.clone(),
             ))?;
-        match &self.transport {
+        let formatted = message.formatted();
+        let route = match &self.transport {
             Transport::Smtp(smtp) => {
                 let envelope = message.envelope();
                 let (Some(from), [to]) = (envelope.from(), envelope.to()) else {
                     unreachable!("one sender and one recipient, set above");
                 };
-                smtp.send(from, to, &message.formatted()).await?;
+                Route::Smtp(Box::new(
+                    smtp.prepare(from, to, !formatted.is_ascii()).await?,
+                ))
+            }
+            Transport::File(dir) => Route::File(dir.clone()),
+        };
+        Ok(Prepared {
+            message_id,
+            formatted,
+            route,
+        })
+    }
+
+    /// The Message-ID of `email`: `<{message_key}@{the sender's domain}>`.
+    pub fn message_id(&self, email: &Email) -> String {
+        format!("<{}@{}>", email.message_key, self.from.email.domain())
+    }
+
+    /// Sends `email` in one go: [`Mailer::prepare`], then [`Prepared::hand_over`].
+    pub async fn send(&self, email: &Email) -> Result<Delivered, MailError> {
+        self.prepare(email).await?.hand_over().await
+    }
+}
+
+impl Prepared {
+    /// The message's Message-ID header.
+    pub fn message_id(&self) -> &str {
+        &self.message_id
+    }
+
+    /// Sends the message. Success means the SMTP server accepted it (or the
+    /// file was written and synced); [`MailError::is_outcome_unknown`] means
+    /// the server had it all and its reply did not come back.
+    pub async fn hand_over(self) -> Result<Delivered, MailError> {
+        match self.route {
+            Route::Smtp(ready) => {
+                ready.hand_over(&self.formatted).await?;
                 Ok(Delivered::Smtp)
             }
-            Transport::File(dir) => {
-                tokio::fs::create_dir_all(dir).await?;
-                let name = format!(
-                    "{}-{}.eml",
-                    chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ"),
-                    uuid::Uuid::new_v4().simple()
-                );
-                // Written under a hidden name, then renamed: whoever watches
-                // the folder sees an .eml file only once it is complete.
-                let path = dir.join(&name);
-                let partial = dir.join(format!(".{name}.partial"));
-                let mut file = tokio::fs::File::create(&partial).await?;
-                tokio::io::AsyncWriteExt::write_all(&mut file, &message.formatted()).await?;
-                file.sync_all().await?;
-                tokio::fs::rename(&partial, &path).await?;
-                Ok(Delivered::File(path))
+            Route::File(dir) => {
+                tokio::time::timeout(FILE_SEND_LIMIT, write_file(&dir, &self.formatted))
+                    .await
+                    .map_err(|_| MailError::FileTimedOut(FILE_SEND_LIMIT))?
             }
         }
     }
+}
+
+/// Writes one message into `dir` as an .eml file.
+async fn write_file(dir: &std::path::Path, formatted: &[u8]) -> Result<Delivered, MailError> {
+    tokio::fs::create_dir_all(dir).await?;
+    let name = format!(
+        "{}-{}.eml",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ"),
+        uuid::Uuid::new_v4().simple()
+    );
+    // Written under a hidden name, then renamed: whoever watches the folder
+    // sees an .eml file only once it is complete.
+    let path = dir.join(&name);
+    let partial = dir.join(format!(".{name}.partial"));
+    let mut file = tokio::fs::File::create(&partial).await?;
+    tokio::io::AsyncWriteExt::write_all(&mut file, formatted).await?;
+    file.sync_all().await?;
+    tokio::fs::rename(&partial, &path).await?;
+    Ok(Delivered::File(path))
 }

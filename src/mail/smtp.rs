@@ -4,8 +4,20 @@
 //! paused account, an expired password, a quota) and passes once the
 //! provider recovers, so it is retried like an outage. One connection per
 //! send, on lettre's connection type.
+//!
+//! Every phase has its own limit ([`SmtpLimits`]), in the spirit of RFC 5321
+//! 4.5.3.2: short ones up to the message's final dot, where giving up costs
+//! only a retry, and a long one for the reply to that dot, where giving up
+//! can cost a second copy. A send is two steps so that the caller can record
+//! the hand-over in between: [`SmtpServer::prepare`] runs the exchange up to
+//! DATA's 354, [`Ready::hand_over`] writes the message and waits for its
+//! reply.
 
-use std::fmt;
+use std::{
+    fmt,
+    future::Future,
+    time::{Duration, Instant},
+};
 
 use lettre::{
     Address,
@@ -26,6 +38,8 @@ pub enum Phase {
     MailFrom,
     RcptTo,
     Data,
+    /// Writing the message.
+    Message,
     /// The reply to the message's final dot.
     EndOfData,
 }
@@ -38,6 +52,7 @@ impl fmt::Display for Phase {
             Self::MailFrom => "MAIL FROM",
             Self::RcptTo => "RCPT TO",
             Self::Data => "DATA",
+            Self::Message => "the message",
             Self::EndOfData => "end of DATA",
         })
     }
@@ -53,6 +68,13 @@ pub enum SmtpError {
         #[source]
         source: lettre::transport::smtp::Error,
     },
+    /// No reply at `phase` within its limit.
+    #[error("smtp at {phase}: no reply within {after:?}")]
+    TimedOut { phase: Phase, after: Duration },
+    /// The whole message was handed over and no reply came back (none in
+    /// time, or the link broke): the server may have queued it.
+    #[error("smtp: outcome unknown: {0}")]
+    OutcomeUnknown(String),
     /// This server cannot take this recipient, whatever it answers.
     #[error("smtp: {0}")]
     Undeliverable(&'static str),
@@ -73,7 +95,27 @@ impl SmtpError {
                 _ => false,
             },
             Self::Undeliverable(_) => true,
+            Self::TimedOut { .. } | Self::OutcomeUnknown(_) => false,
         }
+    }
+
+    /// Whether the failure is about the sender or the server, not this
+    /// message: anything that went wrong at the connection, the greeting,
+    /// EHLO, AUTH or MAIL FROM (an account paused, a password expired, a
+    /// quota, the server down). Sending other messages fails the same way
+    /// until the provider recovers.
+    pub fn is_sender_side(&self) -> bool {
+        match self {
+            Self::Exchange { phase, .. } | Self::TimedOut { phase, .. } => {
+                matches!(phase, Phase::Connect | Phase::Auth | Phase::MailFrom)
+            }
+            Self::OutcomeUnknown(_) | Self::Undeliverable(_) => false,
+        }
+    }
+
+    /// Whether the message may have been delivered although the send failed.
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(self, Self::OutcomeUnknown(_))
     }
 }
 
@@ -90,7 +132,7 @@ fn refused_for_good(phase: Phase, code: &str, shown: &str) -> bool {
             None => matches!(code, "550" | "551" | "553"),
         },
         Phase::EndOfData => enhanced.is_some_and(|s| s.starts_with("5.6.")),
-        Phase::Connect | Phase::Auth | Phase::MailFrom | Phase::Data => false,
+        Phase::Connect | Phase::Auth | Phase::MailFrom | Phase::Data | Phase::Message => false,
     }
 }
 
@@ -108,7 +150,22 @@ fn enhanced_status(shown: &str) -> Option<&str> {
 }
 
 /// How long the goodbye (QUIT) after a send may take.
-const GOODBYE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+const GOODBYE_LIMIT: Duration = Duration::from_secs(2);
+
+/// How long each phase of a send may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SmtpLimits {
+    /// Everything up to the message's final dot, together.
+    pub exchange: Duration,
+    /// The connection, TLS, the greeting and EHLO (STARTTLS and its EHLO).
+    pub connect: Duration,
+    /// Each reply to AUTH, MAIL FROM, RCPT TO and DATA.
+    pub command: Duration,
+    /// Writing the message.
+    pub data: Duration,
+    /// The reply to the final dot.
+    pub final_reply: Duration,
+}
 
 /// How the connection is secured.
 #[derive(Clone)]
@@ -132,9 +189,8 @@ pub struct SmtpServer {
     security: Security,
     credentials: Option<Credentials>,
     hello: ClientId,
-    /// Per address the host resolves to: one that drops packets leaves time
-    /// for the next.
-    connect_timeout: Option<std::time::Duration>,
+    /// `None` until [`SmtpServer::with_limits`]: no limits.
+    limits: Option<SmtpLimits>,
 }
 
 /// Why SMTP_URL cannot be used; never quotes the URL (it may hold a password).
@@ -175,38 +231,40 @@ impl SmtpServer {
             security,
             credentials,
             hello,
-            connect_timeout: None,
+            limits: None,
         })
     }
 
-    /// The longest a TCP connection to one of the server's addresses may take.
-    pub fn with_connect_timeout(self, timeout: std::time::Duration) -> Self {
+    /// Sends under `limits`.
+    pub fn with_limits(self, limits: SmtpLimits) -> Self {
         Self {
-            connect_timeout: Some(timeout),
+            limits: Some(limits),
             ..self
         }
     }
 
-    /// Sends `message` (the whole formatted message) from `from` to `to`, one
-    /// phase after the other, each failure naming its phase.
-    pub async fn send(
+    /// Runs the exchange up to DATA's 354 for a message from `from` to `to`
+    /// (`eight_bit`: it carries 8-bit bytes), each failure naming its phase.
+    /// Nothing is delivered yet: the message goes with [`Ready::hand_over`].
+    pub async fn prepare(
         &self,
         from: &Address,
         to: &Address,
-        message: &[u8],
-    ) -> Result<(), SmtpError> {
-        let at = |phase| move |source| SmtpError::Exchange { phase, source };
-        let mut conn = self.connect().await.map_err(at(Phase::Connect))?;
-        let sent: Result<(), SmtpError> = async {
+        eight_bit: bool,
+    ) -> Result<Ready, SmtpError> {
+        let clock = Clock::start(self.limits);
+        let mut conn = clock
+            .within(Phase::Connect, |l| l.connect, self.connect(&clock))
+            .await?;
+        let prepared: Result<(), SmtpError> = async {
             if let Some(credentials) = &self.credentials {
-                conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
-                    .await
-                    .map_err(at(Phase::Auth))?;
+                let auth = conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials);
+                clock.within(Phase::Auth, |l| l.command, auth).await?;
             }
             // lettre encodes every body as 7-bit text; should a message carry
             // 8-bit bytes all the same, it says so, as lettre's own send does.
             let mut options = Vec::new();
-            if !message.is_ascii() {
+            if eight_bit {
                 options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
             }
             // An address stored before addresses had to be ASCII: sent where
@@ -219,34 +277,39 @@ impl SmtpServer {
                 }
                 options.push(MailParameter::SmtpUtfEight);
             }
-            conn.command(Mail::new(Some(from.clone()), options))
-                .await
-                .map_err(at(Phase::MailFrom))?;
-            conn.command(Rcpt::new(to.clone(), vec![]))
-                .await
-                .map_err(at(Phase::RcptTo))?;
-            conn.command(Data).await.map_err(at(Phase::Data))?;
-            conn.message(message).await.map_err(at(Phase::EndOfData))?;
+            let mail = conn.command(Mail::new(Some(from.clone()), options));
+            clock.within(Phase::MailFrom, |l| l.command, mail).await?;
+            let rcpt = conn.command(Rcpt::new(to.clone(), vec![]));
+            clock.within(Phase::RcptTo, |l| l.command, rcpt).await?;
+            clock
+                .within(Phase::Data, |l| l.command, conn.command(Data))
+                .await?;
             Ok(())
         }
         .await;
-        // The outcome is known: the goodbye is not part of it. Said in the
-        // background, briefly, so a slow reply to QUIT can neither delay the
-        // send nor turn it into a timeout (and a second copy).
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(GOODBYE_LIMIT, conn.quit()).await;
-        });
-        sent
+        match prepared {
+            Ok(()) => Ok(Ready { conn, clock }),
+            Err(e) => {
+                goodbye(conn);
+                Err(e)
+            }
+        }
     }
 
-    async fn connect(&self) -> Result<AsyncSmtpConnection, lettre::transport::smtp::Error> {
+    async fn connect(
+        &self,
+        clock: &Clock,
+    ) -> Result<AsyncSmtpConnection, lettre::transport::smtp::Error> {
         let wrapper = match &self.security {
             Security::Wrapper(tls) => Some(tls.clone()),
             _ => None,
         };
+        // Per address the host resolves to: one that drops packets leaves
+        // time for the next.
+        let per_address = clock.limits.map(|l| l.connect / 3);
         let mut conn = AsyncSmtpConnection::connect_tokio1(
             (self.host.as_str(), self.port),
-            self.connect_timeout,
+            per_address,
             &self.hello,
             wrapper,
             None,
@@ -260,6 +323,159 @@ impl SmtpServer {
             _ => {}
         }
         Ok(conn)
+    }
+}
+
+/// An exchange at DATA's 354: the server waits for the message.
+pub struct Ready {
+    conn: AsyncSmtpConnection,
+    clock: Clock,
+}
+
+impl Ready {
+    /// Writes `message` (the whole formatted message) and its final dot, then
+    /// waits for the reply. A failure before the dot is an ordinary failure
+    /// (nothing was delivered); no reply after it is
+    /// [`SmtpError::OutcomeUnknown`]; a reply is the outcome.
+    pub async fn hand_over(mut self, message: &[u8]) -> Result<(), SmtpError> {
+        let outcome = {
+            let (written, body_done) = tokio::sync::oneshot::channel();
+            let reply = self.conn.message_iter(SignalAtEnd {
+                part: Some(message),
+                done: Some(written),
+            });
+            tokio::pin!(reply);
+            // Until the body is written: the data limit, within the exchange's.
+            let before_dot = async {
+                tokio::select! {
+                    biased;
+                    ended = &mut reply => Some(ended),
+                    // The sender is dropped unsent only once `reply` ended.
+                    _ = body_done => None,
+                }
+            };
+            match self
+                .clock
+                .within_no_error(Phase::Message, |l| l.data, before_dot)
+                .await
+            {
+                Err(e) => Err(e),
+                // Ended before the body was written: the write failed.
+                Ok(Some(ended)) => ended.map(drop).map_err(|source| SmtpError::Exchange {
+                    phase: Phase::Message,
+                    source,
+                }),
+                Ok(None) => final_reply(self.clock.limits, reply).await,
+            }
+        };
+        goodbye(self.conn);
+        outcome
+    }
+}
+
+/// Waits for the reply to the final dot, at most `limits.final_reply`.
+async fn final_reply(
+    limits: Option<SmtpLimits>,
+    reply: impl Future<
+        Output = Result<
+            lettre::transport::smtp::response::Response,
+            lettre::transport::smtp::Error,
+        >,
+    >,
+) -> Result<(), SmtpError> {
+    let waited = match limits {
+        Some(l) => tokio::time::timeout(l.final_reply, reply)
+            .await
+            .map_err(|_| l.final_reply),
+        None => Ok(reply.await),
+    };
+    match waited {
+        Ok(Ok(_)) => Ok(()),
+        // A reply: the server said what became of the message.
+        Ok(Err(source)) if source.status().is_some() => Err(SmtpError::Exchange {
+            phase: Phase::EndOfData,
+            source,
+        }),
+        Ok(Err(broken)) => Err(SmtpError::OutcomeUnknown(format!(
+            "the link broke after the final dot: {broken}"
+        ))),
+        Err(after) => Err(SmtpError::OutcomeUnknown(format!(
+            "no reply to the final dot within {after:?}"
+        ))),
+    }
+}
+
+/// The message as one part, telling `done` once lettre asked past it, that
+/// is, once the whole body is written and only the final dot is left.
+struct SignalAtEnd<'a> {
+    part: Option<&'a [u8]>,
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl<'a> Iterator for SignalAtEnd<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let part = self.part.take();
+        if part.is_none()
+            && let Some(done) = self.done.take()
+        {
+            let _ = done.send(());
+        }
+        part
+    }
+}
+
+/// The goodbye is not part of the outcome: said in the background, briefly,
+/// so a slow reply to QUIT can neither delay the send nor turn it into a
+/// timeout (and a second copy).
+fn goodbye(mut conn: AsyncSmtpConnection) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(GOODBYE_LIMIT, conn.quit()).await;
+    });
+}
+
+/// The time of one send: when it began, and its limits.
+struct Clock {
+    started: Instant,
+    limits: Option<SmtpLimits>,
+}
+
+impl Clock {
+    fn start(limits: Option<SmtpLimits>) -> Self {
+        Self {
+            started: Instant::now(),
+            limits,
+        }
+    }
+
+    /// Runs `step` of `phase` within its limit (`limit` of the limits), cut
+    /// to what is left of the exchange's.
+    async fn within<T>(
+        &self,
+        phase: Phase,
+        limit: impl Fn(&SmtpLimits) -> Duration,
+        step: impl Future<Output = Result<T, lettre::transport::smtp::Error>>,
+    ) -> Result<T, SmtpError> {
+        self.within_no_error(phase, limit, step)
+            .await?
+            .map_err(|source| SmtpError::Exchange { phase, source })
+    }
+
+    async fn within_no_error<T>(
+        &self,
+        phase: Phase,
+        limit: impl Fn(&SmtpLimits) -> Duration,
+        step: impl Future<Output = T>,
+    ) -> Result<T, SmtpError> {
+        let Some(limits) = &self.limits else {
+            return Ok(step.await);
+        };
+        let left = limits.exchange.saturating_sub(self.started.elapsed());
+        let after = limit(limits).min(left);
+        tokio::time::timeout(after, step)
+            .await
+            .map_err(|_| SmtpError::TimedOut { phase, after })
     }
 }
 

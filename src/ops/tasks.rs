@@ -373,6 +373,8 @@ struct Shown {
     redis: Option<TaskInfo>,
     ledger: Option<LedgerEntry>,
     verify_email: Option<VerifyEmailEntry>,
+    /// Every attempt to send its email, and what became of it.
+    sends: Vec<crate::tasks::sends::Attempt>,
 }
 
 async fn show(ops: &Ops, id: TaskId, queue: Option<&str>) -> anyhow::Result<()> {
@@ -386,12 +388,14 @@ async fn show(ops: &Ops, id: TaskId, queue: Option<&str>) -> anyhow::Result<()> 
         sqlx::query_file_as!(VerifyEmailEntry, "sql/verify_emails/by_task.sql", id.get())
             .fetch_optional(&ops.pool)
             .await?;
+    let sends = crate::tasks::sends::attempts(&ops.pool, id).await?;
     let shown = Shown {
         id,
         outbox,
         redis,
         ledger,
         verify_email,
+        sends,
     };
     if shown.outbox.is_none() && shown.redis.is_none() && shown.ledger.is_none() {
         bail!(
@@ -426,5 +430,28 @@ async fn show(ops: &Ops, id: TaskId, queue: Option<&str>) -> anyhow::Result<()> 
     }
     println!("task {id}");
     println!("{t}");
+    if !shown.sends.is_empty() {
+        let mut t = table(["attempt", "started", "handed over", "outcome", "detail"]);
+        let at = |t: Option<chrono::DateTime<chrono::Utc>>| {
+            t.map_or("-".to_owned(), |t| {
+                t.format("%Y-%m-%d %H:%M:%S%.3f").to_string()
+            })
+        };
+        for send in &shown.sends {
+            t.add_row([
+                send.attempt.to_string(),
+                at(Some(send.started_at)),
+                at(send.handed_over_at),
+                // No outcome on a handed-over send: still waiting, or its
+                // worker stopped waiting.
+                send.outcome
+                    .clone()
+                    .unwrap_or_else(|| "unknown (no reply recorded)".into()),
+                send.detail.clone().unwrap_or_default(),
+            ]);
+        }
+        println!("email sends (Message-ID {})", shown.sends[0].message_id);
+        println!("{t}");
+    }
     Ok(())
 }

@@ -6,9 +6,12 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
+use chrono::Utc;
+
+use super::sends::{Outcome, SendLog};
 use crate::{
-    config::SignupConfig,
-    mail::{Delivered, Email, Mailer},
+    config::{MailConfig, SignupConfig},
+    mail::{Delivered, Email, MailError, Mailer},
     outbox::NewTask,
     queue::{Handler, Processed, Task, TaskError},
     users::{repo, verify_email},
@@ -39,28 +42,49 @@ pub fn task(cfg: &SignupConfig, username: &str) -> NewTask {
 pub struct SendVerifyEmail {
     pool: PgPool,
     mailer: Mailer,
+    sends: SendLog,
     base_url: String,
     link_ttl: Duration,
-    /// What the send and its ledger record may take: [`super::effect_budget`].
-    effect_budget: Duration,
+    limits: SendLimits,
+}
+
+/// How long the parts of a send may take, from the mail settings.
+#[derive(Debug, Clone, Copy)]
+pub struct SendLimits {
+    /// What the run fences for: [`super::effect_budget`].
+    pub effect_budget: Duration,
+    /// How long it then waits for the outcome: [`super::outcome_wait`].
+    pub outcome_wait: Duration,
+    /// How long after a send whose outcome is unknown the next one may go.
+    pub unknown_delay: Duration,
+}
+
+impl SendLimits {
+    pub fn from_config(mail: &MailConfig) -> Self {
+        Self {
+            effect_budget: super::effect_budget(mail),
+            outcome_wait: super::outcome_wait(mail),
+            unknown_delay: mail.smtp_outcome_unknown_delay,
+        }
+    }
 }
 
 impl SendVerifyEmail {
-    /// Links in its emails work for `link_ttl` from each send; a run fences
-    /// for `effect_budget` before it sends.
+    /// Links in its emails work for `link_ttl` from each send.
     pub fn new(
         pool: PgPool,
         mailer: Mailer,
         base_url: String,
         link_ttl: Duration,
-        effect_budget: Duration,
+        limits: SendLimits,
     ) -> Self {
         Self {
+            sends: SendLog::new(pool.clone()),
             pool,
             mailer,
             base_url: base_url.trim_end_matches('/').to_owned(),
             link_ttl,
-            effect_budget,
+            limits,
         }
     }
 
@@ -78,6 +102,27 @@ impl SendVerifyEmail {
             // Verified meanwhile (through another link): nothing to send.
             return Ok(Processed::default().with("skipped", "already verified"));
         }
+        if let Some(earlier) = self.sends.last_handed_over(task.id).await? {
+            if earlier.was_sent() {
+                // The server took it and the ledger record was lost.
+                return Ok(Processed::default().with("skipped", "sent by an earlier attempt"));
+            }
+            if earlier.is_unknown() {
+                let since = (Utc::now() - earlier.at).to_std().unwrap_or_default();
+                if let Some(left) = self.limits.unknown_delay.checked_sub(since) {
+                    // It may have arrived, or its run may still be waiting
+                    // for the reply (a lease lost meanwhile): not again yet.
+                    return Err(TaskError::retry_after(
+                        left,
+                        anyhow::anyhow!(
+                            "the send handed over at {} has no known outcome: the next one waits until {}",
+                            earlier.at,
+                            earlier.at + self.limits.unknown_delay
+                        ),
+                    ));
+                }
+            }
+        }
         let code = verify_email::get_or_create_for_task(
             &self.pool,
             task.id,
@@ -86,34 +131,48 @@ impl SendVerifyEmail {
             self.link_ttl,
         )
         .await?;
-        let link = format!(
-            "{}/v1/verify_email?email_id={}&secret_code={}",
-            self.base_url, code.id, code.secret_code
-        );
-        let email = Email {
-            message_key: message_key(task),
-            to: code.email.clone(),
-            subject: "Welcome to Simple Bank".into(),
-            text: format!(
-                "Hello {},\n\nThank you for registering with us!\nPlease open this link to verify your email address:\n{link}\n",
-                user.full_name
-            ),
-            html: format!(
-                "Hello {},<br/>\nThank you for registering with us!<br/>\nPlease <a href=\"{}\">click here</a> to verify your email address.<br/>\n",
-                html_escape(&user.full_name),
-                html_escape(&link)
-            ),
-        };
+        let email = self.email(task, &user.full_name, &code);
         // Past this point the email may go out: only while no other worker
-        // can be handed this task before the send and its ledger record end.
-        task.fence(self.effect_budget).await?;
-        let delivered = self.mailer.send(&email).await.map_err(|e| {
-            if e.is_permanent() {
-                // Ten more refusals over four hours would change nothing.
-                TaskError::skip_retry(e)
-            } else {
-                TaskError::from(e)
+        // can be handed this task before the hand-over and its record end.
+        task.fence(self.limits.effect_budget).await?;
+        let started = Utc::now();
+        let prepared = match self.mailer.prepare(&email).await {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                let message_id = self.mailer.message_id(&email);
+                return Err(self
+                    .failed_before_handover(task, &message_id, started, e)
+                    .await);
             }
+        };
+        // Recorded before the final dot: if no reply comes back, the next
+        // run knows the email may have gone out.
+        let pending = self
+            .sends
+            .handing_over(task, prepared.message_id(), started)
+            .await?;
+        task.await_outcome(self.limits.outcome_wait);
+        let sent = prepared.hand_over().await;
+        let (outcome, detail) = match &sent {
+            Ok(_) => (Outcome::Sent, None),
+            Err(e) if e.is_outcome_unknown() => (Outcome::Unknown, Some(e.to_string())),
+            Err(e) if e.is_permanent() => (Outcome::Refused, Some(e.to_string())),
+            Err(e) => (Outcome::Failed, Some(e.to_string())),
+        };
+        if let Err(e) = self
+            .sends
+            .finished(pending, outcome, detail.as_deref())
+            .await
+        {
+            // The row says "handed over, no outcome": read as unknown, which
+            // after a success only delays nothing (the ledger records it).
+            tracing::warn!(error = %e, "could not record the outcome of the send");
+        }
+        let delivered = sent.map_err(|e| match outcome {
+            Outcome::Unknown => TaskError::retry_after(self.limits.unknown_delay, e),
+            // Ten more refusals over four hours would change nothing.
+            Outcome::Refused => TaskError::skip_retry(e),
+            _ => TaskError::from(e),
         })?;
         let processed = Processed::default().with("email", code.email);
         Ok(match delivered {
@@ -122,6 +181,57 @@ impl SendVerifyEmail {
             // link itself: it is a secret, and logs travel far.
             Delivered::File(path) => processed.with("file", path.display().to_string()),
         })
+    }
+
+    /// Records a send that failed before the server had the message, and
+    /// says how the task goes on: a refusal of this recipient for good is
+    /// archived; a refusal of the sender (or a server down) hands the task
+    /// back uncounted, for the worker's breaker; anything else is retried.
+    async fn failed_before_handover(
+        &self,
+        task: &Task,
+        message_id: &str,
+        started: chrono::DateTime<Utc>,
+        e: MailError,
+    ) -> TaskError {
+        let outcome = match &e {
+            e if e.is_permanent() => Outcome::Refused,
+            e if e.is_sender_side() => Outcome::SenderSide,
+            _ => Outcome::Failed,
+        };
+        let detail = e.to_string();
+        if let Err(db) = self
+            .sends
+            .failed_before_handover(task, message_id, started, outcome, &detail)
+            .await
+        {
+            tracing::warn!(error = %db, "could not record the failed send");
+        }
+        match outcome {
+            Outcome::Refused => TaskError::skip_retry(e),
+            Outcome::SenderSide => TaskError::unavailable(e),
+            _ => TaskError::from(e),
+        }
+    }
+
+    fn email(&self, task: &Task, full_name: &str, code: &verify_email::VerifyEmail) -> Email {
+        let link = format!(
+            "{}/v1/verify_email?email_id={}&secret_code={}",
+            self.base_url, code.id, code.secret_code
+        );
+        Email {
+            message_key: message_key(task),
+            to: code.email.clone(),
+            subject: "Welcome to Simple Bank".into(),
+            text: format!(
+                "Hello {full_name},\n\nThank you for registering with us!\nPlease open this link to verify your email address:\n{link}\n"
+            ),
+            html: format!(
+                "Hello {},<br/>\nThank you for registering with us!<br/>\nPlease <a href=\"{}\">click here</a> to verify your email address.<br/>\n",
+                html_escape(full_name),
+                html_escape(&link)
+            ),
+        }
     }
 }
 

@@ -71,6 +71,10 @@ impl TestEnv {
         cfg.worker.retry_max = Duration::from_millis(500);
         cfg.worker.shutdown_grace = Duration::from_secs(4);
         cfg.mail.smtp_timeout = Duration::from_secs(2);
+        // A breaker that opens after 3 sender-side failures, as by default,
+        // and probes within a second rather than minutes.
+        cfg.worker.breaker_pause = Duration::from_millis(100);
+        cfg.worker.breaker_max_pause = Duration::from_secs(1);
         cfg.mail.dir = std::env::temp_dir().join(format!("{name}-mail"));
 
         let pool = PgPool::connect(&db_url).await.unwrap();

@@ -189,8 +189,9 @@ impl Drop for RedisProcess {
     }
 }
 
-/// A real SMTP server (aiosmtpd) writing what it receives into a Maildir, and
-/// refusing recipients whose local part starts with "refused"
+/// A real SMTP server (aiosmtpd) writing what it receives into a Maildir,
+/// with faults a test turns on: recipients whose local part starts with
+/// "refused" refused, the sender or AUTH refused, the final reply late
 /// (tests/support/smtp_sink.py).
 pub struct SmtpProcess {
     pub port: u16,
@@ -219,16 +220,8 @@ impl SmtpProcess {
     fn command(port: u16, maildir: &Path) -> Command {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut cmd = Command::new(root.join(".dev/venv/bin/python"));
-        cmd.env("PYTHONPATH", root.join("tests/support"))
-            .args([
-                "-m",
-                "aiosmtpd",
-                "-n",
-                "-l",
-                &format!("127.0.0.1:{port}"),
-                "-c",
-                "smtp_sink.RefusingMailbox",
-            ])
+        cmd.arg(root.join("tests/support/smtp_sink.py"))
+            .arg(port.to_string())
             .arg(maildir)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -282,11 +275,40 @@ impl SmtpProcess {
     /// While `on`, the server refuses the sender at MAIL FROM (554 5.7.1), as
     /// a provider does that paused the sending account.
     pub fn refuse_sender(&self, on: bool) {
-        let flag = self.maildir.join("refuse-sender");
-        match on {
-            true => std::fs::write(flag, b"").unwrap(),
-            false => std::fs::remove_file(flag).unwrap(),
+        self.flag("refuse-sender", on.then_some(""));
+    }
+
+    /// While `on`, the server refuses AUTH (535 5.7.8), as after the
+    /// sender's password expired.
+    pub fn refuse_auth(&self, on: bool) {
+        self.flag("refuse-auth", on.then_some(""));
+    }
+
+    /// The server stores each message at once and answers its final dot
+    /// `delay` later (`None`: at once).
+    pub fn delay_final_reply(&self, delay: Option<Duration>) {
+        let secs = delay.map(|d| d.as_secs_f64().to_string());
+        self.flag("reply-delay", secs.as_deref());
+    }
+
+    /// Sets (with its content) or removes a fault flag in the Maildir.
+    fn flag(&self, name: &str, content: Option<&str>) {
+        let path = self.maildir.join(name);
+        match content {
+            Some(c) => {
+                std::fs::create_dir_all(&self.maildir).unwrap();
+                std::fs::write(path, c).unwrap()
+            }
+            None => match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => panic!("{e}"),
+                _ => {}
+            },
         }
+    }
+
+    /// The server's URL with credentials, so clients send AUTH.
+    pub fn url_with_login(&self) -> String {
+        format!("smtp://tester:secret@127.0.0.1:{}", self.port)
     }
 
     /// Every message received so far, raw, with when it was written.

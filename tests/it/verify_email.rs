@@ -156,11 +156,10 @@ async fn a_task_delivered_twice_sends_one_email() {
 }
 
 #[tokio::test]
-async fn smtp_down_then_up_the_email_arrives_after_a_retry() {
+async fn smtp_down_then_up_the_email_arrives_without_burning_attempts() {
     let mut env = TestEnv::new().await;
     let mut smtp = SmtpProcess::down();
     env.cfg.mail.smtp_url = Some(smtp.url());
-    env.cfg.mail.smtp_timeout = Duration::from_secs(2);
     let app = env.start(Components::ALL).await;
     assert_eq!(
         app.post_json("/v1/create_user", user_json("mia")).await.0,
@@ -168,27 +167,21 @@ async fn smtp_down_then_up_the_email_arrives_after_a_retry() {
     );
     let queue = env.queue();
     let id = env.only_outbox_id().await;
-    let failed = wait_task(
-        &queue,
-        "critical",
-        id,
-        Duration::from_secs(20),
-        "a failed attempt",
-        |t| t.retried >= 1,
-    )
-    .await;
-    assert!(failed.last_error.unwrap().contains("smtp"));
+    // The server is down: the worker's breaker holds the queue back, and the
+    // task waits without an attempt counted.
+    let held = held_back_after_sender_side_sends(&env, &queue, id, "connect").await;
+    assert_eq!(held.retried, 0, "{held:?}");
 
     smtp.up();
     let message = eventually(
         Duration::from_secs(30),
-        "the email after a retry",
+        "the email once the server is up",
         || async { smtp.messages().pop() },
     )
     .await;
     assert_eq!(decode(&message).0, "mia@example.com");
     let done = wait_state(&queue, "critical", id, TaskState::Completed).await;
-    assert!(done.retried >= 1);
+    assert_eq!(done.retried, 0, "{done:?}");
     // Every attempt used the same verification row; the code of the send
     // that went through is the one that works.
     let vid: i64 = sqlx::query_scalar("SELECT id FROM verify_emails")
@@ -199,6 +192,39 @@ async fn smtp_down_then_up_the_email_arrives_after_a_retry() {
     assert!(link.contains(&format!("email_id={vid}&")), "{link}");
     assert_eq!(app.get_json(&path_of(&link)).await.0, 200);
     app.stop().await;
+}
+
+/// Waits until task `id`'s sends failed at least 3 times for a sender-side
+/// reason naming `phase`, and a worker's breaker holds its queue back; the
+/// task must be waiting meanwhile, never archived. Returns the task.
+async fn held_back_after_sender_side_sends(
+    env: &TestEnv,
+    queue: &simplebank::queue::Broker,
+    id: simplebank::queue::TaskId,
+    phase: &str,
+) -> simplebank::queue::TaskInfo {
+    eventually(
+        Duration::from_secs(20),
+        "3 sender-side failures and the queue held back",
+        || async {
+            let failures: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM email_sends WHERE outcome = 'sender_side' AND detail LIKE '%' || $1 || '%'",
+            )
+            .bind(phase)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+            let held = queue.stats("critical").await.unwrap().held_back;
+            (failures >= 3 && held).then_some(())
+        },
+    )
+    .await;
+    let task = queue.task("critical", id).await.unwrap().unwrap();
+    assert!(
+        matches!(task.state, TaskState::Pending | TaskState::Active),
+        "waiting, not retried or archived: {task:?}"
+    );
+    task
 }
 
 #[tokio::test]
@@ -243,26 +269,135 @@ async fn a_refused_sender_delays_the_email_and_archives_nothing() {
     );
     let id = env.only_outbox_id().await;
     let q = env.queue();
-    let refused = wait_task(
+    let held = held_back_after_sender_side_sends(&env, &q, id, "MAIL FROM").await;
+    assert_eq!(held.retried, 0, "no attempt counted: {held:?}");
+    let detail: String = sqlx::query_scalar("SELECT detail FROM email_sends ORDER BY id LIMIT 1")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(detail.contains("554"), "{detail}");
+    // The account resumes: a probe finds it, and the breaker closes.
+    smtp.refuse_sender(false);
+    let done = wait_state(&q, "critical", id, TaskState::Completed).await;
+    assert_eq!(done.retried, 0, "{done:?}");
+    assert_eq!(smtp.messages().len(), 1);
+    eventually(Duration::from_secs(10), "the breaker closed", || async {
+        (!q.stats("critical").await.unwrap().held_back).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_login_delays_the_email_and_archives_nothing() {
+    let mut env = TestEnv::new().await;
+    let smtp = SmtpProcess::start();
+    env.cfg.mail.smtp_url = Some(smtp.url_with_login());
+    // The sender's password expired: 535 to AUTH.
+    smtp.refuse_auth(true);
+    let app = env.start(Components::ALL).await;
+    assert_eq!(
+        app.post_json("/v1/create_user", user_json("ada")).await.0,
+        200
+    );
+    let id = env.only_outbox_id().await;
+    let q = env.queue();
+    let held = held_back_after_sender_side_sends(&env, &q, id, "AUTH").await;
+    assert_eq!(held.retried, 0, "{held:?}");
+    assert!(smtp.messages().is_empty());
+    smtp.refuse_auth(false);
+    let done = wait_state(&q, "critical", id, TaskState::Completed).await;
+    assert_eq!(done.retried, 0, "{done:?}");
+    assert_eq!(smtp.messages().len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_late_final_reply_within_its_limit_is_one_email() {
+    let mut env = TestEnv::new().await;
+    let smtp = SmtpProcess::start();
+    env.cfg.mail.smtp_url = Some(smtp.url());
+    // Later than the whole exchange before the dot may take (2 s), within
+    // the final reply's own limit.
+    smtp.delay_final_reply(Some(Duration::from_secs(3)));
+    env.cfg.mail.smtp_final_reply_timeout = Duration::from_secs(20);
+    let app = env.start(Components::ALL).await;
+    assert_eq!(
+        app.post_json("/v1/create_user", user_json("leo")).await.0,
+        200
+    );
+    let id = env.only_outbox_id().await;
+    let done = wait_state(&env.queue(), "critical", id, TaskState::Completed).await;
+    assert_eq!(done.retried, 0, "{done:?}");
+    assert_eq!(smtp.messages().len(), 1);
+    let outcomes: Vec<String> = sqlx::query_scalar("SELECT outcome FROM email_sends ORDER BY id")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(outcomes, ["sent"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_final_reply_past_its_limit_is_not_sent_again_soon() {
+    let mut env = TestEnv::new().await;
+    let smtp = SmtpProcess::start();
+    env.cfg.mail.smtp_url = Some(smtp.url());
+    // The server stores the message and answers after the limit: the
+    // outcome is unknown, and the next attempt waits the long delay.
+    smtp.delay_final_reply(Some(Duration::from_secs(4)));
+    env.cfg.mail.smtp_final_reply_timeout = Duration::from_secs(1);
+    let app = env.start(Components::ALL).await;
+    assert_eq!(
+        app.post_json("/v1/create_user", user_json("una")).await.0,
+        200
+    );
+    let id = env.only_outbox_id().await;
+    let q = env.queue();
+    let waiting = wait_state(&q, "critical", id, TaskState::Retry).await;
+    let due_in = |_| async {
+        let redis = env.cfg.redis.connection().pool().unwrap();
+        let retry_set = format!("{}:{{critical}}:retry", env.cfg.redis.key_prefix);
+        let due_ms: f64 = fred::prelude::SortedSetsInterface::zscore(&redis, retry_set, id.get())
+            .await
+            .unwrap();
+        let due = chrono::DateTime::from_timestamp_millis(due_ms as i64).unwrap();
+        due - chrono::Utc::now()
+    };
+    let wait = due_in(()).await;
+    assert!(
+        wait > chrono::Duration::minutes(55),
+        "the next attempt waits SMTP_OUTCOME_UNKNOWN_DELAY (1 h), not the backoff: {wait}"
+    );
+    assert!(waiting.last_error.unwrap().contains("outcome unknown"));
+    let (outcome, detail): (String, String) =
+        sqlx::query_as("SELECT outcome, detail FROM email_sends")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(outcome, "unknown", "{detail}");
+    // The server's reply comes meanwhile; the copy it stored is the only one.
+    eventually(Duration::from_secs(10), "the stored copy", || async {
+        (smtp.messages().len() == 1).then_some(())
+    })
+    .await;
+    // Run now, as an operator might: the run sees the unknown send and
+    // waits again rather than send a second copy.
+    q.run_now("critical", id, "test").await.unwrap();
+    let again = wait_task(
         &q,
         "critical",
         id,
         Duration::from_secs(20),
-        "3 refused attempts",
-        |t| t.retried >= 3,
+        "a second attempt that waits",
+        |t| t.retried >= 2,
     )
     .await;
-    assert_ne!(refused.state, TaskState::Archived, "retried, not archived");
-    let error = refused.last_error.unwrap();
-    assert!(
-        error.contains("MAIL FROM") && error.contains("554"),
-        "{error}"
-    );
-    // The account resumes: the email goes out on the next try.
-    smtp.refuse_sender(false);
-    let done = wait_state(&q, "critical", id, TaskState::Completed).await;
-    assert!(done.retried >= 3, "{done:?}");
-    assert_eq!(smtp.messages().len(), 1);
+    assert_eq!(again.state, TaskState::Retry, "{again:?}");
+    assert!(due_in(()).await > chrono::Duration::minutes(55));
+    assert_eq!(smtp.messages().len(), 1, "no second copy");
+    let outcomes: i64 = env.count("SELECT count(*) FROM email_sends").await;
+    assert_eq!(outcomes, 1, "the second attempt sent nothing");
     app.stop().await;
 }
 
@@ -352,6 +487,7 @@ async fn every_send_of_one_task_carries_one_message_id() {
     let mut env = TestEnv::new().await;
     let smtp = SmtpProcess::start();
     env.cfg.mail.smtp_url = Some(smtp.url());
+    env.cfg.mail.smtp_outcome_unknown_delay = Duration::from_secs(1);
     // No tombstone in Redis once the task completed: redelivered, it runs again.
     env.cfg.worker.done_retention = Duration::ZERO;
     let app = env.start(Components::ALL).await;
@@ -377,12 +513,20 @@ async fn every_send_of_one_task_carries_one_message_id() {
         },
     )
     .await;
-    // The send's ledger record lost, as after a crash between the SMTP
-    // server's acceptance and the record: the task is run and sent again.
+    // The worker died after the server took the message and before it
+    // recorded the reply: no ledger row, and a send log row that says
+    // "handed over, no outcome". Once SMTP_OUTCOME_UNKNOWN_DELAY has passed
+    // (1 s here: the row is made 2 s old), the task is sent again.
     sqlx::query("DELETE FROM task_ledger")
         .execute(&env.pool)
         .await
         .unwrap();
+    sqlx::query(
+        "UPDATE email_sends SET outcome = NULL, handed_over_at = handed_over_at - interval '2 seconds'",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
     let relay = Clients::new(&env.cfg).unwrap().relay(&env.cfg).unwrap();
     assert_eq!(
         relay

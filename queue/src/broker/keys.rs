@@ -14,6 +14,7 @@
 //! | `<prefix>:{q}:archived`      | zset   | ids that will not run again, scored by when (ms)    |
 //! | `<prefix>:{q}:deliveries`    | string | counter numbering every hand-out; never goes back  |
 //! | `<prefix>:{q}:paused`        | string | present while the queue is paused (when, in ms)    |
+//! | `<prefix>:{q}:breaker`       | string | present while a worker's breaker holds the queue back (expires with the pause) |
 //! | `<prefix>:{q}:enqueues`      | string | counter of enqueue calls (each writes, for WAIT)   |
 //! | `<prefix>:{q}:wake` (channel)| pubsub | published when ids become pending or due times change |
 //!
@@ -36,6 +37,7 @@ pub struct QueueKeys {
     pub(crate) archived: String,
     pub(crate) deliveries: String,
     pub(crate) paused: String,
+    pub(crate) breaker: String,
     pub(crate) enqueues: String,
     /// The pub/sub channel published on when tasks become pending or due times change.
     pub wake_channel: String,
@@ -54,6 +56,7 @@ impl QueueKeys {
             archived: format!("{base}archived"),
             deliveries: format!("{base}deliveries"),
             paused: format!("{base}paused"),
+            breaker: format!("{base}breaker"),
             enqueues: format!("{base}enqueues"),
             wake_channel: format!("{base}wake"),
         }
@@ -78,6 +81,7 @@ mod tests {
             &k.scheduled,
             &k.retry,
             &k.archived,
+            &k.breaker,
             &k.deliveries,
             &k.paused,
             &k.enqueues,

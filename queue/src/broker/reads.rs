@@ -37,6 +37,9 @@ pub struct QueueStats {
     pub latency: Option<Duration>,
     /// Whether workers are kept from dequeuing from the queue.
     pub paused: bool,
+    /// Whether a worker's breaker holds the queue back: its tasks kept
+    /// finding what they need down (see [`crate::BreakerSettings`]).
+    pub held_back: bool,
 }
 
 impl QueueStats {
@@ -67,9 +70,11 @@ impl Broker {
         let _: () = pipe.zcard(&k.retry).await?;
         let _: () = pipe.zcard(&k.archived).await?;
         let _: () = pipe.exists(&k.paused).await?;
+        let _: () = pipe.exists(&k.breaker).await?;
         // The oldest pending id is at the right end (ids are pushed left).
         let _: () = pipe.lindex(&k.pending, -1).await?;
-        let (pending, active, scheduled, retry, archived, paused, oldest): (
+        let (pending, active, scheduled, retry, archived, paused, held_back, oldest): (
+            u64,
             u64,
             u64,
             u64,
@@ -105,6 +110,7 @@ impl Broker {
             archived,
             latency,
             paused: paused > 0,
+            held_back: held_back > 0,
         })
     }
 

@@ -50,6 +50,30 @@ impl Broker {
         Ok(changed)
     }
 
+    /// Notes that a worker's breaker holds `queue` back for `pause` (`None`:
+    /// no longer), for the dashboard; the note outlives the pause briefly,
+    /// while the probe runs.
+    pub async fn note_breaker(
+        &self,
+        queue: &str,
+        pause: Option<Duration>,
+    ) -> Result<(), QueueError> {
+        let k = self.keys(queue);
+        match pause {
+            Some(pause) => {
+                let px = (pause + Duration::from_secs(10)).as_millis() as i64;
+                let _: () = self
+                    .pool
+                    .set(&k.breaker, 1, Some(Expiration::PX(px)), None, false)
+                    .await?;
+            }
+            None => {
+                let _: u64 = self.pool.del(&k.breaker).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Resumes `queue` and wakes its workers. Returns whether it was paused.
     pub async fn resume(&self, queue: &str, actor: &str) -> Result<bool, QueueError> {
         let k = self.keys(queue);

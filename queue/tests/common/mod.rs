@@ -14,8 +14,8 @@ use std::{
 
 use futures::future::BoxFuture;
 use simplebank_queue::{
-    Broker, HandlerRegistry, Ledger, Observer, QueueWeight, RedisSettings, RetryPolicy, RunEnd,
-    RunEnded, Task, TaskId, TaskInfo, TaskState, WorkerServer, WorkerSettings,
+    BreakerSettings, Broker, HandlerRegistry, Ledger, Observer, QueueWeight, RedisSettings,
+    RetryPolicy, RunEnd, RunEnded, Task, TaskId, TaskInfo, TaskState, WorkerServer, WorkerSettings,
 };
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -88,6 +88,11 @@ impl QueueEnv {
             },
             shutdown_grace: Duration::from_secs(4),
             done_retention: Duration::from_secs(3600),
+            breaker: BreakerSettings {
+                failures: 3,
+                first_pause: Duration::from_millis(300),
+                max_pause: Duration::from_secs(2),
+            },
         }
     }
 }
@@ -220,6 +225,14 @@ impl Observer for Reported {
     }
 
     fn lease_lost(&self, _id: TaskId) {
+        let _ = REPORTS.send(());
+    }
+
+    fn queue_paused(&self, _queue: &str, _pause: Duration) {
+        let _ = REPORTS.send(());
+    }
+
+    fn queue_resumed(&self, _queue: &str, _paused_for: Duration) {
         let _ = REPORTS.send(());
     }
 }
