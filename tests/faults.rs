@@ -2,8 +2,9 @@
 //! against two `serve` processes while, one after another, Redis restarts,
 //! Postgres restarts, one `serve` is SIGKILLed and started again, the other
 //! is cut off from Redis for longer than its lease, the SMTP server is away
-//! for longer than the old retry horizon, and some recipients are refused
-//! for good. At the end it counts what every user got and prints one table;
+//! for longer than the old retry horizon, then refuses the sender (554 at
+//! MAIL FROM), then answers the final dot later than SMTP_TIMEOUT; and some
+//! recipients are refused for good. At the end it counts what every user got and prints one table;
 //! nothing may be lost, and no duplicate may be left that a crash between
 //! the SMTP server's accept and the ledger record does not explain.
 //!
@@ -39,7 +40,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_simplebank");
 /// Offered sign-ups per second, split between the two processes.
 const RATE: u64 = 30;
 /// How long the load runs; the faults happen inside it.
-const LOAD_FOR: Duration = Duration::from_secs(150);
+const LOAD_FOR: Duration = Duration::from_secs(200);
 /// The longest the pipeline may take to settle after the load.
 const SETTLE_LIMIT: Duration = Duration::from_secs(300);
 const SMTP_TIMEOUT: Duration = Duration::from_secs(1);
@@ -50,6 +51,11 @@ const LEASE: Duration = Duration::from_secs(6);
 const RETRY_UNIT: &str = "20ms";
 /// The SMTP outage: longer than the old, compressed horizon.
 const SMTP_DOWN: Duration = Duration::from_secs(45);
+/// The provider refuses the sender (554 5.7.1 at MAIL FROM) this long.
+const SENDER_REFUSED: Duration = Duration::from_secs(30);
+/// The final reply comes later than SMTP_TIMEOUT (within the final reply's
+/// own limit) this long.
+const LATE_REPLY: Duration = Duration::from_secs(20);
 /// Every n-th sign-up has an address the SMTP server refuses (550).
 const REFUSED_EVERY: u64 = 10;
 
@@ -114,6 +120,11 @@ async fn sign_ups_survive_every_fault() {
         "every user's email arrived or its task is archived"
     );
     assert_eq!(tally.archived_other, 0, "retries outlasted the SMTP outage");
+    assert_eq!(
+        tally.archived_sender_side, 0,
+        "a refused sender archived nothing"
+    );
+    assert_eq!(tally.late_reply_copies, 0, "a late final reply sent once");
     assert_eq!(
         tally.archived_refused, tally.refused,
         "each refused address archived"

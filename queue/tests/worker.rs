@@ -561,6 +561,10 @@ async fn a_dependency_down_holds_its_queue_back_and_burns_no_attempt() {
         assert!(gaps[2] >= Duration::from_millis(300), "{gaps:?}");
         assert!(gaps[3] >= Duration::from_millis(600), "{gaps:?}");
     }
+    // The queue's latency counts the probe's wait from before it was first
+    // handed back, not from the last hand-back.
+    let latency = q.stats("default").await.unwrap().latency;
+    assert!(latency >= Some(Duration::from_millis(800)), "{latency:?}");
     down.store(false, std::sync::atomic::Ordering::SeqCst);
     let done = wait_state(&q, "default", TaskId::from(21), TaskState::Completed).await;
     assert_eq!(done.retried, 0, "{done:?}");

@@ -23,6 +23,9 @@ struct QueueRow {
     name: String,
     weight: u32,
     paused: bool,
+    /// A worker's breaker holds it back: its tasks kept finding the mail
+    /// provider (or whatever they need) refusing.
+    held_back: bool,
     counts: [u64; 5],
     latency: String,
 }
@@ -144,6 +147,7 @@ impl QueueRow {
             name: q.queue.clone(),
             weight: q.weight,
             paused: stats.paused,
+            held_back: stats.held_back,
             counts: [
                 stats.pending,
                 stats.active,

@@ -82,6 +82,17 @@ impl MailConfig {
                 format!("is not a valid smtp:// or smtps:// URL ({})", redact(url)),
             ));
         }
+        // Every email carries it, and a server without SMTPUTF8 refuses a
+        // non-ASCII sender for every message; its domain makes the Message-ID.
+        if !self.from_address.is_ascii() {
+            return Err(bad(
+                "MAIL_FROM_ADDRESS",
+                "must be ASCII (an internationalised domain in its xn-- form)",
+            ));
+        }
+        if self.from_address.parse::<lettre::Address>().is_err() {
+            return Err(bad("MAIL_FROM_ADDRESS", "is not an email address"));
+        }
         let ms = Duration::from_millis;
         at_least("SMTP_TIMEOUT", self.smtp_timeout, ms(100))?;
         at_least("SMTP_CONNECT_TIMEOUT", self.smtp_connect_timeout, ms(100))?;

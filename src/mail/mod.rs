@@ -57,13 +57,17 @@ impl MailError {
     }
 
     /// Whether every other message would fail the same way for now: the
-    /// sender was refused or the server is down ([`SmtpError::is_sender_side`]),
-    /// or the mail folder cannot be written.
+    /// sender was refused or the server is down ([`SmtpError::is_sender_side`]).
+    /// A mail folder that cannot be written is not counted: it fails at the
+    /// hand-over, and is retried like any failure there.
     pub fn is_sender_side(&self) -> bool {
         match self {
             Self::Smtp(e) => e.is_sender_side(),
-            Self::Io(_) | Self::FileTimedOut(_) => true,
-            Self::Config(_) | Self::Message(_) | Self::Address(_) => false,
+            Self::Io(_)
+            | Self::FileTimedOut(_)
+            | Self::Config(_)
+            | Self::Message(_)
+            | Self::Address(_) => false,
         }
     }
 
@@ -158,7 +162,8 @@ impl Mailer {
 
     /// Builds `email` and, for SMTP, runs the exchange up to the point where
     /// the server waits for the message (within [`handover_limit`]). Nothing
-    /// is delivered yet: [`Prepared::hand_over`] sends it.
+    /// is delivered yet: [`Prepared::hand_over`] sends it. Two steps, so the
+    /// caller can record the hand-over in between.
     pub async fn prepare(&self, email: &Email) -> Result<Prepared, MailError> {
         let message_id = self.message_id(email);
         let message = Message::builder()
@@ -193,11 +198,6 @@ impl Mailer {
     /// The Message-ID of `email`: `<{message_key}@{the sender's domain}>`.
     pub fn message_id(&self, email: &Email) -> String {
         format!("<{}@{}>", email.message_key, self.from.email.domain())
-    }
-
-    /// Sends `email` in one go: [`Mailer::prepare`], then [`Prepared::hand_over`].
-    pub async fn send(&self, email: &Email) -> Result<Delivered, MailError> {
-        self.prepare(email).await?.hand_over().await
     }
 }
 

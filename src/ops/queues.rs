@@ -131,7 +131,13 @@ async fn show(ops: &Ops, watching: bool) -> anyhow::Result<()> {
         t.add_row([
             l.queue.clone(),
             l.weight.to_string(),
-            if s.paused { "paused" } else { "running" }.to_owned(),
+            match (s.paused, s.held_back) {
+                (true, _) => "paused",
+                // A worker's breaker: its tasks keep finding what they need down.
+                (false, true) => "held back",
+                (false, false) => "running",
+            }
+            .to_owned(),
             s.pending.to_string(),
             s.active.to_string(),
             s.scheduled.to_string(),

@@ -25,6 +25,11 @@ pub struct Tally {
     pub refused: u64,
     pub archived_refused: u64,
     pub archived_other: u64,
+    /// Archived with a last error about the sender (connect, AUTH, MAIL FROM).
+    pub archived_sender_side: u64,
+    /// Copies beyond one whose first copy went out while the final reply
+    /// came late (or within its delay after).
+    pub late_reply_copies: u64,
 }
 
 impl Tally {
@@ -51,7 +56,23 @@ impl Tally {
                 .unwrap()
                 .into_iter()
                 .collect();
-        let archived = archived_ids(broker).await;
+        let archived_tasks = broker
+            .list("critical", TaskState::Archived, 0, 100_000)
+            .await
+            .unwrap();
+        let archived: Vec<i64> = archived_tasks.iter().map(|t| t.id.get()).collect();
+        let archived_sender_side = archived_tasks
+            .iter()
+            .filter(|t| {
+                let e = t.last_error.as_deref().unwrap_or_default();
+                ["at connect", "at AUTH", "at MAIL FROM"]
+                    .iter()
+                    .any(|p| e.contains(p))
+            })
+            .count() as u64;
+        let (late_from, late_to) = faults.late_reply;
+        let late_to = late_to + SMTP_TIMEOUT + Duration::from_secs(2);
+        let mut late_reply_copies = 0u64;
         let received = received_by_recipient(smtp);
         let (mut delivered, mut duplicates, mut attributed, mut lost) = (0u64, 0u64, 0u64, 0u64);
         let (mut refused, mut archived_refused, mut archived_other) = (0u64, 0u64, 0u64);
@@ -93,6 +114,8 @@ impl Tally {
                         && killed_at.duration_since(first).unwrap_or_default() <= crash_window;
                     if extra == 1 && in_window && !processed_by_a(task) {
                         attributed += extra;
+                    } else if first >= late_from && first <= late_to {
+                        late_reply_copies += extra;
                     }
                 }
             }
@@ -107,6 +130,8 @@ impl Tally {
             refused,
             archived_refused,
             archived_other,
+            archived_sender_side,
+            late_reply_copies,
         }
     }
 
@@ -130,12 +155,14 @@ impl Tally {
             refused,
             archived_refused,
             archived_other,
+            archived_sender_side,
+            late_reply_copies,
         } = self;
         let mut table = String::new();
-        table.push_str("| sign-ups offered | 200 | 503 | other status | no answer | users created | outbox rows | emails delivered (users) | duplicates | of which from a crash between SMTP accept and ledger | lost | refused (550), archived | other archived | settled after load |\n");
-        table.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        table.push_str("| sign-ups offered | 200 | 503 | other status | no answer | users created | outbox rows | emails delivered (users) | copies beyond one | of which from a crash between SMTP accept and its record | of which during the late final reply | lost | refused (550), archived | archived for sender-side reasons | other archived | settled after load |\n");
+        table.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         table.push_str(&format!(
-        "| {offered} | {} | {} | {other} | {} | {} | {outbox_rows} | {delivered} | {duplicates} | {attributed} | {lost} | {refused}, {archived_refused} | {archived_other} | {:.0} s |\n",
+        "| {offered} | {} | {} | {other} | {} | {} | {outbox_rows} | {delivered} | {duplicates} | {attributed} | {late_reply_copies} | {lost} | {refused}, {archived_refused} | {archived_sender_side} | {archived_other} | {:.0} s |\n",
         count(200),
         count(503),
         answers.no_answer,
@@ -167,6 +194,15 @@ pub fn print_report(offered: u64, timeline: &[String], table: &str, logs: [&Path
         ("already completed", "deliveries skipped by the ledger"),
         ("relay cannot forward", "relay outages"),
         ("queue refuses tasks", "queues held back"),
+        (
+            "keep finding what they need down",
+            "breaker openings (sender refused, server away)",
+        ),
+        (
+            "handed back, no attempt counted",
+            "sends handed back uncounted (sender side)",
+        ),
+        ("outcome unknown", "sends with an unknown outcome"),
     ];
     let logs: String = logs
         .iter()
@@ -186,17 +222,6 @@ pub fn print_report(offered: u64, timeline: &[String], table: &str, logs: [&Path
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("faults.md");
     let _ = std::fs::write(&out, format!("{}\n\n{table}", timeline.join("\n")));
     println!("(also in {})", out.display());
-}
-
-/// The ids of the archived tasks of queue "critical".
-async fn archived_ids(broker: &Broker) -> Vec<i64> {
-    broker
-        .list("critical", TaskState::Archived, 0, 100_000)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.id.get())
-        .collect()
 }
 
 /// When each recipient was sent a message, per recipient.

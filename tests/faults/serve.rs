@@ -127,6 +127,10 @@ pub fn serve_settings(env: &TestEnv, redis_url: String, smtp_url: String) -> Vec
         ("WORKER_LEASE", format!("{}s", LEASE.as_secs())),
         ("WORKER_SHUTDOWN_GRACE", "4s".into()),
         ("WORKER_RETRY_UNIT", RETRY_UNIT.into()),
+        // The breaker's pauses and the wait after an unknown outcome,
+        // compressed like the retry schedule.
+        ("WORKER_BREAKER_MAX_PAUSE", "10s".into()),
+        ("SMTP_OUTCOME_UNKNOWN_DELAY", "20s".into()),
         ("VERIFY_EMAIL_PROCESS_IN", "0s".into()),
         ("ARGON2_MEMORY_KIB", "64".into()),
         ("ARGON2_ITERATIONS", "1".into()),

@@ -7,7 +7,7 @@ use simplebank::queue::Broker;
 
 use crate::common::{CuttableLink, RedisProcess, SmtpProcess, TestEnv};
 use crate::serve::{Serve, restart_postgres};
-use crate::{LEASE, SETTLE_LIMIT, SMTP_DOWN};
+use crate::{LATE_REPLY, LEASE, SENDER_REFUSED, SETTLE_LIMIT, SMTP_DOWN, SMTP_TIMEOUT};
 
 /// What the faults left for the report and the accounting.
 pub struct Faults {
@@ -17,12 +17,14 @@ pub struct Faults {
     pub killed_at: SystemTime,
     /// What a logged before it died: the runs it completed.
     pub a_before_kill: String,
+    /// When the final reply came late: from, to.
+    pub late_reply: (SystemTime, SystemTime),
 }
 
 /// The faults, one after another, while the load runs: Redis restarts,
 /// Postgres restarts, serve `a` is SIGKILLed and started again, serve b is
-/// cut off from Redis (through `cut_link`) past its lease, and the SMTP
-/// server is away.
+/// cut off from Redis (through `cut_link`) past its lease, the SMTP server
+/// is away, then refuses the sender, then answers the final dot late.
 pub async fn inject_faults(
     redis: &mut RedisProcess,
     smtp: &mut SmtpProcess,
@@ -80,10 +82,34 @@ pub async fn inject_faults(
         80,
         SMTP_DOWN.as_secs()
     ));
+    at(130).await;
+    smtp.refuse_sender(true);
+    tokio::time::sleep(SENDER_REFUSED).await;
+    smtp.refuse_sender(false);
+    timeline.push(format!(
+        "{:>4}s SMTP server refuses the sender (554 5.7.1 at MAIL FROM) for {} s",
+        130,
+        SENDER_REFUSED.as_secs()
+    ));
+    at(165).await;
+    let late = SMTP_TIMEOUT + Duration::from_secs(1);
+    let late_from = SystemTime::now();
+    smtp.delay_final_reply(Some(late));
+    tokio::time::sleep(LATE_REPLY).await;
+    smtp.delay_final_reply(None);
+    let late_to = SystemTime::now();
+    timeline.push(format!(
+        "{:>4}s SMTP server answers the final dot {} s late (SMTP_TIMEOUT {} s) for {} s",
+        165,
+        late.as_secs(),
+        SMTP_TIMEOUT.as_secs(),
+        LATE_REPLY.as_secs()
+    ));
     Faults {
         timeline,
         killed_at,
         a_before_kill,
+        late_reply: (late_from, late_to),
     }
 }
 

@@ -151,6 +151,15 @@ async fn an_archived_task_retried_from_the_cli_runs_once() {
     assert_eq!(shown["redis"]["state"], "archived", "{shown}");
     assert!(shown["ledger"].is_null(), "{shown}");
     assert!(shown["outbox"]["request_id"].is_string(), "{shown}");
+    // Each send attempt and what became of it.
+    assert_eq!(shown["sends"][0]["outcome"], "failed", "{shown}");
+    assert!(
+        shown["sends"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("mail file"),
+        "{shown}"
+    );
 
     // A dry run changes nothing.
     let (ok, out, err) = cli(
@@ -187,6 +196,10 @@ async fn an_archived_task_retried_from_the_cli_runs_once() {
     assert_eq!(shown["ledger"]["kind"], "task:send_verify_email", "{shown}");
     // One code per attempt: the failed one and the one that was sent.
     assert_eq!(shown["verify_email"]["codes"], 2, "{shown}");
+    let sends = shown["sends"].as_array().unwrap();
+    assert_eq!(sends.len(), 2, "{shown}");
+    assert_eq!(sends[1]["outcome"], "sent", "{shown}");
+    assert_eq!(sends[0]["message_id"], sends[1]["message_id"], "{shown}");
     // Retrying a completed task changes nothing and says so.
     let (ok, _, err) = cli(&env, &["tasks", "retry", &id.to_string()]).await;
     assert!(!ok && err.contains("completed"), "{err}");

@@ -1,4 +1,4 @@
--- Hand a running task back (graceful shutdown): it goes to the front of the
+-- Hand a running task back (graceful shutdown, or what it needs is down): it goes to the front of the
 -- pending list at once, and the interrupted run does not count as a retry.
 -- KEYS[1] task key, KEYS[2] active, KEYS[3] pending
 -- ARGV[1] id, ARGV[2] delivery, ARGV[3] wake channel
@@ -8,10 +8,10 @@
 local f = redis.call('HMGET', KEYS[1], 'deliveries', 'state')
 if f[1] ~= ARGV[2] or f[2] ~= 'active' then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
--- It waits anew from now (at the front: it is next), not since before its run.
-local t = redis.call('TIME')
-local now = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
-redis.call('HSET', KEYS[1], 'state', 'pending', 'pending_since', now)
+-- It keeps its pending_since: at the front, it is the task the queue's latency
+-- reads, and a task handed back again and again (a breaker's probe, while the
+-- mail provider refuses the sender) has waited since then, as have those behind it.
+redis.call('HSET', KEYS[1], 'state', 'pending')
 redis.call('RPUSH', KEYS[3], ARGV[1])
 redis.call('PUBLISH', ARGV[3], 1)
 return 1
