@@ -29,6 +29,7 @@ pub mod outbox;
 /// server, leases, retries.
 pub use simplebank_queue as queue;
 /// Task kinds and their handlers, and the processed-task ledger.
+pub mod retention;
 pub mod tasks;
 /// Logging set-up.
 pub mod telemetry;

@@ -43,6 +43,8 @@ pub const TASKS_ARCHIVED: &str = "simplebank_tasks_archived_total";
 pub const HANDLER_DURATION: &str = "simplebank_task_handler_duration_seconds";
 pub const COMMIT_TO_HANDLED: &str = "simplebank_task_commit_to_handled_seconds";
 pub const SCRAPE_SOURCE_UP: &str = "simplebank_scrape_source_up";
+/// Rows the retention loop deleted, per table.
+pub const RETENTION_DELETED: &str = "simplebank_retention_deleted_rows_total";
 /// 1 while this worker's breaker holds a queue back (its tasks keep finding
 /// what they need down: the mail provider refusing the sender), else 0.
 pub const WORKER_BREAKER_OPEN: &str = "simplebank_worker_breaker_open";
@@ -140,6 +142,11 @@ pub fn relay_batch<'a>(rows: impl IntoIterator<Item = (&'a str, DateTime<Utc>)>)
         counter!(RELAY_ROWS, "queue" => queue.to_owned()).increment(1);
         wait.record(seconds_since(created_at, now));
     }
+}
+
+/// Rows deleted past their retention from `table`.
+pub fn retention_deleted(table: &'static str, rows: u64) {
+    counter!(RETENTION_DELETED, "table" => table).increment(rows);
 }
 
 /// Where a relay error came from.

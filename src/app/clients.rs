@@ -28,6 +28,9 @@ pub enum PoolFor {
     /// The ledger record after a run: two, so that a completed run's record
     /// never queues behind sign-ups or handlers' queries.
     Ledger,
+    /// The retention loop beside each relay: one, so pruning never takes a
+    /// connection from the relay or the API.
+    Retention,
 }
 
 /// Most connections of the worker's handlers' pool.
@@ -40,6 +43,7 @@ impl PoolFor {
             Self::Relay => cfg.relay.parallel_batches,
             Self::Handlers => (cfg.worker.concurrency as u32).clamp(1, HANDLERS_POOL_MAX),
             Self::Ledger => 2,
+            Self::Retention => 1,
         }
     }
 

@@ -201,6 +201,11 @@ impl RunningApp {
         let relay = self.clients.relay(cfg)?;
         self.tracker
             .spawn(relay.run(self.waker.clone(), listen_url, self.shutdown.clone()));
+        // Pruning beside the relay, in a loop of its own: slow deletes never
+        // hold up forwarding.
+        let retention =
+            crate::retention::Retention::new(PoolFor::Retention.open(cfg)?, cfg.retention.clone());
+        self.tracker.spawn(retention.run(self.shutdown.clone()));
         Ok(())
     }
 

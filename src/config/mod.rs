@@ -14,6 +14,7 @@ mod log;
 mod mail;
 mod redis;
 mod relay;
+pub mod retention;
 pub mod scoped;
 mod signup;
 mod worker;
@@ -31,6 +32,7 @@ pub use self::{
     mail::MailConfig,
     redis::RedisConfig,
     relay::RelayConfig,
+    retention::RetentionConfig,
     signup::SignupConfig,
     worker::{QueueWeights, WorkerConfig},
 };
@@ -57,6 +59,8 @@ pub struct Config {
     pub mail: MailConfig,
     #[command(flatten)]
     pub admin: AdminConfig,
+    #[command(flatten)]
+    pub retention: RetentionConfig,
 }
 
 impl Config {
@@ -79,15 +83,50 @@ impl Config {
         self.relay.validate()?;
         self.worker.validate()?;
         self.mail.validate()?;
+        self.retention.validate()?;
         // `relay --once` is a tool that relays; other tools keep the
         // relay's defaults, which pass.
         if components.relay || components.is_tool() {
             self.relay_agrees()?;
         }
+        // Where the pruning runs.
+        if components.relay {
+            self.retention_agrees()?;
+        }
         match components.worker {
             true => self.worker_agrees(components.api),
             false => Ok(Vec::new()),
         }
+    }
+
+    /// What each retention must cover: the ledger and the send log keep a
+    /// task from running or sending again for as long as a redelivery can
+    /// reach it (OUTBOX_RETENTION), and the send log an unknown outcome for
+    /// its delay; an unverified account outlives both, so an old task never
+    /// finds a new account under its username.
+    fn retention_agrees(&self) -> Result<(), InvalidSetting> {
+        let (r, margin) = (&self.retention, retention::MARGIN);
+        let redelivery = self.relay.outbox_retention + margin;
+        let why = "OUTBOX_RETENTION plus 1h: a redelivery reaches back that far";
+        check::at_least("LEDGER_RETENTION", r.ledger_retention, redelivery)
+            .map_err(|e| e.because(why))?;
+        check::at_least("SEND_LOG_RETENTION", r.send_log_retention, redelivery)
+            .map_err(|e| e.because(why))?;
+        check::at_least(
+            "SEND_LOG_RETENTION",
+            r.send_log_retention,
+            self.mail.smtp_outcome_unknown_delay + margin,
+        )
+        .map_err(|e| e.because("SMTP_OUTCOME_UNKNOWN_DELAY plus 1h"))?;
+        if !r.unverified_account_ttl.is_zero() {
+            check::at_least(
+                "UNVERIFIED_ACCOUNT_TTL",
+                r.unverified_account_ttl,
+                redelivery,
+            )
+            .map_err(|e| e.because(why))?;
+        }
+        Ok(())
     }
 
     /// What the relay's session timeout must agree on with Redis: a batch's

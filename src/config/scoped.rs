@@ -6,8 +6,8 @@
 use clap::{Args, FromArgMatches};
 
 use super::{
-    AdminConfig, Config, DbConfig, LogConfig, MailConfig, RedisConfig, RelayConfig, SignupConfig,
-    WorkerConfig,
+    AdminConfig, Config, DbConfig, LogConfig, MailConfig, RedisConfig, RelayConfig,
+    RetentionConfig, SignupConfig, WorkerConfig,
 };
 
 /// A settings group with every value at its default, whatever the
@@ -21,7 +21,7 @@ fn defaults<T: Args + FromArgMatches>() -> T {
     T::from_arg_matches(&matches).expect("defaults parse")
 }
 
-/// `relay`: Postgres, Redis, logging, the relay.
+/// `relay`: Postgres, Redis, logging, the relay and the retention it runs.
 #[derive(Debug, Clone, Args)]
 pub struct ForRelay {
     #[command(flatten)]
@@ -34,6 +34,8 @@ pub struct ForRelay {
     pub relay: RelayConfig,
     #[command(flatten)]
     pub admin: AdminConfig,
+    #[command(flatten)]
+    pub retention: RetentionConfig,
 }
 
 impl From<ForRelay> for Config {
@@ -44,6 +46,7 @@ impl From<ForRelay> for Config {
             log: s.log,
             relay: s.relay,
             admin: s.admin,
+            retention: s.retention,
             http: defaults(),
             signup: defaults(),
             worker: defaults(),
@@ -84,6 +87,7 @@ impl From<ForWorker> for Config {
             admin: s.admin,
             http: defaults(),
             relay: defaults(),
+            retention: defaults(),
         }
     }
 }
@@ -109,6 +113,7 @@ impl From<ForMigrate> for Config {
             worker: defaults(),
             mail: defaults(),
             admin: defaults(),
+            retention: defaults(),
         }
     }
 }
@@ -138,6 +143,7 @@ impl From<ForQueues> for Config {
             relay: defaults(),
             mail: defaults(),
             admin: defaults(),
+            retention: defaults(),
         }
     }
 }

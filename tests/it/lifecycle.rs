@@ -176,6 +176,10 @@ fn a_bad_setting_is_refused_at_start_with_one_line_naming_it() {
         ("WORKER_BREAKER_MAX_PAUSE", "1s", "at least 5s"),
         ("MAIL_FROM_ADDRESS", "bank@exämple.com", "ASCII"),
         ("MAIL_FROM_ADDRESS", "not an address", "address"),
+        ("LEDGER_RETENTION", "1h", "OUTBOX_RETENTION"),
+        ("SEND_LOG_RETENTION", "2h", "OUTBOX_RETENTION"),
+        ("UNVERIFIED_ACCOUNT_TTL", "2h", "OUTBOX_RETENTION"),
+        ("RETENTION_BATCH", "0", "from 1 to"),
     ];
     for (var, value, says) in cases {
         let out = Command::new(BIN)

@@ -16,6 +16,7 @@ mod redis_servers;
 mod relay;
 mod relay_outages;
 mod relay_sessions;
+mod retention;
 mod sentinel;
 mod verify_email;
 mod verify_links;
