@@ -10,6 +10,7 @@
 //! | `verify_email_codes` | codes that expired                                   | `VERIFY_EMAIL_RETENTION` |
 //! | `verify_emails`      | rows used, or of a verified user, whose codes expired| `VERIFY_EMAIL_RETENTION` |
 //! | `users`              | accounts still unverified (with their rows above)    | `UNVERIFIED_ACCOUNT_TTL` |
+//! | `idempotency_keys`   | keys of sign-ups past their time                     | `IDEMPOTENCY_TTL`        |
 //! | `verify_email_resends` | requests past their interval (at each request)     | `VERIFY_EMAIL_RESEND_INTERVAL` |
 //!
 //! Each statement deletes at most `RETENTION_BATCH` rows and skips rows
@@ -31,17 +32,19 @@ pub enum Table {
     Codes,
     VerifyEmails,
     UnverifiedAccounts,
+    IdempotencyKeys,
 }
 
 impl Table {
     /// In this order: codes before the rows they belong to (whose deletion
     /// waits for their codes to expire), accounts last.
-    pub const ALL: [Table; 5] = [
+    pub const ALL: [Table; 6] = [
         Self::Ledger,
         Self::SendLog,
         Self::Codes,
         Self::VerifyEmails,
         Self::UnverifiedAccounts,
+        Self::IdempotencyKeys,
     ];
 
     /// The metric label and log name.
@@ -52,6 +55,7 @@ impl Table {
             Self::Codes => "verify_email_codes",
             Self::VerifyEmails => "verify_emails",
             Self::UnverifiedAccounts => "users_unverified",
+            Self::IdempotencyKeys => "idempotency_keys",
         }
     }
 }
@@ -80,6 +84,7 @@ impl Retention {
             Table::UnverifiedAccounts => {
                 Some(c.unverified_account_ttl).filter(|ttl| !ttl.is_zero())
             }
+            Table::IdempotencyKeys => Some(c.idempotency_ttl),
         }
     }
 
@@ -109,6 +114,11 @@ impl Retention {
             }
             Table::UnverifiedAccounts => {
                 sqlx::query_file!("sql/retention/unverified_accounts.sql", secs, n)
+                    .execute(&self.pool)
+                    .await?
+            }
+            Table::IdempotencyKeys => {
+                sqlx::query_file!("sql/retention/idempotency_keys.sql", secs, n)
                     .execute(&self.pool)
                     .await?
             }

@@ -31,7 +31,8 @@ use crate::TaskId;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BreakerSettings {
     /// Unavailable runs in a row that open the breaker; 0 never does (each
-    /// such task is still handed back without counting an attempt).
+    /// such task is still handed back without counting an attempt, and taken
+    /// again at once: a loop for as long as the dependency is down).
     pub failures: u32,
     /// The first pause.
     pub first_pause: Duration,

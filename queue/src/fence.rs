@@ -71,8 +71,10 @@ pub struct RunGuard {
     /// Set once the run passed its fence: its effect may be under way.
     passed: AtomicBool,
     /// Set once the effect is handed over and the run only waits for its
-    /// outcome ([`RunGuard::await_outcome`]).
+    /// outcome ([`RunGuard::await_outcome`]); `awaiting_begun` is cancelled
+    /// then, to wake whoever waits for it.
     awaiting: AtomicBool,
+    awaiting_begun: CancellationToken,
     /// How to renew the lease in Redis (absent in unit tests).
     renewal: Option<Renewal>,
 }
@@ -106,6 +108,7 @@ impl RunGuard {
             stopping: CancellationToken::new(),
             passed: AtomicBool::new(false),
             awaiting: AtomicBool::new(false),
+            awaiting_begun: CancellationToken::new(),
             renewal: None,
         }
     }
@@ -135,6 +138,12 @@ impl RunGuard {
         let mut timeout_at = Self::lock(&self.timeout_at);
         *timeout_at = Some(timeout_at.map_or(until, |t| t.max(until)));
         self.awaiting.store(true, Ordering::SeqCst);
+        self.awaiting_begun.cancel();
+    }
+
+    /// Resolves once the run waits for an outcome.
+    pub(crate) async fn awaiting_begun(&self) {
+        self.awaiting_begun.cancelled().await
     }
 
     /// When the run's timeout ends (moved by [`RunGuard::await_outcome`]).

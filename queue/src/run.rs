@@ -114,22 +114,33 @@ async fn execute(task: &Task, handler: Option<Arc<dyn Handler>>, cx: &RunContext
     tokio::pin!(handling);
     let guard = &task.guard;
     let result = loop {
+        // The conditions are read each time round: a branch enabled before
+        // the fence may fire after it, so what fired is judged again below,
+        // and the wait for an outcome starting wakes the loop to enable the
+        // abort.
         let stop = tokio::select! {
             biased;
             result = &mut handling => break result,
             _ = cx.abort.cancelled(), if !guard.passed() || guard.awaiting() => Outcome::HandedBack,
             _ = guard.lost(), if !guard.passed() => Outcome::LeaseLost,
+            _ = guard.awaiting_begun(), if guard.passed() && !guard.awaiting() => continue,
         };
+        let applies = match stop {
+            // The grace is over: a run that has not begun its effect, or
+            // only waits for its outcome, stops; one handing it over goes on.
+            Outcome::HandedBack => !guard.passed() || guard.awaiting(),
+            // Past the fence a lost lease changes nothing: the run goes on.
+            _ => !guard.passed(),
+        };
+        if !applies {
+            continue;
+        }
         if guard.awaiting() {
             tracing::warn!(
                 "shutdown grace over while waiting for the outcome of an effect: abandoned, for the next delivery to judge"
             );
-            return stop;
         }
-        // The fence may have passed while the other branch woke.
-        if !guard.passed() {
-            return stop;
-        }
+        return stop;
     };
     match result {
         Ok(processed) => Outcome::Done(processed),

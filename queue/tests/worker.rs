@@ -574,3 +574,55 @@ async fn a_dependency_down_holds_its_queue_back_and_burns_no_attempt() {
     .await;
     stop_worker(worker).await;
 }
+
+#[tokio::test]
+async fn a_lease_lost_while_waiting_for_the_outcome_does_not_stop_the_run() {
+    let env = QueueEnv::new().await;
+    // Which runs finished their wait, by the order they began.
+    let finished: Arc<Mutex<Vec<bool>>> = Arc::default();
+    let runs = finished.clone();
+    let waiting = Arc::new(tokio::sync::Notify::new());
+    let began = waiting.clone();
+    let mut registry = HandlerRegistry::default();
+    registry.register(
+        "slow-reply",
+        handler_fn(move |t: Task| {
+            let (runs, began) = (runs.clone(), began.clone());
+            async move {
+                t.fence(Duration::from_millis(100)).await?;
+                let me = {
+                    let mut runs = runs.lock().unwrap();
+                    runs.push(false);
+                    runs.len() - 1
+                };
+                t.await_outcome(Duration::from_secs(60));
+                began.notify_one();
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                runs.lock().unwrap()[me] = true;
+                Ok(Processed::default())
+            }
+        }),
+    );
+    // A short lease, extended every half second.
+    let worker = start_worker(&env, registry, |s| s.lease = Duration::from_millis(1500));
+    let q = env.queue();
+    q.enqueue(&[msg(41, "slow-reply", "default")])
+        .await
+        .unwrap();
+    waiting.notified().await;
+    // Another delivery took the task (as after a lease lost to a partition):
+    // the next extension finds the lease lost.
+    let raw = redis_client(&env.redis.url).await;
+    let _: () = raw
+        .hincrby(q.keys("default").task(TaskId::from(41)), "deliveries", 1)
+        .await
+        .unwrap();
+    // The first run is not dropped: its wait ends, and so does its run.
+    eventually(
+        Duration::from_secs(10),
+        "the first run finished its wait",
+        || async { finished.lock().unwrap()[0].then_some(()) },
+    )
+    .await;
+    stop_worker(worker).await;
+}

@@ -140,6 +140,7 @@ impl RunningApp {
                 outbox,
                 PasswordHasher::new(&cfg.signup)?,
                 cfg.signup.clone(),
+                cfg.retention.idempotency_ttl,
             ),
             // With ADMIN_ADDR set, /metrics is served there only: queue
             // names and counts are no business of the public port.

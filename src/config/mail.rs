@@ -108,11 +108,18 @@ impl MailConfig {
             self.smtp_final_reply_timeout,
             Duration::from_secs(3600),
         )?;
+        // A run whose lease was lost may still be waiting for its reply this
+        // long after its hand-over: the next run must not send before.
+        let longest_wait =
+            self.smtp_data_timeout + self.smtp_final_reply_timeout + crate::tasks::LEDGER_ALLOWANCE;
         at_least(
             "SMTP_OUTCOME_UNKNOWN_DELAY",
             self.smtp_outcome_unknown_delay,
-            Duration::from_secs(1),
-        )?;
+            longest_wait + Duration::from_secs(1),
+        )
+        .map_err(|e| {
+            e.because("longer than SMTP_DATA_TIMEOUT + SMTP_FINAL_REPLY_TIMEOUT + 2 s: a send may still be waiting that long")
+        })?;
         at_most(
             "SMTP_OUTCOME_UNKNOWN_DELAY",
             self.smtp_outcome_unknown_delay,

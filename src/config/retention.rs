@@ -33,6 +33,10 @@ pub struct RetentionConfig {
     /// free again. 0 keeps such accounts.
     #[arg(long, env = "UNVERIFIED_ACCOUNT_TTL", default_value = "7d", value_parser = parse_duration)]
     pub unverified_account_ttl: Duration,
+    /// How long an Idempotency-Key on POST /v1/create_user answers its
+    /// retries with the first answer; then it is deleted.
+    #[arg(long, env = "IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub idempotency_ttl: Duration,
     /// How often the pruning runs (in every relay process).
     #[arg(long, env = "RETENTION_INTERVAL", default_value = "1m", value_parser = parse_duration)]
     pub retention_interval: Duration,
@@ -53,6 +57,7 @@ impl RetentionConfig {
             s(3600),
         )?;
         at_least("RETENTION_INTERVAL", self.retention_interval, s(1))?;
+        at_least("IDEMPOTENCY_TTL", self.idempotency_ttl, s(60))?;
         in_range("RETENTION_BATCH", self.retention_batch, 1, 100_000)
     }
 }

@@ -71,8 +71,8 @@ pub struct WorkerConfig {
     pub archive_protect: Duration,
     /// Runs in a row that find what their task needs down (the mail provider
     /// refusing the sender) before the worker stops taking that queue's tasks
-    /// for a while; 0 never stops (such tasks are still handed back without
-    /// counting an attempt).
+    /// for a while (1 to 1000; such tasks are handed back without counting an
+    /// attempt).
     #[arg(
         id = "worker_breaker_failures",
         value_name = "WORKER_BREAKER_FAILURES",
@@ -133,7 +133,8 @@ impl WorkerConfig {
             self.archive_max_age,
             Duration::from_secs(60),
         )?;
-        in_range("WORKER_BREAKER_FAILURES", self.breaker_failures, 0, 1_000)?;
+        // 0 would hand a task back uncounted, and take it again, in a loop.
+        in_range("WORKER_BREAKER_FAILURES", self.breaker_failures, 1, 1_000)?;
         at_least(
             "WORKER_BREAKER_PAUSE",
             self.breaker_pause,

@@ -34,6 +34,12 @@ pub enum ApiError {
     FailedPrecondition(String),
     #[error("{0}")]
     AlreadyExists(String),
+    /// A request that collides with another now (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// Well-formed but refused as it stands (422).
+    #[error("{0}")]
+    Unprocessable(String),
     #[error("{0}")]
     NotFound(String),
     #[error("method not allowed")]
@@ -63,7 +69,7 @@ pub enum ApiError {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
     /// Machine-readable: invalid_argument, failed_precondition, already_exists,
-    /// not_found, method_not_allowed, payload_too_large, unsupported_media_type,
+    /// conflict, unprocessable, not_found, method_not_allowed, payload_too_large, unsupported_media_type,
     /// too_many_requests, unavailable, internal.
     pub code: &'static str,
     pub message: String,
@@ -86,6 +92,8 @@ impl ApiError {
             Self::InvalidArgument { .. } => (StatusCode::BAD_REQUEST, "invalid_argument"),
             Self::FailedPrecondition(_) => (StatusCode::BAD_REQUEST, "failed_precondition"),
             Self::AlreadyExists(_) => (StatusCode::CONFLICT, "already_exists"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
@@ -205,6 +213,8 @@ impl From<SignUpError> for ApiError {
         match e {
             SignUpError::Create(e) => e.into(),
             SignUpError::Hash(e) => e.into(),
+            e @ SignUpError::KeyReused => Self::Unprocessable(e.to_string()),
+            e @ SignUpError::KeyInProgress => Self::Conflict(e.to_string()),
         }
     }
 }

@@ -1,6 +1,11 @@
 //! POST /v1/create_user: sign-up.
 
-use axum::{Json, extract::State};
+use axum::{
+    Json,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -9,7 +14,15 @@ use super::{
     error::{ApiError, ErrorBody},
     extract::{ApiJson, RequestId},
 };
-use crate::users::{User, validation::SignUp};
+use crate::users::{
+    User,
+    idempotency::{BadKey, IdempotencyKey},
+    signup::SignedUp,
+    validation::SignUp,
+};
+
+/// The header that makes a sign-up safe to retry.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 #[derive(Deserialize, ToSchema)]
 pub struct CreateUserRequest {
@@ -35,14 +48,22 @@ pub struct CreateUserResponse {
 
 /// Creates a user. The verification email is sent asynchronously: the user and
 /// its task commit together, and the task runs after the configured delay.
+///
+/// With an `Idempotency-Key`, the request is safe to retry after a lost
+/// reply: a retry with the same key and the same body within IDEMPOTENCY_TTL
+/// (24 h) gets the first answer, with no second account or email.
 #[utoipa::path(
     post,
     path = "/v1/create_user",
     request_body = CreateUserRequest,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters (spaces inside), unique per sign-up (e.g. a UUID), optionally in double quotes; a retry with the same key and body within IDEMPOTENCY_TTL gets the first answer", pattern = "^[!-~]([ -~]{0,253}[!-~])?$"),
+    ),
     responses(
-        (status = 200, description = "User created", body = CreateUserResponse),
-        (status = 400, description = "Malformed JSON or invalid fields", body = ErrorBody),
-        (status = 409, description = "Username or email (in any case) already exists", body = ErrorBody),
+        (status = 200, description = "User created (or, for a retry with its Idempotency-Key, the first answer again)", body = CreateUserResponse),
+        (status = 400, description = "Malformed JSON, invalid fields, or an invalid Idempotency-Key", body = ErrorBody),
+        (status = 409, description = "Username or email (in any case) already exists, or a request with this Idempotency-Key is in progress", body = ErrorBody),
+        (status = 422, description = "This Idempotency-Key was used for another request", body = ErrorBody),
         (status = 413, description = "Body over the limit", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
         (status = 429, description = "Too many requests from this address (see Retry-After)", body = ErrorBody),
@@ -54,10 +75,38 @@ pub struct CreateUserResponse {
 pub async fn create_user(
     State(state): State<AppState>,
     RequestId(request_id): RequestId,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<CreateUserRequest>,
-) -> Result<Json<CreateUserResponse>, ApiError> {
+) -> Result<Response, ApiError> {
+    let key = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(value) => {
+            let fields = [&*req.username, &*req.full_name, &*req.email];
+            let key = value
+                .to_str()
+                .map_err(|_| BadKey)
+                .and_then(|v| IdempotencyKey::new("create_user", v, &fields))
+                .map_err(|e| ApiError::FailedPrecondition(e.to_string()))?;
+            Some(key)
+        }
+    };
     let signup = SignUp::parse(req.username, req.full_name, req.email, req.password)
         .map_err(ApiError::invalid)?;
-    let user = state.signups.create(signup, request_id).await?;
-    Ok(Json(CreateUserResponse { user }))
+    let (user, replayed) = match state
+        .signups
+        .create(signup, request_id, key.as_ref())
+        .await?
+    {
+        SignedUp::Created(user) => (user, false),
+        SignedUp::Replayed(user) => (user, true),
+    };
+    let mut response = (StatusCode::OK, Json(CreateUserResponse { user })).into_response();
+    if replayed {
+        // Not required by the draft; tells a client its retry changed nothing.
+        response.headers_mut().insert(
+            "idempotent-replayed",
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
+    Ok(response)
 }

@@ -109,8 +109,10 @@ pub fn handover_limit(cfg: &MailConfig) -> Duration {
 /// dot); none for the file mailer, whose outcome is known at once.
 pub fn outcome_wait(cfg: &MailConfig) -> Duration {
     match cfg.smtp_url {
-        Some(_) => cfg.smtp_final_reply_timeout,
-        None => Duration::ZERO,
+        // The body is written after the hand-over is recorded, then the
+        // reply is waited for.
+        Some(_) => cfg.smtp_data_timeout + cfg.smtp_final_reply_timeout,
+        None => FILE_SEND_LIMIT,
     }
 }
 

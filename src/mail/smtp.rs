@@ -277,8 +277,18 @@ impl SmtpServer {
                 }
                 options.push(MailParameter::SmtpUtfEight);
             }
+            let utf8 = options.contains(&MailParameter::SmtpUtfEight);
             let mail = conn.command(Mail::new(Some(from.clone()), options));
-            clock.within(Phase::MailFrom, |l| l.command, mail).await?;
+            match clock.within(Phase::MailFrom, |l| l.command, mail).await {
+                // A refusal of SMTPUTF8 is about this message's address,
+                // not the sender: final, or it would be retried forever.
+                Err(SmtpError::Exchange { source, .. }) if utf8 && source.is_permanent() => {
+                    return Err(SmtpError::Undeliverable(
+                        "the server refused SMTPUTF8 for this non-ASCII address",
+                    ));
+                }
+                mail => mail?,
+            };
             let rcpt = conn.command(Rcpt::new(to.clone(), vec![]));
             clock.within(Phase::RcptTo, |l| l.command, rcpt).await?;
             clock

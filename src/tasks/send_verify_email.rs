@@ -107,20 +107,19 @@ impl SendVerifyEmail {
                 // The server took it and the ledger record was lost.
                 return Ok(Processed::default().with("skipped", "sent by an earlier attempt"));
             }
-            if earlier.is_unknown() {
-                let since = (Utc::now() - earlier.at).to_std().unwrap_or_default();
-                if let Some(left) = self.limits.unknown_delay.checked_sub(since) {
-                    // It may have arrived, or its run may still be waiting
-                    // for the reply (a lease lost meanwhile): not again yet.
-                    return Err(TaskError::retry_after(
-                        left,
-                        anyhow::anyhow!(
-                            "the send handed over at {} has no known outcome: the next one waits until {}",
-                            earlier.at,
-                            earlier.at + self.limits.unknown_delay
-                        ),
-                    ));
-                }
+            // It may have arrived, or its run may still be waiting for the
+            // reply (a lease lost meanwhile): not again yet.
+            if earlier.is_unknown()
+                && let Some(left) = self.limits.unknown_delay.checked_sub(earlier.age)
+            {
+                return Err(TaskError::retry_after(
+                    left,
+                    anyhow::anyhow!(
+                        "the send handed over at {} has no known outcome: the next one waits until {}",
+                        earlier.at,
+                        earlier.at + self.limits.unknown_delay
+                    ),
+                ));
             }
         }
         let code = verify_email::get_or_create_for_task(

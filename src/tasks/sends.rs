@@ -47,6 +47,8 @@ impl Outcome {
 #[derive(Debug, Clone)]
 pub struct HandedOver {
     pub at: DateTime<Utc>,
+    /// How long ago, on the database's clock.
+    pub age: std::time::Duration,
     /// `None`: no reply was recorded (still waiting, or its worker died).
     pub outcome: Option<String>,
 }
@@ -98,6 +100,7 @@ impl SendLog {
             .await?;
         Ok(row.map(|r| HandedOver {
             at: r.handed_over_at,
+            age: std::time::Duration::try_from_secs_f64(r.age_secs).unwrap_or_default(),
             outcome: r.outcome,
         }))
     }

@@ -2,6 +2,7 @@
 //! persistence, the sign-up use cases (the user row and its outbox row in one
 //! transaction), and email verification.
 
+pub mod idempotency;
 pub mod password;
 pub mod repo;
 pub mod signup;
@@ -9,13 +10,13 @@ pub mod validation;
 pub mod verify_email;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 pub use validation::FieldViolation;
 
 /// A user as the API shows it: never the password or its hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct User {
     pub username: String,
     pub full_name: String,

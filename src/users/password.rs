@@ -100,6 +100,28 @@ impl PasswordHasher {
     }
 }
 
+impl PasswordHasher {
+    /// Whether `password` is the one `phc` (a PHC string this hasher made)
+    /// hashes, checked on a hashing slot like a hash.
+    pub async fn verify(&self, password: String, phc: String) -> Result<bool, HashError> {
+        let busy = HashError::Busy {
+            retry_after: self.wait.max(Duration::from_secs(1)),
+        };
+        let slot = tokio::time::timeout(self.wait, self.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| busy)?
+            .expect("the semaphore is never closed");
+        let argon2 = self.argon2();
+        tokio::task::spawn_blocking(move || {
+            use argon2::PasswordVerifier;
+            let _slot = slot;
+            let parsed = PasswordHash::new(&phc).map_err(HashError::Hash)?;
+            Ok(argon2.verify_password(password.as_bytes(), &parsed).is_ok())
+        })
+        .await?
+    }
+}
+
 /// The PHC string (`$argon2id$v=19$m=...$salt$hash`) of `password` with a
 /// fresh salt, hashed in `blocks`.
 fn phc_hash(

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::{
     User,
+    idempotency::{IdempotencyKey, Prior},
     password::{HashError, PasswordHasher},
     repo::{self, CreateUserError},
     validation::SignUp,
@@ -20,6 +21,22 @@ pub enum SignUpError {
     Create(#[from] CreateUserError),
     #[error(transparent)]
     Hash(#[from] HashError),
+    /// The Idempotency-Key answered another request (or its account expired).
+    #[error("this Idempotency-Key was used for another request")]
+    KeyReused,
+    /// A request with the Idempotency-Key is being handled now.
+    #[error("a request with this Idempotency-Key is in progress; retry shortly")]
+    KeyInProgress,
+}
+
+/// What a sign-up did.
+#[derive(Debug)]
+pub enum SignedUp {
+    /// Created the account.
+    Created(User),
+    /// A retry with the key of a sign-up that created this account: its
+    /// first answer, nothing done again.
+    Replayed(User),
 }
 
 impl From<sqlx::Error> for SignUpError {
@@ -34,24 +51,41 @@ pub struct SignUps {
     outbox: Outbox,
     hasher: PasswordHasher,
     cfg: SignupConfig,
+    /// How long an Idempotency-Key answers its retries.
+    idempotency_ttl: Duration,
 }
 
 impl SignUps {
-    pub fn new(outbox: Outbox, hasher: PasswordHasher, cfg: SignupConfig) -> Self {
+    pub fn new(
+        outbox: Outbox,
+        hasher: PasswordHasher,
+        cfg: SignupConfig,
+        idempotency_ttl: Duration,
+    ) -> Self {
         Self {
             outbox,
             hasher,
             cfg,
+            idempotency_ttl,
         }
     }
 
-    /// Creates the account and its verify-email task in one transaction.
+    /// Creates the account and its verify-email task in one transaction;
+    /// with `key`, records the key in it too, and answers a retry of the same
+    /// request with the first answer (see [`super::idempotency`]).
     pub async fn create(
         &self,
         mut signup: SignUp,
         request_id: Option<String>,
-    ) -> Result<User, SignUpError> {
+        key: Option<&IdempotencyKey>,
+    ) -> Result<SignedUp, SignUpError> {
         let pool = self.outbox.pool();
+        if let Some(key) = key
+            && let Some(first) = self.first_answer(key, &signup).await?
+        {
+            tracing::info!(username = %first.username, "sign-up retried with its Idempotency-Key: first answer");
+            return Ok(SignedUp::Replayed(first));
+        }
         // Cheap checks first: a taken name or address costs no hash.
         if let Some(taken) = repo::taken(pool, signup.username(), signup.email()).await? {
             return Err(CreateUserError::Taken(taken).into());
@@ -59,11 +93,55 @@ impl SignUps {
         let hashed = self.hasher.hash(signup.take_password()).await?;
         let task = send_verify_email::task(&self.cfg, signup.username()).caused_by(request_id);
         let mut tx = self.outbox.begin().await?;
+        if let Some(key) = key {
+            // A twin of this request got here first: it holds the key, or
+            // committed since the look above (its retry gets its answer).
+            let ttl = self.idempotency_ttl;
+            if !key.lock(&mut tx).await? || !matches!(key.prior(&mut tx, ttl).await?, Prior::New) {
+                return Err(SignUpError::KeyInProgress);
+            }
+        }
         let user = repo::insert(&mut tx, &signup, &hashed).await?;
         let task_id = tx.insert(&task).await?;
+        if let Some(key) = key {
+            let response = serde_json::to_value(&user).expect("a user serializes");
+            key.record(&mut tx, &user.username, &response).await?;
+        }
         tx.commit().await?;
         tracing::info!(username = %user.username, task_id = task_id.get(), "user created");
-        Ok(user)
+        Ok(SignedUp::Created(user))
+    }
+
+    /// The first answer to `key`, when it answered this very request (the
+    /// same fields, and a password the account's hash accepts).
+    async fn first_answer(
+        &self,
+        key: &IdempotencyKey,
+        signup: &SignUp,
+    ) -> Result<Option<User>, SignUpError> {
+        match key
+            .prior_in(self.outbox.pool(), self.idempotency_ttl)
+            .await?
+        {
+            Prior::New => Ok(None),
+            Prior::Mismatch => Err(SignUpError::KeyReused),
+            Prior::Answered {
+                response,
+                hashed_password,
+            } => {
+                let same = self
+                    .hasher
+                    .verify(signup.password().to_owned(), hashed_password)
+                    .await?;
+                let user: User = serde_json::from_value(response).map_err(|e| {
+                    SignUpError::Create(CreateUserError::Db(sqlx::Error::Decode(e.into())))
+                })?;
+                match same {
+                    true => Ok(Some(user)),
+                    false => Err(SignUpError::KeyReused),
+                }
+            }
+        }
     }
 
     /// Asks for a new verification link to `email` (already checked to be an

@@ -94,6 +94,11 @@ impl SignUp {
         &self.email
     }
 
+    /// The plaintext password, to check against an account's hash.
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
     /// Takes the plaintext password out, for hashing: no copy stays behind.
     pub fn take_password(&mut self) -> String {
         std::mem::take(&mut self.password)

@@ -130,6 +130,7 @@ pub fn serve_settings(env: &TestEnv, redis_url: String, smtp_url: String) -> Vec
         // The breaker's pauses and the wait after an unknown outcome,
         // compressed like the retry schedule.
         ("WORKER_BREAKER_MAX_PAUSE", "10s".into()),
+        ("SMTP_FINAL_REPLY_TIMEOUT", "10s".into()),
         ("SMTP_OUTCOME_UNKNOWN_DELAY", "20s".into()),
         ("VERIFY_EMAIL_PROCESS_IN", "0s".into()),
         ("ARGON2_MEMORY_KIB", "64".into()),

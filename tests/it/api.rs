@@ -267,6 +267,7 @@ async fn postgres_unreachable_is_503() {
             simplebank::outbox::Outbox::new(clients.pool.clone(), Default::default()),
             simplebank::users::password::PasswordHasher::new(&cfg.signup).unwrap(),
             cfg.signup.clone(),
+            cfg.retention.idempotency_ttl,
         ),
         scrape: None,
     };

@@ -171,7 +171,12 @@ fn a_bad_setting_is_refused_at_start_with_one_line_naming_it() {
         ("DATABASE_URL", "mysql://u:hunter2@db/x", "postgres://"),
         ("SMTP_URL", "ftp://u:hunter2@mail", "smtp://"),
         ("SMTP_FINAL_REPLY_TIMEOUT", "2h", "at most 1h"),
-        ("SMTP_OUTCOME_UNKNOWN_DELAY", "0s", "at least 1s"),
+        (
+            "SMTP_OUTCOME_UNKNOWN_DELAY",
+            "5m",
+            "SMTP_FINAL_REPLY_TIMEOUT",
+        ),
+        ("WORKER_BREAKER_FAILURES", "0", "from 1 to"),
         ("SMTP_COMMAND_TIMEOUT", "1ms", "at least"),
         ("WORKER_BREAKER_MAX_PAUSE", "1s", "at least 5s"),
         ("MAIL_FROM_ADDRESS", "bank@exämple.com", "ASCII"),

@@ -9,6 +9,7 @@ mod api;
 mod cluster;
 mod edge;
 mod guarantees;
+mod idempotency;
 mod lifecycle;
 mod operate;
 mod operate_cli;

@@ -487,7 +487,6 @@ async fn every_send_of_one_task_carries_one_message_id() {
     let mut env = TestEnv::new().await;
     let smtp = SmtpProcess::start();
     env.cfg.mail.smtp_url = Some(smtp.url());
-    env.cfg.mail.smtp_outcome_unknown_delay = Duration::from_secs(1);
     // No tombstone in Redis once the task completed: redelivered, it runs again.
     env.cfg.worker.done_retention = Duration::ZERO;
     let app = env.start(Components::ALL).await;
@@ -516,13 +515,13 @@ async fn every_send_of_one_task_carries_one_message_id() {
     // The worker died after the server took the message and before it
     // recorded the reply: no ledger row, and a send log row that says
     // "handed over, no outcome". Once SMTP_OUTCOME_UNKNOWN_DELAY has passed
-    // (1 s here: the row is made 2 s old), the task is sent again.
+    // (1 h: the row is made 2 h old), the task is sent again.
     sqlx::query("DELETE FROM task_ledger")
         .execute(&env.pool)
         .await
         .unwrap();
     sqlx::query(
-        "UPDATE email_sends SET outcome = NULL, handed_over_at = handed_over_at - interval '2 seconds'",
+        "UPDATE email_sends SET outcome = NULL, handed_over_at = handed_over_at - interval '2 hours'",
     )
     .execute(&env.pool)
     .await
