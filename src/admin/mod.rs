@@ -274,9 +274,16 @@ async fn task_action(
     }
     let actor = actor(peer);
     let (repair, verb) = match action.as_str() {
-        "retry" => (d.broker.run_now(&queue, id, &actor).await, "retried"),
+        "retry" => (
+            d.broker
+                .run_now(&queue, id, &actor)
+                .await
+                .map_err(Into::into),
+            "retried",
+        ),
         "delete" => (
-            d.broker.delete(&queue, id, d.retention, &actor).await,
+            crate::tasks::ledger::delete_task(&d.pool, &d.broker, &queue, id, d.retention, &actor)
+                .await,
             "deleted",
         ),
         _ => return page(StatusCode::NOT_FOUND, "<p>No such action.</p>".into()),
@@ -288,7 +295,7 @@ async fn task_action(
     }
 }
 
-fn failed(e: &crate::queue::QueueError) -> Response {
+fn failed(e: &dyn std::fmt::Display) -> Response {
     tracing::warn!(error = %e, "dashboard: a change failed");
     page(
         StatusCode::SERVICE_UNAVAILABLE,

@@ -122,6 +122,13 @@ impl WorkerConfig {
             ));
         }
         at_least("WORKER_LEASE", self.lease, Duration::from_secs(1))?;
+        // A repeated enqueue of a completed or deleted id (a relay's retry
+        // after a lost reply) must find it; the ledger stops what comes later.
+        at_least(
+            "WORKER_DONE_RETENTION",
+            self.done_retention,
+            Duration::from_secs(60),
+        )?;
         at_least(
             "WORKER_RETRY_UNIT",
             self.retry_unit,

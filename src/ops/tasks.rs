@@ -120,10 +120,15 @@ pub async fn run(ops: &Ops, args: &TasksArgs) -> anyhow::Result<()> {
         }
         TasksAction::Delete { id, queue } => {
             let (queue, _) = locate(ops, *id, queue.as_deref()).await?;
-            let repair = ops
-                .broker
-                .delete(&queue, *id, ops.retention, &cli_actor())
-                .await?;
+            let repair = crate::tasks::ledger::delete_task(
+                &ops.pool,
+                &ops.broker,
+                &queue,
+                *id,
+                ops.retention,
+                &cli_actor(),
+            )
+            .await?;
             report_repair(ops, &queue, *id, repair, "deleted")
         }
     }
@@ -352,6 +357,8 @@ impl OutboxEntry {
 struct LedgerEntry {
     kind: String,
     completed_at: DateTime<Utc>,
+    /// Who deleted the task, when it was deleted rather than run.
+    deleted_by: Option<String>,
 }
 
 #[derive(Serialize)]

@@ -19,7 +19,7 @@
 use futures::future::BoxFuture;
 use sqlx::{PgConnection, PgPool};
 
-use crate::queue::{Ledger, Task, TaskId};
+use crate::queue::{Broker, Ledger, QueueError, Repair, Task, TaskId};
 
 /// Whether task `task_id` already completed.
 pub async fn is_done(pool: &PgPool, task_id: TaskId) -> Result<bool, sqlx::Error> {
@@ -38,6 +38,43 @@ pub async fn mark_done(
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// Why a delete did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteError {
+    #[error("postgres: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// Deletes task `id` of `queue` for `actor`, for good: Redis drops it (with
+/// a tombstone for `tombstone`), and the ledger records the delete in the
+/// same step, so a redelivery from the outbox, a relay's retry or a Redis
+/// that lost its tombstone never runs it: the worker finds the row and
+/// acknowledges it unrun. The row is written in a transaction committed
+/// only once Redis deleted the task; one Redis refuses (the task is running
+/// or completed) leaves no row. A commit lost after Redis's delete leaves
+/// the task deleted in Redis only, as before this record existed.
+pub async fn delete_task(
+    pool: &PgPool,
+    broker: &Broker,
+    queue: &str,
+    id: TaskId,
+    tombstone: std::time::Duration,
+    actor: &str,
+) -> Result<Repair, DeleteError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query_file!("sql/ledger/mark_deleted.sql", id.get(), actor)
+        .execute(&mut *tx)
+        .await?;
+    let repair = broker.delete(queue, id, tombstone, actor).await?;
+    match repair {
+        Repair::Done { .. } => tx.commit().await?,
+        _ => tx.rollback().await?,
+    }
+    Ok(repair)
 }
 
 /// The ledger in Postgres, for the worker (see [`Ledger`]).

@@ -177,6 +177,7 @@ fn a_bad_setting_is_refused_at_start_with_one_line_naming_it() {
             "SMTP_FINAL_REPLY_TIMEOUT",
         ),
         ("WORKER_BREAKER_FAILURES", "0", "from 1 to"),
+        ("WORKER_DONE_RETENTION", "0s", "at least 1m"),
         ("SMTP_COMMAND_TIMEOUT", "1ms", "at least"),
         ("WORKER_BREAKER_MAX_PAUSE", "1s", "at least 5s"),
         ("MAIL_FROM_ADDRESS", "bank@exämple.com", "ASCII"),

@@ -345,6 +345,29 @@ async fn delete_a_scheduled_task_and_refuse_what_is_gone(env: &TestEnv, broker: 
     );
     let (ok, _, err) = cli(env, &["tasks", "delete", "3", "--queue", "default"]).await;
     assert!(!ok && err.contains("is deleted: nothing changed"), "{err}");
+    // The delete is in the ledger too: Redis loses the tombstone, the task
+    // is enqueued again (a redelivery), and the worker acknowledges it
+    // without running it (it has no handler: run, it would be archived).
+    let shown = cli_json(env, &["tasks", "show", "3", "--queue", "default", "--json"]).await;
+    assert!(
+        shown["ledger"]["deleted_by"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("cli:")),
+        "{shown}"
+    );
+    let raw = crate::common::redis_client(&env.cfg.redis.url).await;
+    let _: () =
+        fred::prelude::KeysInterface::del(&raw, broker.keys("default").task(TaskId::from(3)))
+            .await
+            .unwrap();
+    assert_eq!(
+        broker
+            .enqueue(&[task_msg(3, "task:nobody", "default")])
+            .await
+            .unwrap(),
+        1
+    );
+    wait_state(broker, "default", TaskId::from(3), TaskState::Completed).await;
     let (ok, _, err) = cli(env, &["tasks", "delete", "4", "--queue", "default"]).await;
     assert!(!ok && err.contains("no task 4"), "{err}");
     let (ok, _, err) = cli(env, &["tasks", "show", "999"]).await;
