@@ -127,25 +127,38 @@ impl Retention {
     }
 
     /// Deletes, table by table, everything past its retention, batch after
-    /// batch until a batch comes back short or `shutdown`.
+    /// batch until a batch comes back short or `shutdown`. A table that
+    /// fails does not stop the others; the first error is returned after.
     pub async fn prune(&self, shutdown: &CancellationToken) -> Result<Pruned, sqlx::Error> {
         let mut pruned = Vec::new();
+        let mut failed = None;
         for table in Table::ALL {
             let Some(keep) = self.keep(table) else {
                 continue;
             };
             let mut total = 0;
             while !shutdown.is_cancelled() {
-                let done = self.batch(table, keep).await?;
-                total += done;
-                crate::metrics::retention_deleted(table.as_str(), done);
-                if done < u64::from(self.cfg.retention_batch) {
-                    break;
+                match self.batch(table, keep).await {
+                    Ok(done) => {
+                        total += done;
+                        crate::metrics::retention_deleted(table.as_str(), done);
+                        if done < u64::from(self.cfg.retention_batch) {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(table = table.as_str(), error = %e, "pruning a table failed");
+                        failed.get_or_insert(e);
+                        break;
+                    }
                 }
             }
             pruned.push((table, total));
         }
-        Ok(pruned)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(pruned),
+        }
     }
 
     /// Runs [`Retention::prune`] every `RETENTION_INTERVAL` until `shutdown`.

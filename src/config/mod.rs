@@ -125,6 +125,14 @@ impl Config {
                 redelivery,
             )
             .map_err(|e| e.because(why))?;
+            // A sign-up's key must end before its account can: a key that
+            // outlived it could meet a new account under the same name.
+            check::at_least(
+                "UNVERIFIED_ACCOUNT_TTL",
+                r.unverified_account_ttl,
+                r.idempotency_ttl + margin,
+            )
+            .map_err(|e| e.because("IDEMPOTENCY_TTL plus 1h"))?;
         }
         Ok(())
     }

@@ -73,6 +73,50 @@ impl PasswordHasher {
 
     /// The PHC string (`$argon2id$v=19$m=...`) of `password` with a fresh salt.
     pub async fn hash(&self, password: String) -> Result<String, HashError> {
+        self.on_slot(move |argon2, params, blocks| {
+            phc_hash(argon2, params, password.as_bytes(), blocks)
+        })
+        .await
+    }
+
+    /// Whether `password` is the one `phc` (a PHC string of this hasher's
+    /// parameters) hashes: hashed again with its salt, on a slot and in a
+    /// kept buffer like a new hash, and compared in constant time. A hash of
+    /// other parameters (settings changed since) is checked by argon2's own
+    /// verifier, which allocates its memory.
+    pub async fn verify(&self, password: String, phc: String) -> Result<bool, HashError> {
+        self.on_slot(move |argon2, params, blocks| {
+            let parsed = PasswordHash::new(&phc).map_err(HashError::Hash)?;
+            let ours = Params::try_from(&parsed).is_ok_and(|p| p == *params);
+            let (Some(salt), Some(expected), true) = (parsed.salt, parsed.hash, ours) else {
+                use argon2::PasswordVerifier;
+                return Ok(argon2.verify_password(password.as_bytes(), &parsed).is_ok());
+            };
+            let mut raw_salt = [0u8; 64];
+            let raw_salt = salt.decode_b64(&mut raw_salt).map_err(HashError::Hash)?;
+            let output = Output::init_with(expected.len(), |out| {
+                Ok(argon2.hash_password_into_with_memory(
+                    password.as_bytes(),
+                    raw_salt,
+                    out,
+                    &mut *blocks,
+                )?)
+            })
+            .map_err(HashError::Hash)?;
+            // Output's equality is constant-time.
+            Ok(output == expected)
+        })
+        .await
+    }
+
+    /// Runs `work` on a hashing slot (waiting at most ARGON2_QUEUE_WAIT) and
+    /// a thread of the blocking pool, in a kept memory buffer.
+    async fn on_slot<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Argon2<'static>, &Params, &mut [Block]) -> Result<T, HashError>
+        + Send
+        + 'static,
+    ) -> Result<T, HashError> {
         let busy = HashError::Busy {
             retry_after: self.wait.max(Duration::from_secs(1)),
         };
@@ -92,31 +136,9 @@ impl PasswordHasher {
             let mut blocks = free()
                 .pop()
                 .unwrap_or_else(|| vec![Block::default(); params.block_count()]);
-            let phc = phc_hash(&argon2, &params, password.as_bytes(), &mut blocks);
+            let done = work(&argon2, &params, &mut blocks);
             free().push(blocks);
-            phc
-        })
-        .await?
-    }
-}
-
-impl PasswordHasher {
-    /// Whether `password` is the one `phc` (a PHC string this hasher made)
-    /// hashes, checked on a hashing slot like a hash.
-    pub async fn verify(&self, password: String, phc: String) -> Result<bool, HashError> {
-        let busy = HashError::Busy {
-            retry_after: self.wait.max(Duration::from_secs(1)),
-        };
-        let slot = tokio::time::timeout(self.wait, self.slots.clone().acquire_owned())
-            .await
-            .map_err(|_| busy)?
-            .expect("the semaphore is never closed");
-        let argon2 = self.argon2();
-        tokio::task::spawn_blocking(move || {
-            use argon2::PasswordVerifier;
-            let _slot = slot;
-            let parsed = PasswordHash::new(&phc).map_err(HashError::Hash)?;
-            Ok(argon2.verify_password(password.as_bytes(), &parsed).is_ok())
+            done
         })
         .await?
     }
@@ -151,7 +173,7 @@ fn phc_hash(
 
 #[cfg(test)]
 mod tests {
-    use argon2::PasswordVerifier;
+    use argon2::{PasswordHasher as _, PasswordVerifier};
 
     use super::*;
 
@@ -186,5 +208,25 @@ mod tests {
             1,
             "one buffer, reused"
         );
+        // Its own hashes verify in the kept buffer; others through argon2.
+        assert!(
+            hasher
+                .verify("secret123".into(), first.clone())
+                .await
+                .unwrap()
+        );
+        assert!(!hasher.verify("secret124".into(), first).await.unwrap());
+        let other = Argon2::default()
+            .hash_password(b"secret123", &SaltString::encode_b64(&[7; 16]).unwrap())
+            .unwrap()
+            .to_string();
+        assert!(
+            hasher
+                .verify("secret123".into(), other.clone())
+                .await
+                .unwrap()
+        );
+        assert!(!hasher.verify("secret124".into(), other).await.unwrap());
+        assert_eq!(hasher.buffers.lock().unwrap().len(), 1, "still one buffer");
     }
 }

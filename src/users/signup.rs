@@ -29,6 +29,11 @@ pub enum SignUpError {
     KeyInProgress,
 }
 
+fn replayed(first: User) -> SignedUp {
+    tracing::info!(username = %first.username, "sign-up retried with its Idempotency-Key: first answer");
+    SignedUp::Replayed(first)
+}
+
 /// What a sign-up did.
 #[derive(Debug)]
 pub enum SignedUp {
@@ -81,24 +86,35 @@ impl SignUps {
     ) -> Result<SignedUp, SignUpError> {
         let pool = self.outbox.pool();
         if let Some(key) = key
-            && let Some(first) = self.first_answer(key, &signup).await?
+            && let Some(first) = self.first_answer(key, signup.password()).await?
         {
-            tracing::info!(username = %first.username, "sign-up retried with its Idempotency-Key: first answer");
-            return Ok(SignedUp::Replayed(first));
+            return Ok(replayed(first));
         }
         // Cheap checks first: a taken name or address costs no hash.
         if let Some(taken) = repo::taken(pool, signup.username(), signup.email()).await? {
+            // Taken by this request's twin, committed since the look above?
+            if let Some(key) = key
+                && let Some(first) = self.first_answer(key, signup.password()).await?
+            {
+                return Ok(replayed(first));
+            }
             return Err(CreateUserError::Taken(taken).into());
         }
+        // With a key, the password is kept for the look inside the
+        // transaction; it goes with this call.
+        let password_for_key = key.map(|_| signup.password().to_owned());
         let hashed = self.hasher.hash(signup.take_password()).await?;
         let task = send_verify_email::task(&self.cfg, signup.username()).caused_by(request_id);
         let mut tx = self.outbox.begin().await?;
-        if let Some(key) = key {
-            // A twin of this request got here first: it holds the key, or
-            // committed since the look above (its retry gets its answer).
-            let ttl = self.idempotency_ttl;
-            if !key.lock(&mut tx).await? || !matches!(key.prior(&mut tx, ttl).await?, Prior::New) {
+        if let (Some(key), Some(password)) = (key, password_for_key) {
+            // A twin of this request holds the key now: 409. One that
+            // committed since the look above: its answer.
+            if !key.lock(&mut tx).await? {
                 return Err(SignUpError::KeyInProgress);
+            }
+            let prior = key.prior(&mut tx, self.idempotency_ttl).await?;
+            if let Some(first) = self.judge(prior, &password).await? {
+                return Ok(replayed(first));
             }
         }
         let user = repo::insert(&mut tx, &signup, &hashed).await?;
@@ -113,16 +129,22 @@ impl SignUps {
     }
 
     /// The first answer to `key`, when it answered this very request (the
-    /// same fields, and a password the account's hash accepts).
+    /// same fields, and a `password` the account's hash accepts).
     async fn first_answer(
         &self,
         key: &IdempotencyKey,
-        signup: &SignUp,
+        password: &str,
     ) -> Result<Option<User>, SignUpError> {
-        match key
+        let prior = key
             .prior_in(self.outbox.pool(), self.idempotency_ttl)
-            .await?
-        {
+            .await?;
+        self.judge(prior, password).await
+    }
+
+    /// What `prior` means for a request with `password`: nothing yet, its
+    /// first answer, or another request's key (422).
+    async fn judge(&self, prior: Prior, password: &str) -> Result<Option<User>, SignUpError> {
+        match prior {
             Prior::New => Ok(None),
             Prior::Mismatch => Err(SignUpError::KeyReused),
             Prior::Answered {
@@ -131,15 +153,15 @@ impl SignUps {
             } => {
                 let same = self
                     .hasher
-                    .verify(signup.password().to_owned(), hashed_password)
+                    .verify(password.to_owned(), hashed_password)
                     .await?;
+                if !same {
+                    return Err(SignUpError::KeyReused);
+                }
                 let user: User = serde_json::from_value(response).map_err(|e| {
                     SignUpError::Create(CreateUserError::Db(sqlx::Error::Decode(e.into())))
                 })?;
-                match same {
-                    true => Ok(Some(user)),
-                    false => Err(SignUpError::KeyReused),
-                }
+                Ok(Some(user))
             }
         }
     }

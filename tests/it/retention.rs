@@ -174,3 +174,46 @@ async fn zero_keeps_unverified_accounts() {
     retention.prune(&CancellationToken::new()).await.unwrap();
     assert_eq!(env.count("SELECT count(*) FROM users").await, 1);
 }
+
+#[tokio::test]
+async fn an_account_being_verified_is_not_expired_under_it() {
+    let env = TestEnv::new().await;
+    let app = env.start(Components::ALL).await;
+    assert_eq!(
+        app.post_json("/v1/create_user", user_json("ida")).await.0,
+        200
+    );
+    eventually(Duration::from_secs(20), "the link sent", || async {
+        (env.count("SELECT count(*) FROM verify_emails").await == 1).then_some(())
+    })
+    .await;
+    app.stop().await;
+    age(&env, "ida", 8).await;
+    // A link being used now: its verification row is locked, as the
+    // verification locks it before it marks the user.
+    let mut click = env.pool.begin().await.unwrap();
+    sqlx::query("SELECT is_used FROM verify_emails WHERE username = 'ida' FOR UPDATE")
+        .execute(&mut *click)
+        .await
+        .unwrap();
+    let retention = Retention::new(env.pool.clone(), env.cfg.retention.clone());
+    // The pass neither waits for it nor deletes the account under it.
+    let pass = tokio::time::timeout(
+        Duration::from_secs(10),
+        retention.prune(&CancellationToken::new()),
+    )
+    .await
+    .expect("the pass does not wait on the click")
+    .unwrap();
+    let expired = pass
+        .iter()
+        .find(|(t, _)| *t == Table::UnverifiedAccounts)
+        .map(|(_, n)| *n);
+    assert_eq!(expired, Some(0), "{pass:?}");
+    assert_eq!(rows_of(&env, "ida").await[4], 1);
+    // Once the click is over (here: it verified nothing), the next pass
+    // expires it.
+    click.rollback().await.unwrap();
+    retention.prune(&CancellationToken::new()).await.unwrap();
+    assert_eq!(rows_of(&env, "ida").await, vec![0, 0, 0, 0, 0]);
+}
