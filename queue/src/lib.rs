@@ -28,6 +28,17 @@
 //! undo: the fence renews the lease and passes only if this run will still
 //! hold it, within its timeout, when the effect is over. Before the fence, a
 //! lost lease or a shutdown stops the run; after it, the run is let finish.
+//! An effect that ends in a long wait for its outcome (an SMTP server's reply
+//! to the final dot) calls [`Task::await_outcome`] once handed over: the wait
+//! may outlast the timeout and the lease's margin, and a shutdown abandons it.
+//!
+//! # When what the tasks need is down
+//!
+//! A handler returns [`TaskError::Unavailable`] for a failure that is not the
+//! task's (a mail provider refusing the sender): the task is handed back
+//! without counting an attempt, and after a few in a row the worker stops
+//! taking that queue's tasks for a growing while ([`BreakerSettings`]),
+//! probing with one task at a time.
 //!
 //! ```
 //! use std::time::Duration;

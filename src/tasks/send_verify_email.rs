@@ -144,8 +144,8 @@ impl SendVerifyEmail {
                     .await);
             }
         };
-        // Recorded before the final dot: if no reply comes back, the next
-        // run knows the email may have gone out.
+        // Recorded before the message and its final dot: if no reply comes
+        // back, the next run knows the email may have gone out.
         let pending = self
             .sends
             .handing_over(task, prepared.message_id(), started)

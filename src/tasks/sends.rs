@@ -3,11 +3,13 @@
 //!
 //! It does two jobs. `tasks show` prints it, so an operator sees every
 //! attempt, not only the last error. And it keeps a send whose outcome is
-//! unknown from being repeated blindly: a row is written *before* the
-//! message's final dot goes out, so a later run finds "handed over, no reply"
-//! (the reply to the dot never came in time, or the worker died or was shut
-//! down while waiting for it) and waits, instead of sending a second copy at
-//! once. That holds across processes and a lost lease, which is why it is in
+//! unknown from being repeated blindly: a row is written once the server
+//! waits for the message (DATA's 354) and *before* the message and its final
+//! dot go out, so a later run finds "handed over, no reply" (the reply to the
+//! dot never came in time, or the worker died or was shut down meanwhile)
+//! and waits, instead of sending a second copy at once. A worker that died
+//! while writing the body is read the same way: nothing went out, but
+//! nothing tells, so the cost is a delay, never a copy. That holds across processes and a lost lease, which is why it is in
 //! Postgres and not in the run's memory.
 
 use chrono::{DateTime, Utc};
@@ -105,8 +107,8 @@ impl SendLog {
         }))
     }
 
-    /// `task`'s attempt, begun at `started`, is about to send the final dot
-    /// of the message `message_id`.
+    /// `task`'s attempt, begun at `started`, is about to write the message
+    /// `message_id` and its final dot.
     pub async fn handing_over(
         &self,
         task: &Task,
