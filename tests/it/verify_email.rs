@@ -561,3 +561,49 @@ async fn every_send_of_one_task_carries_one_message_id() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_send_recorded_as_sent_is_not_repeated_when_its_ledger_row_is_lost() {
+    let mut env = TestEnv::new().await;
+    let smtp = SmtpProcess::start();
+    env.cfg.mail.smtp_url = Some(smtp.url());
+    let app = env.start(Components::ALL).await;
+    assert_eq!(
+        app.post_json("/v1/create_user", user_json("nia")).await.0,
+        200
+    );
+    let id = env.only_outbox_id().await;
+    let q = env.queue();
+    wait_state(&q, "critical", id, TaskState::Completed).await;
+    eventually(Duration::from_secs(20), "the ledger row", || async {
+        (env.count("SELECT count(*) FROM task_ledger").await == 1).then_some(())
+    })
+    .await;
+    // The ledger row lost (and the tombstone in Redis with it), the send
+    // log still saying "sent": a redelivery runs the task, which sends
+    // nothing.
+    sqlx::query("DELETE FROM task_ledger")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let raw = crate::common::redis_client(&env.cfg.redis.url).await;
+    let _: () = fred::prelude::KeysInterface::del(&raw, q.keys("critical").task(id))
+        .await
+        .unwrap();
+    let relay = Clients::new(&env.cfg).unwrap().relay(&env.cfg).unwrap();
+    assert_eq!(
+        relay
+            .redeliver_since(Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        1
+    );
+    // Run again, and recorded in the ledger again.
+    eventually(Duration::from_secs(20), "the second run", || async {
+        (env.count("SELECT count(*) FROM task_ledger").await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(smtp.messages().len(), 1, "one email");
+    assert_eq!(env.count("SELECT count(*) FROM email_sends").await, 1);
+    app.stop().await;
+}
