@@ -1,5 +1,6 @@
--- Idempotency-Key on POST /v1/create_user: the key of a sign-up, written in
--- its transaction, so a retry after a lost reply gets the same answer.
+-- Idempotency-Key on POST /v1/create_user and /v1/resend_verify_email: the
+-- key of a request, written in its transaction, so a retry after a lost
+-- reply gets the same answer.
 CREATE TABLE idempotency_keys (
     endpoint     text        NOT NULL,
     key          text        NOT NULL,
@@ -7,9 +8,10 @@ CREATE TABLE idempotency_keys (
     -- against the account's argon2 hash instead: a fast hash of it would be
     -- a shortcut to it).
     request_hash bytea       NOT NULL,
-    -- The account the request created (its password hash checks a retry's
-    -- password), and the answer it got: the user as it was then.
-    username     text        NOT NULL,
+    -- The account a sign-up created (its password hash checks a retry's
+    -- password), and the answer it got: the user as it was then. A resend
+    -- creates no account (NULL), and its answer is always the same.
+    username     text,
     response     jsonb       NOT NULL,
     created_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (endpoint, key)

@@ -46,6 +46,24 @@ pub struct CreateUserResponse {
     pub user: User,
 }
 
+/// The request's `Idempotency-Key` for `endpoint`, over `fields`; a bad
+/// one is a 400.
+pub(super) fn idempotency_key(
+    headers: &HeaderMap,
+    endpoint: &'static str,
+    fields: &[&str],
+) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .map_err(|_| BadKey)
+        .and_then(|v| IdempotencyKey::new(endpoint, v, fields))
+        .map(Some)
+        .map_err(|e| ApiError::FailedPrecondition(e.to_string()))
+}
+
 /// Creates a user. The verification email is sent asynchronously: the user and
 /// its task commit together, and the task runs after the configured delay.
 ///
@@ -78,18 +96,8 @@ pub async fn create_user(
     headers: HeaderMap,
     ApiJson(req): ApiJson<CreateUserRequest>,
 ) -> Result<Response, ApiError> {
-    let key = match headers.get(IDEMPOTENCY_KEY) {
-        None => None,
-        Some(value) => {
-            let fields = [&*req.username, &*req.full_name, &*req.email];
-            let key = value
-                .to_str()
-                .map_err(|_| BadKey)
-                .and_then(|v| IdempotencyKey::new("create_user", v, &fields))
-                .map_err(|e| ApiError::FailedPrecondition(e.to_string()))?;
-            Some(key)
-        }
-    };
+    let fields = [&*req.username, &*req.full_name, &*req.email];
+    let key = idempotency_key(&headers, "create_user", &fields)?;
     let signup = SignUp::parse(req.username, req.full_name, req.email, req.password)
         .map_err(ApiError::invalid)?;
     let (user, replayed) = match state

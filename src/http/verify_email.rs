@@ -1,7 +1,11 @@
 //! GET /v1/verify_email: the link from the verification email; and
 //! POST /v1/resend_verify_email: a new link, for one that expired or got lost.
 
-use axum::{Json, extract::State, http::StatusCode};
+use axum::{
+    Json,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -87,9 +91,14 @@ pub struct ResendVerifyEmailResponse {
     post,
     path = "/v1/resend_verify_email",
     request_body = ResendVerifyEmailRequest,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters (spaces inside), unique per request, optionally in double quotes; a retry with the same key and body within IDEMPOTENCY_TTL gets the same 202 and sends nothing again", pattern = "^[!-~]([ -~]{0,253}[!-~])?$"),
+    ),
     responses(
-        (status = 202, description = "Accepted: a link is sent if the address has an unverified account", body = ResendVerifyEmailResponse),
-        (status = 400, description = "Malformed JSON or an invalid address", body = ErrorBody),
+        (status = 202, description = "Accepted: a link is sent if the address has an unverified account (or, for a retry with its Idempotency-Key, accepted before)", body = ResendVerifyEmailResponse),
+        (status = 400, description = "Malformed JSON, an invalid address, or an invalid Idempotency-Key", body = ErrorBody),
+        (status = 409, description = "A request with this Idempotency-Key is in progress", body = ErrorBody),
+        (status = 422, description = "This Idempotency-Key was used for another request", body = ErrorBody),
         (status = 413, description = "Body over the limit", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
         (status = 429, description = "This address had a request too recently; see Retry-After", body = ErrorBody),
@@ -100,17 +109,29 @@ pub struct ResendVerifyEmailResponse {
 pub async fn resend_verify_email(
     State(state): State<AppState>,
     RequestId(request_id): RequestId,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<ResendVerifyEmailRequest>,
 ) -> Result<(StatusCode, Json<ResendVerifyEmailResponse>), ApiError> {
+    let key = super::users::idempotency_key(&headers, "resend_verify_email", &[&req.email])?;
     let mut v = Violations::default();
     v.check("email", validation::email(&req.email));
     v.finish().map_err(ApiError::invalid)?;
-    match state.signups.resend_link(&req.email, request_id).await? {
+    let outcome = state
+        .signups
+        .resend_link(&req.email, request_id, key.as_ref())
+        .await?;
+    match outcome {
         Resend::TooSoon => Err(ApiError::TooManyRequests {
             message: "a new link was asked for this address a moment ago; try again later".into(),
             retry_after: state.signups.resend_interval(),
         }),
-        Resend::Queued { .. } | Resend::NothingToSend => Ok(accepted()),
+        Resend::KeyReused => Err(ApiError::Unprocessable(
+            "this Idempotency-Key was used for another request".into(),
+        )),
+        Resend::KeyInProgress => Err(ApiError::Conflict(
+            "a request with this Idempotency-Key is in progress; retry shortly".into(),
+        )),
+        Resend::Queued { .. } | Resend::NothingToSend | Resend::Replayed => Ok(accepted()),
     }
 }
 

@@ -1,4 +1,4 @@
-//! `Idempotency-Key` on a sign-up, as the IETF draft "The Idempotency-Key
+//! `Idempotency-Key` on a sign-up and on a request for a new link, as the IETF draft "The Idempotency-Key
 //! HTTP Header Field" describes it: a retry with the same key and the same
 //! request within IDEMPOTENCY_TTL gets the first answer, without a second
 //! account or email; the same key with another request is refused (422); a
@@ -33,11 +33,12 @@ pub struct BadKey;
 pub enum Prior {
     /// Nothing within IDEMPOTENCY_TTL: handle the request.
     New,
-    /// The same request got `response` (the user it created), whose
-    /// password hash is `hashed_password`: the password must match it too.
+    /// The same request got `response`. For a sign-up, the user it created,
+    /// whose password hash is `hashed_password`: the password must match it
+    /// too. `None` for a request that made no account (a resend).
     Answered {
         response: serde_json::Value,
-        hashed_password: String,
+        hashed_password: Option<String>,
     },
     /// Another request used the key.
     Mismatch,
@@ -86,13 +87,11 @@ impl IdempotencyKey {
         Ok(match row {
             None => Prior::New,
             Some(r) if r.request_hash != self.request_hash => Prior::Mismatch,
-            Some(r) => match r.hashed_password {
-                Some(hashed_password) => Prior::Answered {
-                    response: r.response,
-                    hashed_password,
-                },
-                // The account it created expired since: the key is spent.
-                None => Prior::Mismatch,
+            // The account it created expired since: the key is spent.
+            Some(r) if r.made_account && r.hashed_password.is_none() => Prior::Mismatch,
+            Some(r) => Prior::Answered {
+                response: r.response,
+                hashed_password: r.hashed_password,
             },
         })
     }
@@ -109,12 +108,12 @@ impl IdempotencyKey {
             .await
     }
 
-    /// Records that this request created `username` and was answered
-    /// `response`, in its transaction.
+    /// Records that this request was answered `response` (and created
+    /// `username`, for a sign-up), in its transaction.
     pub async fn record(
         &self,
         conn: &mut PgConnection,
-        username: &str,
+        username: Option<&str>,
         response: &serde_json::Value,
     ) -> Result<(), sqlx::Error> {
         sqlx::query_file!(

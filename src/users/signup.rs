@@ -121,7 +121,7 @@ impl SignUps {
         let task_id = tx.insert(&task).await?;
         if let Some(key) = key {
             let response = serde_json::to_value(&user).expect("a user serializes");
-            key.record(&mut tx, &user.username, &response).await?;
+            key.record(&mut tx, Some(&user.username), &response).await?;
         }
         tx.commit().await?;
         tracing::info!(username = %user.username, task_id = task_id.get(), "user created");
@@ -151,6 +151,10 @@ impl SignUps {
                 response,
                 hashed_password,
             } => {
+                // A key of a request that made no account: not a sign-up's.
+                let Some(hashed_password) = hashed_password else {
+                    return Err(SignUpError::KeyReused);
+                };
                 let same = self
                     .hasher
                     .verify(password.to_owned(), hashed_password)
@@ -173,11 +177,27 @@ impl SignUps {
         &self,
         email: &str,
         request_id: Option<String>,
+        key: Option<&IdempotencyKey>,
     ) -> Result<Resend, sqlx::Error> {
+        let ttl = self.idempotency_ttl;
+        if let Some(key) = key {
+            match key.prior_in(self.outbox.pool(), ttl).await? {
+                Prior::New => {}
+                Prior::Answered { .. } => return Ok(Resend::Replayed),
+                Prior::Mismatch => return Ok(Resend::KeyReused),
+            }
+        }
         let task =
             |username: &str| send_verify_email::task(&self.cfg, username).caused_by(request_id);
-        let outcome =
-            verify_email::request_resend(&self.outbox, email, self.resend_interval(), task).await?;
+        let interval = self.resend_interval();
+        let outcome = verify_email::request_resend(
+            &self.outbox,
+            email,
+            interval,
+            task,
+            key.map(|k| (k, ttl)),
+        )
+        .await?;
         if let Resend::Queued { task_id } = outcome {
             tracing::info!(task_id = task_id.get(), "verification link sent again");
         }

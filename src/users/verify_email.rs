@@ -7,6 +7,7 @@ use rand::{Rng, distr::Alphanumeric};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
+use super::idempotency::{IdempotencyKey, Prior};
 use crate::{
     outbox::{NewTask, Outbox},
     queue::TaskId,
@@ -90,6 +91,13 @@ pub enum Resend {
     NothingToSend,
     /// The address had a request within the interval.
     TooSoon,
+    /// A retry of a request with its Idempotency-Key, answered before:
+    /// nothing done again.
+    Replayed,
+    /// The Idempotency-Key was used for another request.
+    KeyReused,
+    /// A request with the Idempotency-Key is in its transaction now.
+    KeyInProgress,
 }
 
 /// Asks for a new verification email to `email`, at most once per
@@ -100,8 +108,19 @@ pub async fn request_resend(
     email: &str,
     interval: Duration,
     task: impl FnOnce(&str) -> NewTask,
+    key: Option<(&IdempotencyKey, Duration)>,
 ) -> Result<Resend, sqlx::Error> {
     let mut tx = outbox.begin().await?;
+    if let Some((key, ttl)) = key {
+        if !key.lock(&mut tx).await? {
+            return Ok(Resend::KeyInProgress);
+        }
+        match key.prior(&mut tx, ttl).await? {
+            Prior::New => {}
+            Prior::Answered { .. } => return Ok(Resend::Replayed),
+            Prior::Mismatch => return Ok(Resend::KeyReused),
+        }
+    }
     sqlx::query_file!(
         "sql/verify_emails/prune_resends.sql",
         interval.as_secs_f64()
@@ -127,6 +146,11 @@ pub async fn request_resend(
         },
         None => Resend::NothingToSend,
     };
+    // Only an accepted request is answered again; one refused as too soon
+    // is not recorded, so its retry is judged afresh.
+    if let Some((key, _)) = key {
+        key.record(&mut tx, None, &serde_json::json!({})).await?;
+    }
     tx.commit().await?;
     Ok(outcome)
 }

@@ -129,3 +129,47 @@ async fn a_retry_while_the_first_is_in_its_transaction_gets_409() {
     assert_eq!((status, replayed), (200, false));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_resend_retried_with_its_key_is_accepted_again_and_sends_once() {
+    let env = TestEnv::new().await;
+    let app = env.start(Components::API).await;
+    assert_eq!(
+        app.post_json("/v1/create_user", user_json("rae")).await.0,
+        200
+    );
+    let resend = |key: &'static str, email: &'static str| {
+        let app = &app;
+        async move {
+            let res = app
+                .http
+                .post(format!("{}/v1/resend_verify_email", app.base))
+                .header("Idempotency-Key", key)
+                .json(&serde_json::json!({ "email": email }))
+                .send()
+                .await
+                .unwrap();
+            res.status().as_u16()
+        }
+    };
+    assert_eq!(resend("r-1", "rae@example.com").await, 202);
+    // Its retry (a lost reply): the same 202, not the 429 a second request
+    // within the interval gets, and no second task.
+    assert_eq!(resend("r-1", "rae@example.com").await, 202);
+    assert_eq!(env.count("SELECT count(*) FROM outbox").await, 2);
+    // Without the key, or with another: a second request, refused as too soon.
+    assert_eq!(resend("r-2", "rae@example.com").await, 429);
+    // The key with another body.
+    assert_eq!(resend("r-1", "other@example.com").await, 422);
+    // A sign-up's key is not a resend's, and the reverse.
+    assert_eq!(
+        sign_up(&app.http, &app.base, "r-1", &user_json("rae2"))
+            .await
+            .unwrap()
+            .0,
+        200,
+        "keys are per endpoint"
+    );
+    assert_eq!(env.count("SELECT count(*) FROM outbox").await, 3);
+    app.stop().await;
+}
