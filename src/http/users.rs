@@ -21,7 +21,7 @@ use crate::users::{
     validation::SignUp,
 };
 
-/// The header that makes a sign-up safe to retry.
+/// The header that makes a sign-up (or a request for a new link) safe to retry.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 #[derive(Deserialize, ToSchema)]
