@@ -114,6 +114,15 @@ impl TestEnv {
         cmd
     }
 
+    /// Redis forgets task `id` of `queue`, its tombstone included (as after a
+    /// restore from an old backup, or a restart without its file).
+    pub async fn forget_in_redis(&self, queue: &str, id: TaskId) {
+        let raw = super::redis_client(&self.cfg.redis.url).await;
+        let _: () = fred::prelude::KeysInterface::del(&raw, self.queue().keys(queue).task(id))
+            .await
+            .unwrap();
+    }
+
     /// A queue client on this test's prefix.
     pub fn queue(&self) -> Broker {
         Broker::new(

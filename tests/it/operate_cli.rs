@@ -355,11 +355,7 @@ async fn delete_a_scheduled_task_and_refuse_what_is_gone(env: &TestEnv, broker: 
             .is_some_and(|a| a.starts_with("cli:")),
         "{shown}"
     );
-    let raw = crate::common::redis_client(&env.cfg.redis.url).await;
-    let _: () =
-        fred::prelude::KeysInterface::del(&raw, broker.keys("default").task(TaskId::from(3)))
-            .await
-            .unwrap();
+    env.forget_in_redis("default", TaskId::from(3)).await;
     assert_eq!(
         broker
             .enqueue(&[task_msg(3, "task:nobody", "default")])

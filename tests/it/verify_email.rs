@@ -132,10 +132,7 @@ async fn a_task_delivered_twice_sends_one_email() {
     let id = env.only_outbox_id().await;
     // Redis forgets the task (as after a restore from an old backup), and the
     // recovery tool delivers it again.
-    let client = crate::common::redis_client(&env.cfg.redis.url).await;
-    let _: () = fred::prelude::KeysInterface::del(&client, queue.keys("critical").task(id))
-        .await
-        .unwrap();
+    env.forget_in_redis("critical", id).await;
     let relay = Clients::new(&env.cfg).unwrap().relay(&env.cfg).unwrap();
     assert_eq!(
         relay
@@ -519,10 +516,7 @@ async fn every_send_of_one_task_carries_one_message_id() {
         .await
         .unwrap();
     // Its tombstone in Redis gone too (a Redis restart without its file).
-    let raw = crate::common::redis_client(&env.cfg.redis.url).await;
-    let _: () = fred::prelude::KeysInterface::del(&raw, q.keys("critical").task(id))
-        .await
-        .unwrap();
+    env.forget_in_redis("critical", id).await;
     sqlx::query(
         "UPDATE email_sends SET outcome = NULL, handed_over_at = handed_over_at - interval '2 hours'",
     )
@@ -586,10 +580,7 @@ async fn a_send_recorded_as_sent_is_not_repeated_when_its_ledger_row_is_lost() {
         .execute(&env.pool)
         .await
         .unwrap();
-    let raw = crate::common::redis_client(&env.cfg.redis.url).await;
-    let _: () = fred::prelude::KeysInterface::del(&raw, q.keys("critical").task(id))
-        .await
-        .unwrap();
+    env.forget_in_redis("critical", id).await;
     let relay = Clients::new(&env.cfg).unwrap().relay(&env.cfg).unwrap();
     assert_eq!(
         relay
