@@ -151,9 +151,15 @@ impl Breakers {
     ) -> Option<Change> {
         let s = self.settings;
         let mut states = self.states();
-        let state = states
-            .entry(queue.to_owned())
-            .or_insert(State::Closed { failures: 0 });
+        // Called at the end of every run: a queue never found down gets no
+        // entry (and no allocation of its name).
+        let state = match states.get_mut(queue) {
+            Some(state) => state,
+            None if verdict != Verdict::Down => return None,
+            None => states
+                .entry(queue.to_owned())
+                .or_insert(State::Closed { failures: 0 }),
+        };
         match (&mut *state, verdict) {
             (State::Closed { failures }, Verdict::Down) => {
                 *failures += 1;

@@ -61,14 +61,7 @@ impl MailError {
     /// A mail folder that cannot be written is not counted: it fails at the
     /// hand-over, and is retried like any failure there.
     pub fn is_sender_side(&self) -> bool {
-        match self {
-            Self::Smtp(e) => e.is_sender_side(),
-            Self::Io(_)
-            | Self::FileTimedOut(_)
-            | Self::Config(_)
-            | Self::Message(_)
-            | Self::Address(_) => false,
-        }
+        matches!(self, Self::Smtp(e) if e.is_sender_side())
     }
 
     /// Whether the message may have gone out although the send failed.
