@@ -110,8 +110,7 @@ impl MailConfig {
         )?;
         // A run whose lease was lost may still be waiting for its reply this
         // long after its hand-over: the next run must not send before.
-        let longest_wait =
-            self.smtp_data_timeout + self.smtp_final_reply_timeout + crate::tasks::LEDGER_ALLOWANCE;
+        let longest_wait = crate::mail::smtp_outcome_wait(self) + crate::tasks::LEDGER_ALLOWANCE;
         at_least(
             "SMTP_OUTCOME_UNKNOWN_DELAY",
             self.smtp_outcome_unknown_delay,

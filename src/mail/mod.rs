@@ -102,11 +102,15 @@ pub fn handover_limit(cfg: &MailConfig) -> Duration {
 /// dot); none for the file mailer, whose outcome is known at once.
 pub fn outcome_wait(cfg: &MailConfig) -> Duration {
     match cfg.smtp_url {
-        // The body is written after the hand-over is recorded, then the
-        // reply is waited for.
-        Some(_) => cfg.smtp_data_timeout + cfg.smtp_final_reply_timeout,
+        Some(_) => smtp_outcome_wait(cfg),
         None => FILE_SEND_LIMIT,
     }
+}
+
+/// An SMTP send's [`outcome_wait`]: the body is written after the hand-over
+/// is recorded, then the reply to the final dot is waited for.
+pub fn smtp_outcome_wait(cfg: &MailConfig) -> Duration {
+    cfg.smtp_data_timeout + cfg.smtp_final_reply_timeout
 }
 
 /// The SMTP limits the settings give.
