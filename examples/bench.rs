@@ -371,11 +371,20 @@ impl Bench {
         let mut targets = vec![sustained::Target {
             name: "single",
             url: self.redis_cfg.url.clone(),
+            wait_replicas: 0,
         }];
         if let Some(url) = &self.args.cluster_url {
             targets.push(sustained::Target {
                 name: "cluster",
                 url: url.clone(),
+                wait_replicas: 0,
+            });
+            // What waiting for a replica on every enqueue, dequeue and
+            // lease extension costs.
+            targets.push(sustained::Target {
+                name: "cluster (REDIS_WAIT_REPLICAS=1)",
+                url: url.clone(),
+                wait_replicas: 1,
             });
         }
         targets

@@ -39,6 +39,8 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 pub struct Target {
     pub name: &'static str,
     pub url: String,
+    /// REDIS_WAIT_REPLICAS for the relay and the workers.
+    pub wait_replicas: u32,
 }
 
 /// The `--worker-child` process: a worker server with a no-op handler that
@@ -60,7 +62,8 @@ pub async fn worker_child(cfg: Config, out: PathBuf) -> anyhow::Result<()> {
             async { Ok(Processed::default()) }
         }),
     );
-    let broker = Broker::new(cfg.redis.connection().pool()?, &cfg.redis.key_prefix);
+    // As `worker` builds it: with REDIS_WAIT_REPLICAS, waiting for them.
+    let broker = Clients::new(&cfg)?.worker_broker(&cfg)?;
     let server = WorkerServer::new(
         broker,
         cfg.redis.connection().subscriber()?,
@@ -156,6 +159,7 @@ impl Bench {
     async fn sustained_run(&self, target: &Target, workers: usize) -> anyhow::Result<Measured> {
         let mut cfg = self.cfg.clone();
         cfg.redis.url = target.url.clone();
+        cfg.redis.wait_replicas = target.wait_replicas;
         cfg.redis.key_prefix = PREFIX.into();
         let clients = Clients::new(&cfg)?;
         let broker = clients.broker.clone();
@@ -243,6 +247,7 @@ impl Bench {
                 .arg(&notes)
                 .env("DATABASE_URL", &self.db_url)
                 .env("REDIS_URL", &target.url)
+                .env("REDIS_WAIT_REPLICAS", target.wait_replicas.to_string())
                 .env("REDIS_KEY_PREFIX", PREFIX)
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::piped())

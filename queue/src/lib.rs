@@ -115,10 +115,11 @@ pub enum QueueError {
     /// Tasks in this state have no index to list them from.
     #[error("tasks in state {0} cannot be listed")]
     NotListable(TaskState),
-    /// The enqueue reached fewer replicas than the broker was told to wait
-    /// for ([`Broker::with_replica_wait`]): a failover now could lose it, so
-    /// it does not count as done.
-    #[error("redis: the enqueue reached {got} of {wanted} replicas within {within:?}")]
+    /// A write (an enqueue, a dequeue, a lease extension) reached fewer
+    /// replicas than the broker was told to wait for
+    /// ([`Broker::with_replica_wait`]): a failover now could undo it, so it
+    /// does not count as done.
+    #[error("redis: the write reached {got} of {wanted} replicas within {within:?}")]
     NotReplicated {
         /// Replicas asked for.
         wanted: u32,

@@ -76,16 +76,28 @@ impl Clients {
     /// WAIT holds its connection until the replicas answer, and the
     /// worker's dequeues and acknowledgements must not queue behind it.
     pub fn relay(&self, cfg: &Config) -> anyhow::Result<Relay> {
-        let broker = match cfg.redis.wait_replicas {
+        Ok(Relay::new(
+            PoolFor::Relay.open(cfg)?,
+            self.replicated_broker(cfg)?,
+            cfg.relay.clone(),
+        ))
+    }
+
+    /// The broker the worker takes and extends its leases with: with
+    /// REDIS_WAIT_REPLICAS, one that waits for the replicas, on Redis
+    /// connections of its own (see [`Clients::relay`]).
+    pub fn worker_broker(&self, cfg: &Config) -> anyhow::Result<Broker> {
+        self.replicated_broker(cfg)
+    }
+
+    /// The shared broker, or with REDIS_WAIT_REPLICAS a broker on a Redis
+    /// pool of its own whose writes wait for the replicas.
+    fn replicated_broker(&self, cfg: &Config) -> anyhow::Result<Broker> {
+        Ok(match cfg.redis.wait_replicas {
             0 => self.broker.clone(),
             replicas => broker(cfg, cfg.redis.connection().pool().context("REDIS_URL")?)
                 .with_replica_wait(replicas, cfg.redis.wait_timeout),
-        };
-        Ok(Relay::new(
-            PoolFor::Relay.open(cfg)?,
-            broker,
-            cfg.relay.clone(),
-        ))
+        })
     }
 }
 

@@ -106,7 +106,7 @@ fn worker(cfg: &Config, clients: &Clients) -> anyhow::Result<WorkerServer> {
     let registry = tasks::registry(PoolFor::Handlers.open(cfg)?, mailer, cfg);
     let subscriber = cfg.redis.connection().subscriber()?;
     Ok(WorkerServer::new(
-        clients.broker.clone(),
+        clients.worker_broker(cfg)?,
         subscriber,
         cfg.worker.server_settings(),
         registry,

@@ -42,9 +42,11 @@ pub struct RedisConfig {
     #[arg(id = "redis_command_timeout", value_name = "REDIS_COMMAND_TIMEOUT", long = "redis-command-timeout", env = "REDIS_COMMAND_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub command_timeout: Duration,
     /// Replicas that must hold the relay's enqueued tasks before their outbox
-    /// rows are marked dispatched (Redis WAIT): with 1, a primary that
-    /// crashes and fails over to its replica loses no task. 0: no wait (a
-    /// single Redis with an append-only file needs none).
+    /// rows are marked dispatched, and the worker's dequeues and lease
+    /// extensions before it counts on them (Redis WAIT): with 1, a primary
+    /// that crashes and fails over to its replica loses no task and hands
+    /// out no delivery number twice. 0: no wait (a single Redis with an
+    /// append-only file needs none).
     #[arg(
         id = "redis_wait_replicas",
         value_name = "REDIS_WAIT_REPLICAS",
@@ -53,8 +55,10 @@ pub struct RedisConfig {
         default_value_t = 0
     )]
     pub wait_replicas: u32,
-    /// The longest the relay waits for REDIS_WAIT_REPLICAS; beyond, the rows
-    /// stay undispatched and are forwarded again (a no-op enqueue) later.
+    /// The longest a write waits for REDIS_WAIT_REPLICAS; beyond, the relay's
+    /// rows stay undispatched and are forwarded again (a no-op enqueue)
+    /// later, a dequeue's tasks are handed back untried, and an extension
+    /// does not count.
     #[arg(id = "redis_wait_timeout", value_name = "REDIS_WAIT_TIMEOUT", long = "redis-wait-timeout", env = "REDIS_WAIT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub wait_timeout: Duration,
     /// Prefix of every Redis key and channel this service uses.

@@ -9,7 +9,10 @@ use std::{
     time::Duration,
 };
 
-use simplebank::app::Components;
+use simplebank::{
+    app::Components,
+    queue::{QueueError, TaskState},
+};
 
 use crate::common::*;
 use crate::redis_servers::{Guarded, RedisCluster};
@@ -113,7 +116,8 @@ async fn sign_ups_flow_through_a_crash_of_the_critical_queues_primary() {
     assert_ne!(promoted, primary, "the replica took over the queue's slot");
     // The promoted primary has no replica until the crashed node comes back
     // as one: until then its enqueues cannot be WAITed for, and their rows
-    // stay in the outbox (the tasks run all the same: the enqueue happened).
+    // stay in the outbox, and its dequeues neither, so the worker hands
+    // their tasks back untried.
     cluster.restart(primary);
 
     every_user_emailed_none_after_its_run(&env, USERS).await;
@@ -363,4 +367,78 @@ async fn wake_ups_reach_a_subscriber_on_a_cluster() {
             .unwrap();
         assert_eq!(message.channel.to_string(), broker.keys(queue).wake_channel);
     }
+}
+
+/// With REDIS_WAIT_REPLICAS, what the worker changes in Redis counts only
+/// once a replica holds it: while the replica of the queue's primary cannot
+/// answer (SIGSTOP), a lease extension fails and a dequeue hands its task
+/// back untried (pending, no attempt counted), so a failover could not
+/// give the same delivery number to a second worker or bring back a
+/// shorter lease. Once the replica answers, the task is taken.
+#[tokio::test]
+async fn dequeues_and_lease_extensions_no_replica_holds_do_not_count() {
+    let cluster = RedisCluster::start();
+    let mut env = TestEnv::new().await;
+    env.cfg.redis.url = cluster.url();
+    env.cfg.redis.wait_replicas = 1;
+    env.cfg.redis.wait_timeout = Duration::from_millis(300);
+    let broker = simplebank::app::Clients::new(&env.cfg)
+        .unwrap()
+        .worker_broker(&env.cfg)
+        .unwrap();
+    let queue = "replicated";
+    let replica = cluster.replica_of(cluster.primary_of(queue));
+    let lease = Duration::from_secs(30);
+    // The first calls may come before the client learned the slots.
+    eventually(Duration::from_secs(10), "an enqueue", || {
+        let broker = broker.clone();
+        async move {
+            let tasks = [task_msg(1, "k", queue), task_msg(2, "k", queue)];
+            broker.enqueue(&tasks).await.ok()
+        }
+    })
+    .await;
+    let first = broker.dequeue(queue, 1, lease).await.unwrap().remove(0);
+    assert_eq!(first.id.get(), 1);
+    let first_run = [(first.id, first.delivery)];
+
+    cluster.signal(replica, "STOP");
+    let extended = broker.extend(queue, lease, &first_run);
+    assert!(
+        matches!(
+            extended.await,
+            Err(QueueError::NotReplicated { got: 0, .. })
+        ),
+        "an extension no replica holds counts as none"
+    );
+    let dequeued = broker.dequeue(queue, 1, lease).await;
+    assert!(
+        matches!(dequeued, Err(QueueError::NotReplicated { got: 0, .. })),
+        "a dequeue no replica holds fails: {dequeued:?}"
+    );
+    let second = broker.task(queue, 2).await.unwrap().unwrap();
+    assert_eq!(second.state, TaskState::Pending, "handed back untried");
+    assert_eq!(second.retried, 0, "no attempt counted");
+    assert_eq!(broker.stats(queue).await.unwrap().active, 1);
+
+    cluster.signal(replica, "CONT");
+    let taken = eventually(Duration::from_secs(10), "a replicated dequeue", || {
+        let broker = broker.clone();
+        async move {
+            broker
+                .dequeue(queue, 1, lease)
+                .await
+                .ok()
+                .filter(|t| !t.is_empty())
+        }
+    })
+    .await;
+    assert_eq!(taken[0].id.get(), 2);
+    assert_eq!(taken[0].attempt, 1);
+    let extended = broker.extend(queue, lease, &first_run);
+    assert_eq!(
+        extended.await.unwrap(),
+        Vec::new(),
+        "the first lease is still ours"
+    );
 }

@@ -2,10 +2,6 @@
 
 use std::collections::HashMap;
 
-use fred::{
-    prelude::*,
-    types::{ClusterHash, CustomCommand},
-};
 use futures::future::join_all;
 
 use super::{Broker, reply::Reply, scripts::SCRIPTS};
@@ -58,7 +54,7 @@ impl Broker {
         let lua = &SCRIPTS.enqueue;
         // One connection for the script and its WAIT.
         let client = self.pool.next();
-        let slot = fred::types::Key::from(keys.pending.as_str()).cluster_hash();
+        let slot = keys.pending.clone();
         let reply = self
             .run_on(
                 client,
@@ -72,23 +68,7 @@ impl Broker {
                 args,
             )
             .await?;
-        if let Some((replicas, timeout)) = self.replica_wait {
-            // Waits for every write this connection made so far, ours among
-            // them; sent to the primary of the queue's slot.
-            let acked: i64 = client
-                .custom(
-                    CustomCommand::new_static("WAIT", ClusterHash::Custom(slot), false),
-                    vec![i64::from(replicas), timeout.as_millis() as i64],
-                )
-                .await?;
-            if acked < i64::from(replicas) {
-                return Err(QueueError::NotReplicated {
-                    wanted: replicas,
-                    got: acked.max(0) as u32,
-                    within: timeout,
-                });
-            }
-        }
+        self.wait_for_replicas(client, &slot).await?;
         let mut reply = Reply::new(lua.name, reply)?;
         let mut added = 0;
         for t in tasks {

@@ -12,7 +12,7 @@
 //! | `<prefix>:{q}:scheduled`     | zset   | ids waiting for their process_at (ms)               |
 //! | `<prefix>:{q}:retry`         | zset   | ids waiting for their next attempt (ms)             |
 //! | `<prefix>:{q}:archived`      | zset   | ids that will not run again, scored by when (ms)    |
-//! | `<prefix>:{q}:deliveries`    | string | counter numbering every hand-out; never goes back  |
+//! | `<prefix>:{q}:deliveries`    | string | counter numbering every hand-out; never goes back (on replicas: with a replica wait) |
 //! | `<prefix>:{q}:paused`        | string | present while the queue is paused (when, in ms)    |
 //! | `<prefix>:{q}:breaker`       | string | present while a worker's breaker holds the queue back (expires with the pause) |
 //! | `<prefix>:{q}:enqueues`      | string | counter of enqueue calls (each writes, for WAIT)   |

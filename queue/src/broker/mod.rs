@@ -86,9 +86,18 @@ impl Broker {
         }
     }
 
-    /// Enqueues count as done only once `replicas` replicas hold them
-    /// (Redis WAIT, within `timeout`), so that a primary failing over to a
-    /// replica loses no task the relay marked dispatched. 0: no wait.
+    /// Enqueues, dequeues and lease extensions count as done only once
+    /// `replicas` replicas hold them (Redis WAIT, within `timeout`), so that
+    /// a primary failing over to a replica loses no task the relay marked
+    /// dispatched, hands out no delivery number a second time, and brings
+    /// back no shorter lease. A dequeue no replica acknowledged hands its
+    /// tasks back untried and fails; an extension fails (the lease as last
+    /// acknowledged still counts). Acknowledgements are not waited for: a
+    /// failover can undo one, which runs the task again, and the ledger
+    /// catches a run already recorded. 0: no wait.
+    ///
+    /// WAIT holds its connection until the replicas answer: give a broker
+    /// with a wait a connection pool of its own.
     pub fn with_replica_wait(mut self, replicas: u32, timeout: Duration) -> Self {
         self.replica_wait = (replicas > 0).then_some((replicas, timeout));
         self

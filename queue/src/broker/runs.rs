@@ -59,8 +59,12 @@ impl Broker {
         // The lease counts from when Redis runs the script, later than this.
         let sent_at = Instant::now();
         let lua = &SCRIPTS.dequeue;
+        // One connection for the script and its WAIT.
+        let client = self.pool.next();
+        let slot = keys.pending.clone();
         let reply = self
-            .run(
+            .run_on(
+                client,
                 lua,
                 vec![
                     keys.task_prefix,
@@ -116,7 +120,26 @@ impl Broker {
                 tasks.len()
             )));
         }
+        if !tasks.is_empty()
+            && let Err(e) = self.wait_for_replicas(client, &slot).await
+        {
+            self.hand_back_unreplicated(&tasks).await;
+            return Err(e);
+        }
         Ok(tasks)
+    }
+
+    /// Tasks whose dequeue no replica acknowledged are handed back untried:
+    /// a failover could promote a replica that never saw their delivery
+    /// numbers and hand them out again. The hand-back is not waited for; a
+    /// failover that loses it leaves them pending all the same. One that
+    /// cannot be handed back waits for its lease to run out.
+    async fn hand_back_unreplicated(&self, tasks: &[Task]) {
+        for task in tasks {
+            if let Err(e) = self.requeue(task).await {
+                tracing::warn!(task_id = task.id.get(), error = %e, "could not hand back a task whose dequeue no replica acknowledged; its lease will run out");
+            }
+        }
     }
 
     /// Marks runs of `queue` completed, given as (id, delivery); the answers
@@ -256,9 +279,20 @@ impl Broker {
     ) -> Result<Vec<TaskId>, QueueError> {
         let k = self.keys(queue);
         let lua = &SCRIPTS.extend;
+        // One connection for the script and its WAIT: an extension no
+        // replica holds is none (a failover would bring back the old
+        // deadline, and another worker could be handed the task early).
+        let client = self.pool.next();
+        let slot = k.active.clone();
         let reply = self
-            .run(lua, vec![k.task_prefix, k.active], runs_args(lease, runs))
+            .run_on(
+                client,
+                lua,
+                vec![k.task_prefix, k.active],
+                runs_args(lease, runs),
+            )
             .await?;
+        self.wait_for_replicas(client, &slot).await?;
         let mut reply = Reply::new(lua.name, reply)?;
         let mut lost = Vec::with_capacity(reply.remaining());
         while reply.remaining() > 0 {

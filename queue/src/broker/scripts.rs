@@ -100,6 +100,35 @@ impl Broker {
         self.run_on(self.pool.next(), lua, keys, args).await
     }
 
+    /// With a replica wait ([`Broker::with_replica_wait`]), waits until the
+    /// replicas hold every write `client` made so far (Redis WAIT counts a
+    /// connection's writes), sent to the primary of `key`'s slot; fewer
+    /// replicas within the wait is [`QueueError::NotReplicated`].
+    pub(super) async fn wait_for_replicas(
+        &self,
+        client: &Client,
+        key: &str,
+    ) -> Result<(), QueueError> {
+        let Some((replicas, timeout)) = self.replica_wait else {
+            return Ok(());
+        };
+        let slot = Key::from(key).cluster_hash();
+        let acked: i64 = client
+            .custom(
+                CustomCommand::new_static("WAIT", ClusterHash::Custom(slot), false),
+                vec![i64::from(replicas), timeout.as_millis() as i64],
+            )
+            .await?;
+        if acked < i64::from(replicas) {
+            return Err(QueueError::NotReplicated {
+                wanted: replicas,
+                got: acked.max(0) as u32,
+                within: timeout,
+            });
+        }
+        Ok(())
+    }
+
     /// [`Broker::run`] on `client`, for a caller that sends a command after
     /// it on the same connection (WAIT counts that connection's writes).
     pub(super) async fn run_on(
