@@ -296,7 +296,7 @@ impl Bench {
     async fn reset(&self) -> anyhow::Result<()> {
         // Two calls: several statements in one run as one transaction, and
         // VACUUM refuses that.
-        sqlx::raw_sql("TRUNCATE users, outbox, verify_emails, verify_email_codes, verify_email_resends, task_ledger RESTART IDENTITY")
+        sqlx::raw_sql("TRUNCATE users, outbox, verify_emails, verify_email_codes, verify_email_resend_limits, task_ledger RESTART IDENTITY")
             .execute(&self.pool)
             .await?;
         sqlx::raw_sql("VACUUM ANALYZE").execute(&self.pool).await?;

@@ -29,9 +29,10 @@
 #     private cluster is owned by and run as the `postgres` system user (via
 #     runuser), so .dev/pg is chown'ed to it and its parent directories get
 #     o+x if that user could not otherwise reach it.
-#   * Both servers listen on 127.0.0.1 only, on unusual ports (54329 and
+#   * Both servers listen on 127.0.0.1 only, on unusual ports (25432 and
 #     63799; override with SB_PG_PORT / SB_REDIS_PORT) so they never clash
-#     with a system-wide server.  The PostgreSQL unix socket lives in .dev too.
+#     with a system-wide server, and outside Linux's ephemeral range
+#     (32768-60999), which an outgoing connection could be holding.  The PostgreSQL unix socket lives in .dev too.
 #   * Authentication: unix-socket connections are trusted (used once to create
 #     the role), TCP connections need the password.  Role `simplebank` is a
 #     superuser (password `simplebank`) because the tests create databases.
@@ -46,7 +47,7 @@ DEV="$REPO_ROOT/.dev"
 ENV_FILE="$REPO_ROOT/.env"
 ENV_EXAMPLE="$REPO_ROOT/.env.example"
 
-PG_PORT=${SB_PG_PORT:-54329}
+PG_PORT=${SB_PG_PORT:-25432}
 PG_MIN_MAJOR=15
 PGDATA="$DEV/pg"
 PG_SOCK="$DEV/pgsock"

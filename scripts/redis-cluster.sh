@@ -6,14 +6,16 @@
 #        scripts/redis-cluster.sh down   stop the nodes it started, by PID
 #        scripts/redis-cluster.sh url    print the URL (fred's redis-cluster:// form)
 #
-# Nodes listen on 127.0.0.1:$SB_CLUSTER_PORT.. +5 (default 46310..46315; a cluster node also takes its port + 10000), with
+# Nodes listen on 127.0.0.1:$SB_CLUSTER_PORT.. +5 (default 16310..16315; a
+# cluster node also takes its port + 10000: both below Linux's ephemeral range,
+# 32768-60999, where an outgoing connection could hold either), with
 # their files in .dev/redis-cluster/<port>/ (git-ignored). The tests start
 # clusters of their own (tests/it/cluster.rs); this one is for the bench.
 
 set -euo pipefail
 cd "$(dirname -- "${BASH_SOURCE[0]}")/.."
 
-BASE=${SB_CLUSTER_PORT:-46310}
+BASE=${SB_CLUSTER_PORT:-16310}
 DIR=.dev/redis-cluster
 PORTS=($(seq "$BASE" $((BASE + 5))))
 

@@ -25,7 +25,7 @@ psql -q "$DATABASE_URL" -c 'DROP DATABASE IF EXISTS simplebank_schema' -c 'CREAT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 log=$(mktemp)
 DATABASE_URL=$scratch REDIS_KEY_PREFIX="schema:$port" HTTP_ADDR="127.0.0.1:$port" \
-  HTTP_RATE_LIMIT=0 ARGON2_MEMORY_KIB=64 ARGON2_ITERATIONS=1 RUST_LOG=warn \
+  HTTP_RATE_LIMIT=0 HTTP_SIGNUP_RATE_LIMIT=0 ARGON2_MEMORY_KIB=64 ARGON2_ITERATIONS=1 RUST_LOG=warn \
   target/debug/simplebank serve >"$log" 2>&1 &
 pid=$!
 stop() {

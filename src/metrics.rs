@@ -106,6 +106,8 @@ pub fn http_request(route: &str, method: &str, status: u16, took: Duration) {
 pub enum Refusal {
     /// Over the client's rate (429).
     RateLimit,
+    /// Over the client's rate of sign-ups and link requests (429).
+    SignupRate,
     /// `HTTP_MAX_IN_FLIGHT` requests under way already (503).
     InFlight,
     /// Over `HTTP_REQUEST_TIMEOUT` (503).
@@ -120,6 +122,7 @@ impl Refusal {
     fn as_str(self) -> &'static str {
         match self {
             Self::RateLimit => "rate_limit",
+            Self::SignupRate => "signup_rate",
             Self::InFlight => "in_flight",
             Self::Timeout => "timeout",
             Self::HashingBusy => "hashing_busy",

@@ -11,7 +11,7 @@
 //! | `verify_emails`      | rows used, or of a verified user, whose codes expired| `VERIFY_EMAIL_RETENTION` |
 //! | `users`              | accounts still unverified (with their rows above)    | `UNVERIFIED_ACCOUNT_TTL` |
 //! | `idempotency_keys`   | keys of sign-ups past their time                     | `IDEMPOTENCY_TTL`        |
-//! | `verify_email_resends` | requests past their interval (at each request)     | `VERIFY_EMAIL_RESEND_INTERVAL` |
+//! | `verify_email_resend_limits` | mailboxes past their window (at each request) | `VERIFY_EMAIL_RESEND_WINDOW` |
 //!
 //! Each statement deletes at most `RETENTION_BATCH` rows and skips rows
 //! another transaction holds, so pruning never waits on, or holds up, a

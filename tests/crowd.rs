@@ -95,6 +95,7 @@ fn spawn_serve(env: &TestEnv, port: u16) -> std::process::Child {
         // The crowd comes from one address; the rate per address is tested
         // in tests/it/edge.rs.
         .env("HTTP_RATE_LIMIT", "0")
+        .env("HTTP_SIGNUP_RATE_LIMIT", "0")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

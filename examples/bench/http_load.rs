@@ -94,6 +94,7 @@ impl Bench {
             .env("DATABASE_MAX_CONNECTIONS", &clients)
             // wrk's connections all come from one address.
             .env("HTTP_RATE_LIMIT", "0")
+            .env("HTTP_SIGNUP_RATE_LIMIT", "0")
             .env("VERIFY_EMAIL_PROCESS_IN", "1h")
             .env("MAIL_DIR", &mail_dir)
             .stdout(Stdio::piped())

@@ -61,6 +61,24 @@ pub struct HttpConfig {
         default_value_t = 200
     )]
     pub rate_burst: u32,
+    /// Sign-ups and requests for a new verification link (together) an hour
+    /// one client address may make (0: no limit); over it, 429 with
+    /// Retry-After. Each can send an email: this bounds what one client can
+    /// send to addresses of its choosing, far below HTTP_RATE_LIMIT.
+    #[arg(
+        long = "http-signup-rate-limit",
+        env = "HTTP_SIGNUP_RATE_LIMIT",
+        default_value_t = 60
+    )]
+    pub signup_rate_limit: u32,
+    /// How many of those a client may make at once before the hourly rate
+    /// applies.
+    #[arg(
+        long = "http-signup-rate-burst",
+        env = "HTTP_SIGNUP_RATE_BURST",
+        default_value_t = 10
+    )]
+    pub signup_rate_burst: u32,
     /// Addresses of reverse proxies whose X-Forwarded-For is believed (comma
     /// separated). From anyone else the header is ignored: a client could
     /// name any address in it.
@@ -98,6 +116,9 @@ impl HttpConfig {
         in_range("HTTP_MAX_CONNECTIONS", self.max_connections, 1, 1_000_000)?;
         if self.rate_limit > 0 {
             in_range("HTTP_RATE_BURST", self.rate_burst, 1, 1_000_000)?;
+        }
+        if self.signup_rate_limit > 0 {
+            in_range("HTTP_SIGNUP_RATE_BURST", self.signup_rate_burst, 1, 100_000)?;
         }
         at_least("ADMIN_REFRESH", self.admin_refresh, Duration::from_secs(1))?;
         // A token an attacker could guess opens every repair to them.

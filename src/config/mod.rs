@@ -33,7 +33,7 @@ pub use self::{
     redis::RedisConfig,
     relay::RelayConfig,
     retention::RetentionConfig,
-    signup::SignupConfig,
+    signup::{ResendLimits, SignupConfig},
     worker::{QueueWeights, WorkerConfig},
 };
 use crate::{app::Components, tasks};

@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{
-    check::{InvalidSetting, at_least, bad, in_range},
+    check::{InvalidSetting, at_least, at_most, bad, in_range},
     parse_duration,
 };
 
@@ -45,9 +45,17 @@ pub struct SignupConfig {
     /// carries it.
     #[arg(long, env = "VERIFY_EMAIL_LINK_TTL", default_value = "15m", value_parser = parse_duration)]
     pub verify_email_link_ttl: Duration,
-    /// Shortest time between two requests for a new link to one address.
+    /// Shortest time between two requests for a new link to one mailbox;
+    /// it doubles after each within a window (60 s, 2 min, 4 min, ...).
     #[arg(long, env = "VERIFY_EMAIL_RESEND_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub verify_email_resend_interval: Duration,
+    /// Most new links sent to one mailbox per VERIFY_EMAIL_RESEND_WINDOW
+    /// (the sign-up's own email aside).
+    #[arg(long, env = "VERIFY_EMAIL_RESEND_MAX", default_value_t = 5)]
+    pub verify_email_resend_max: u32,
+    /// The window VERIFY_EMAIL_RESEND_MAX counts in, from its first request.
+    #[arg(long, env = "VERIFY_EMAIL_RESEND_WINDOW", default_value = "24h", value_parser = parse_duration)]
+    pub verify_email_resend_window: Duration,
 }
 
 impl SignupConfig {
@@ -98,6 +106,52 @@ impl SignupConfig {
             "VERIFY_EMAIL_RESEND_INTERVAL",
             self.verify_email_resend_interval,
             s(1),
-        )
+        )?;
+        in_range(
+            "VERIFY_EMAIL_RESEND_MAX",
+            self.verify_email_resend_max,
+            1,
+            1000,
+        )?;
+        at_least(
+            "VERIFY_EMAIL_RESEND_WINDOW",
+            self.verify_email_resend_window,
+            s(60),
+        )?;
+        at_most(
+            "VERIFY_EMAIL_RESEND_WINDOW",
+            self.verify_email_resend_window,
+            s(30 * 86_400),
+        )?;
+        if self.verify_email_resend_interval >= self.verify_email_resend_window {
+            return Err(bad(
+                "VERIFY_EMAIL_RESEND_INTERVAL",
+                format!(
+                    "must be shorter than VERIFY_EMAIL_RESEND_WINDOW ({})",
+                    humantime::format_duration(self.verify_email_resend_window)
+                ),
+            ));
+        }
+        Ok(())
     }
+
+    /// The limits on new links to one mailbox.
+    pub fn resend_limits(&self) -> ResendLimits {
+        ResendLimits {
+            interval: self.verify_email_resend_interval,
+            max: self.verify_email_resend_max,
+            window: self.verify_email_resend_window,
+        }
+    }
+}
+
+/// How often one mailbox may be sent a new verification link: at most `max`
+/// per `window`, the first `interval` after the last, each later one twice
+/// as long after the one before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResendLimits {
+    pub interval: Duration,
+    pub max: u32,
+    pub window: Duration,
+}
 }

@@ -2,7 +2,8 @@
 //! client's own only if short and plain), one span and one log line per
 //! request, the id echoed back, the id in scope for error bodies, a rate per
 //! client address (`HTTP_RATE_LIMIT`, X-Forwarded-For believed only from
-//! `HTTP_TRUSTED_PROXIES`), at most `HTTP_MAX_IN_FLIGHT` requests at once and
+//! `HTTP_TRUSTED_PROXIES`; the sign-up routes have a lower one of their own,
+//! `HTTP_SIGNUP_RATE_LIMIT`, see [`signup_rate`]), at most `HTTP_MAX_IN_FLIGHT` requests at once and
 //! each within `HTTP_REQUEST_TIMEOUT`, a panic turned into the JSON 500, and
 //! the body limit. Each refusal is the usual error JSON.
 
@@ -33,6 +34,7 @@ use tower_http::{
     trace::TraceLayer,
 };
 use tracing::Span;
+use utoipa_axum::router::OpenApiRouter;
 
 use super::error::{ApiError, REQUEST_ID};
 use crate::{
@@ -84,6 +86,18 @@ fn rate_key(client: IpAddr) -> IpAddr {
 const FORGET_EVERY: u64 = 4096;
 
 impl PerClient {
+    fn new(quota: Quota, http: &HttpConfig) -> Self {
+        Self {
+            limiter: DefaultKeyedRateLimiter::keyed(quota),
+            trusted_proxies: http
+                .trusted_proxies
+                .iter()
+                .map(|a| a.to_canonical())
+                .collect(),
+            seen: AtomicU64::new(0),
+        }
+    }
+
     /// The client's address: the peer, or, when the peer is a trusted proxy,
     /// the last address in X-Forwarded-For that is not one (proxies append
     /// the address they received from; anything before can be forged).
@@ -144,17 +158,10 @@ impl PerClient {
 pub fn layers<S: Clone + Send + Sync + 'static>(router: Router<S>, http: &HttpConfig) -> Router<S> {
     let per_client = NonZeroU32::new(http.rate_limit).map(|per_minute| {
         let burst = NonZeroU32::new(http.rate_burst).unwrap_or(NonZeroU32::MIN);
-        Arc::new(PerClient {
-            limiter: DefaultKeyedRateLimiter::keyed(
-                Quota::per_minute(per_minute).allow_burst(burst),
-            ),
-            trusted_proxies: http
-                .trusted_proxies
-                .iter()
-                .map(|a| a.to_canonical())
-                .collect(),
-            seen: AtomicU64::new(0),
-        })
+        Arc::new(PerClient::new(
+            Quota::per_minute(per_minute).allow_burst(burst),
+            http,
+        ))
     });
     let limits = Limits {
         in_flight: Arc::new(Semaphore::new(http.max_in_flight)),
@@ -189,6 +196,42 @@ pub fn layers<S: Clone + Send + Sync + 'static>(router: Router<S>, http: &HttpCo
         )
         .layer(SetRequestIdLayer::new(X_REQUEST_ID, RandomRequestId))
         .layer(middleware::from_fn(plain_request_id))
+}
+
+/// `routes` (sign-up and the request for a new link) behind a rate of
+/// their own per client address, HTTP_SIGNUP_RATE_LIMIT an hour: each
+/// request there can send an email to an address the client chose, so
+/// the general rate would let one client send thousands.
+pub fn signup_rate<S: Clone + Send + Sync + 'static>(
+    routes: OpenApiRouter<S>,
+    http: &HttpConfig,
+) -> OpenApiRouter<S> {
+    let Some(per_hour) = NonZeroU32::new(http.signup_rate_limit) else {
+        return routes;
+    };
+    let burst = NonZeroU32::new(http.signup_rate_burst).unwrap_or(NonZeroU32::MIN);
+    let per_client = Arc::new(PerClient::new(
+        Quota::per_hour(per_hour).allow_burst(burst),
+        http,
+    ));
+    routes.route_layer(middleware::from_fn_with_state(per_client, limit_signups))
+}
+
+async fn limit_signups(
+    State(per_client): State<Arc<PerClient>>,
+    req: Request,
+    next: Next,
+) -> axum::response::Response {
+    if let Err(wait) = per_client.check(&req) {
+        metrics::edge_refused(Refusal::SignupRate);
+        return ApiError::TooManyRequests {
+            message: "too many sign-ups and link requests from this address; try again later"
+                .into(),
+            retry_after: wait,
+        }
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// A random (v4) UUID per request, from the thread's CSPRNG: `Uuid::new_v4`

@@ -46,10 +46,16 @@ struct ApiDoc;
 /// they cannot drift apart, and the dashboard when given, behind the edge's
 /// layers ([`edge`]).
 pub fn router(state: AppState, http: &HttpConfig, dashboard: Option<Dashboard>) -> Router {
+    // The routes that send an email to an address the client names.
+    let signups = edge::signup_rate(
+        OpenApiRouter::new()
+            .routes(routes!(users::create_user))
+            .routes(routes!(verify_email::resend_verify_email)),
+        http,
+    );
     let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(users::create_user))
+        .merge(signups)
         .routes(routes!(verify_email::verify_email))
-        .routes(routes!(verify_email::resend_verify_email))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .split_for_parts();

@@ -85,8 +85,13 @@ pub struct ResendVerifyEmailResponse {
 
 /// Sends a new verification link to `email`, if an account that is not
 /// verified yet has that address. The answer is the same either way, so it
-/// tells nobody which addresses have accounts; at most one request per
-/// address per `VERIFY_EMAIL_RESEND_INTERVAL`, whoever asks.
+/// tells nobody which addresses have accounts. One mailbox (its address in
+/// any case, with or without a `+tag`, and at Gmail with or without dots)
+/// is sent at most VERIFY_EMAIL_RESEND_MAX (5) new links per
+/// VERIFY_EMAIL_RESEND_WINDOW (24 h), the first VERIFY_EMAIL_RESEND_INTERVAL
+/// (60 s) after the last and each later one twice as long after the one
+/// before, whoever asks; and one client address may make at most
+/// HTTP_SIGNUP_RATE_LIMIT of these requests and sign-ups an hour.
 #[utoipa::path(
     post,
     path = "/v1/resend_verify_email",
@@ -101,7 +106,7 @@ pub struct ResendVerifyEmailResponse {
         (status = 422, description = "This Idempotency-Key was used for another request", body = ErrorBody),
         (status = 413, description = "Body over the limit", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
-        (status = 429, description = "This address had a request too recently; see Retry-After", body = ErrorBody),
+        (status = 429, description = "This mailbox was sent new links too often, or this client made too many of these requests and sign-ups; see Retry-After", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     ),
     tag = "users"
@@ -121,9 +126,9 @@ pub async fn resend_verify_email(
         .resend_link(&req.email, request_id, key.as_ref())
         .await?;
     match outcome {
-        Resend::TooSoon => Err(ApiError::TooManyRequests {
-            message: "a new link was asked for this address a moment ago; try again later".into(),
-            retry_after: state.signups.resend_interval(),
+        Resend::TooSoon { retry_after } => Err(ApiError::TooManyRequests {
+            message: "new links were asked for this address too often; try again later".into(),
+            retry_after,
         }),
         Resend::KeyReused => Err(ApiError::Unprocessable(
             "this Idempotency-Key was used for another request".into(),

@@ -3,6 +3,7 @@
 //! transaction), and email verification.
 
 pub mod idempotency;
+pub mod mailbox;
 pub mod password;
 pub mod repo;
 pub mod signup;

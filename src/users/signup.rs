@@ -171,8 +171,8 @@ impl SignUps {
     }
 
     /// Asks for a new verification link to `email` (already checked to be an
-    /// address), at most once per `VERIFY_EMAIL_RESEND_INTERVAL` per address,
-    /// whether or not the address belongs to anyone.
+    /// address), within VERIFY_EMAIL_RESEND_MAX, _INTERVAL and _WINDOW per
+    /// mailbox, whether or not the address belongs to anyone.
     pub async fn resend_link(
         &self,
         email: &str,
@@ -189,11 +189,10 @@ impl SignUps {
         }
         let task =
             |username: &str| send_verify_email::task(&self.cfg, username).caused_by(request_id);
-        let interval = self.resend_interval();
         let outcome = verify_email::request_resend(
             &self.outbox,
             email,
-            interval,
+            self.cfg.resend_limits(),
             task,
             key.map(|k| (k, ttl)),
         )
@@ -202,10 +201,5 @@ impl SignUps {
             tracing::info!(task_id = task_id.get(), "verification link sent again");
         }
         Ok(outcome)
-    }
-
-    /// The shortest time between two requests for a new link to one address.
-    pub fn resend_interval(&self) -> Duration {
-        self.cfg.verify_email_resend_interval
     }
 }

@@ -7,8 +7,12 @@ use rand::{Rng, distr::Alphanumeric};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
-use super::idempotency::{IdempotencyKey, Prior};
+use super::{
+    idempotency::{IdempotencyKey, Prior},
+    mailbox,
+};
 use crate::{
+    config::ResendLimits,
     outbox::{NewTask, Outbox},
     queue::TaskId,
 };
@@ -83,14 +87,15 @@ pub async fn get_or_create_for_task(
 }
 
 /// What became of a request for a new verification link.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Resend {
     /// A new link is on its way (task `task_id`).
     Queued { task_id: TaskId },
     /// No unverified account has this address: nothing to send.
     NothingToSend,
-    /// The address had a request within the interval.
-    TooSoon,
+    /// The mailbox is over its limits (see [`ResendLimits`]); it may ask
+    /// again after `retry_after`.
+    TooSoon { retry_after: Duration },
     /// A retry of a request with its Idempotency-Key, answered before:
     /// nothing done again.
     Replayed,
@@ -100,13 +105,14 @@ pub enum Resend {
     KeyInProgress,
 }
 
-/// Asks for a new verification email to `email`, at most once per
-/// `interval` per address, whether or not the address belongs to anyone.
-/// The task, built by `task` from the username, commits with the request.
+/// Asks for a new verification email to `email`, within `limits` per
+/// mailbox ([`mailbox::key`]: spellings of one mailbox share them), whether
+/// or not the address belongs to anyone. The task, built by `task` from the
+/// username, commits with the request.
 pub async fn request_resend(
     outbox: &Outbox,
     email: &str,
-    interval: Duration,
+    limits: ResendLimits,
     task: impl FnOnce(&str) -> NewTask,
     key: Option<(&IdempotencyKey, Duration)>,
 ) -> Result<Resend, sqlx::Error> {
@@ -121,21 +127,40 @@ pub async fn request_resend(
             Prior::Mismatch => return Ok(Resend::KeyReused),
         }
     }
-    sqlx::query_file!(
-        "sql/verify_emails/prune_resends.sql",
-        interval.as_secs_f64()
-    )
-    .execute(&mut *tx)
-    .await?;
+    let (interval, window) = (
+        limits.interval.as_secs_f64(),
+        limits.window.as_secs_f64(),
+    );
+    let max = i32::try_from(limits.max).unwrap_or(i32::MAX);
+    sqlx::query_file!("sql/verify_emails/prune_resends.sql", interval, window)
+        .execute(&mut *tx)
+        .await?;
+    let mailbox = mailbox::key(email);
     let claimed = sqlx::query_file_scalar!(
         "sql/verify_emails/claim_resend.sql",
-        email,
-        interval.as_secs_f64()
+        mailbox,
+        interval,
+        max,
+        window
     )
     .fetch_optional(&mut *tx)
     .await?;
     if claimed.is_none() {
-        return Ok(Resend::TooSoon);
+        let wait = sqlx::query_file_scalar!(
+            "sql/verify_emails/resend_wait.sql",
+            mailbox,
+            interval,
+            max,
+            window
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        .unwrap_or(interval);
+        return Ok(Resend::TooSoon {
+            // At least a second: a wait that ran out since the claim still
+            // gets a Retry-After a client can use.
+            retry_after: Duration::from_secs_f64(wait.clamp(1.0, window)),
+        });
     }
     let username = sqlx::query_file_scalar!("sql/users/unverified_by_email.sql", email)
         .fetch_optional(&mut *tx)

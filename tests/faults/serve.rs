@@ -138,6 +138,7 @@ pub fn serve_settings(env: &TestEnv, redis_url: String, smtp_url: String) -> Vec
         ("RELAY_MAX_BACKOFF", "1s".into()),
         // All the load comes from one address.
         ("HTTP_RATE_LIMIT", "0".into()),
+        ("HTTP_SIGNUP_RATE_LIMIT", "0".into()),
         ("RUST_LOG", "info".into()),
         ("LOG_FORMAT", "json".into()),
     ]

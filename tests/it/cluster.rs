@@ -254,6 +254,7 @@ fn spawn_serve(env: &TestEnv, cluster: &RedisCluster, port: u16) -> Child {
         .env("REDIS_WAIT_REPLICAS", "1")
         .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("HTTP_RATE_LIMIT", "0")
+        .env("HTTP_SIGNUP_RATE_LIMIT", "0")
         .env("MAIL_DIR", &env.cfg.mail.dir)
         .env("VERIFY_EMAIL_PROCESS_IN", "0s")
         .env("ARGON2_MEMORY_KIB", "64")

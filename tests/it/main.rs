@@ -17,6 +17,7 @@ mod redis_servers;
 mod relay;
 mod relay_outages;
 mod relay_sessions;
+mod resend_limits;
 mod retention;
 mod sentinel;
 mod verify_email;

@@ -1,0 +1,18 @@
+-- Requests for a new verification link, counted per mailbox (the key of
+-- src/users/mailbox.rs: case, plus tags and Gmail's dots folded), whether or
+-- not an account has the address: the limit must answer the same either way.
+-- A window of VERIFY_EMAIL_RESEND_WINDOW starts with its first request and
+-- accepts at most VERIFY_EMAIL_RESEND_MAX, each a growing interval after the
+-- one before. Replaces the one-request-per-interval table: its rows limited
+-- a minute at most, so dropping them frees nothing worth keeping.
+DROP TABLE verify_email_resends;
+
+CREATE TABLE verify_email_resend_limits (
+    mailbox           text        PRIMARY KEY,
+    window_started_at timestamptz NOT NULL,
+    -- Requests accepted in the window.
+    accepted          integer     NOT NULL CHECK (accepted >= 1),
+    last_accepted_at  timestamptz NOT NULL
+);
+-- Rows past their window and interval limit nothing: pruned by time.
+CREATE INDEX verify_email_resend_limits_window ON verify_email_resend_limits (window_started_at);
