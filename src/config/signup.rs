@@ -154,4 +154,3 @@ pub struct ResendLimits {
     pub max: u32,
     pub window: Duration,
 }
-}

@@ -127,10 +127,7 @@ pub async fn request_resend(
             Prior::Mismatch => return Ok(Resend::KeyReused),
         }
     }
-    let (interval, window) = (
-        limits.interval.as_secs_f64(),
-        limits.window.as_secs_f64(),
-    );
+    let (interval, window) = (limits.interval.as_secs_f64(), limits.window.as_secs_f64());
     let max = i32::try_from(limits.max).unwrap_or(i32::MAX);
     sqlx::query_file!("sql/verify_emails/prune_resends.sql", interval, window)
         .execute(&mut *tx)

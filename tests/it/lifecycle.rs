@@ -186,6 +186,14 @@ fn a_bad_setting_is_refused_at_start_with_one_line_naming_it() {
         ("SEND_LOG_RETENTION", "2h", "OUTBOX_RETENTION"),
         ("UNVERIFIED_ACCOUNT_TTL", "2h", "OUTBOX_RETENTION"),
         ("RETENTION_BATCH", "0", "from 1 to"),
+        ("VERIFY_EMAIL_RESEND_MAX", "0", "from 1 to"),
+        ("VERIFY_EMAIL_RESEND_WINDOW", "90d", "at most 30days"),
+        (
+            "VERIFY_EMAIL_RESEND_INTERVAL",
+            "2d",
+            "VERIFY_EMAIL_RESEND_WINDOW",
+        ),
+        ("HTTP_SIGNUP_RATE_BURST", "0", "from 1 to"),
     ];
     for (var, value, says) in cases {
         let out = Command::new(BIN)

@@ -100,7 +100,10 @@ async fn one_mailbox_gets_at_most_the_cap_from_100_requests_over_four_days() {
     })
     .await;
     let emails = smtp.messages().len();
-    assert_eq!(emails, expected, "one email per accepted request, and the sign-up's");
+    assert_eq!(
+        emails, expected,
+        "one email per accepted request, and the sign-up's"
+    );
     assert!(emails <= 1 + 4 * 5, "{emails} emails to one mailbox");
     app.stop().await;
 }
@@ -168,20 +171,39 @@ async fn sign_ups_and_link_requests_from_one_client_have_a_rate_of_their_own() {
     env.cfg.http.signup_rate_limit = 10;
     env.cfg.http.signup_rate_burst = 3;
     let app = env.start(Components::API).await;
-    assert_eq!(app.post_json("/v1/create_user", user_json("rate1")).await.0, 200);
+    assert_eq!(
+        app.post_json("/v1/create_user", user_json("rate1")).await.0,
+        200
+    );
     assert_eq!(resend(&app, "rate1@example.com").await.0, 202);
-    assert_eq!(app.post_json("/v1/create_user", user_json("rate2")).await.0, 200);
+    assert_eq!(
+        app.post_json("/v1/create_user", user_json("rate2")).await.0,
+        200
+    );
     let (status, body) = app.post_json("/v1/create_user", user_json("rate3")).await;
-    assert_eq!((status, body["code"].as_str()), (429, Some("too_many_requests")));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (429, Some("too_many_requests"))
+    );
     let (status, retry_after) = resend(&app, "other@example.com").await;
     assert_eq!(status, 429);
     // 10 an hour: the next one in about 6 minutes.
     let retry_after = retry_after.unwrap();
-    assert!((300..=360).contains(&retry_after), "Retry-After {retry_after}");
+    assert!(
+        (300..=360).contains(&retry_after),
+        "Retry-After {retry_after}"
+    );
     // Other routes keep their own limits.
-    let link = format!("/v1/verify_email?email_id=999&secret_code={}", "x".repeat(32));
+    let link = format!(
+        "/v1/verify_email?email_id=999&secret_code={}",
+        "x".repeat(32)
+    );
     assert_eq!(app.get_json(&link).await.0, 404);
     assert_eq!(app.get_json("/healthz").await.0, 200);
-    assert_eq!(env.count("SELECT count(*) FROM users").await, 2, "the refused sign-up made nothing");
+    assert_eq!(
+        env.count("SELECT count(*) FROM users").await,
+        2,
+        "the refused sign-up made nothing"
+    );
     app.stop().await;
 }
