@@ -3,9 +3,9 @@
 -- not an account has the address: the limit must answer the same either way.
 -- A window of VERIFY_EMAIL_RESEND_WINDOW starts with its first request and
 -- accepts at most VERIFY_EMAIL_RESEND_MAX, each a growing interval after the
--- one before. Replaces the one-request-per-interval table: its rows limited
--- a minute at most, so dropping them frees nothing worth keeping.
-DROP TABLE verify_email_resends;
+-- one before. Replaces verify_email_resends (one request per interval),
+-- which is left for the processes of the previous version during a rolling
+-- upgrade (they prune it themselves); a later migration drops it.
 
 CREATE TABLE verify_email_resend_limits (
     mailbox           text        PRIMARY KEY,

@@ -158,17 +158,18 @@ impl RunGuard {
             let sent_at = Instant::now();
             match r
                 .broker
-                .extend(&r.queue, r.lease, &[(r.id, r.delivery)])
+                .extend_leases(&r.queue, r.lease, &[(r.id, r.delivery)])
                 .await
             {
-                Ok(lost) if lost.is_empty() => self.extended(sent_at, r.lease),
-                Ok(_) => {
+                Ok((lost, _)) if !lost.is_empty() => {
                     self.lose();
                     return Err(Fenced::LeaseLost);
                 }
-                // Unreachable: the lease as last renewed still counts, and
-                // the check below holds the run to it.
-                Err(_) => {}
+                Ok((_, None)) => self.extended(sent_at, r.lease),
+                // Unreachable, or not acknowledged by the replicas: the
+                // lease as last renewed still counts, and the check below
+                // holds the run to it.
+                Ok((_, Some(_))) | Err(_) => {}
             }
         }
         self.check(effect, Instant::now())?;

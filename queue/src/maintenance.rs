@@ -176,17 +176,21 @@ pub(super) async fn keep_leases(
         for (queue, runs) in &by_queue {
             let ids: Vec<_> = runs.iter().map(|r| (r.id, r.delivery)).collect();
             let sent_at = Instant::now();
-            match broker.extend(queue, lease, &ids).await {
-                Ok(lost) => {
+            match broker.extend_leases(queue, lease, &ids).await {
+                Ok((lost, unreplicated)) => {
                     for run in runs {
                         if lost.contains(&run.id) {
                             run.guard.lose();
-                        } else {
+                        } else if unreplicated.is_none() {
                             run.guard.extended(sent_at, lease);
                         }
                     }
                     if !lost.is_empty() {
                         tracing::warn!(queue = %queue, ?lost, "leases lost: those runs stop");
+                    }
+                    // The others keep their lease as last acknowledged.
+                    if let Some(e) = unreplicated {
+                        failed = Some(e);
                     }
                 }
                 Err(e) => failed = Some(e),

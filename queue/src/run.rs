@@ -214,9 +214,14 @@ async fn record(
         Outcome::LeaseLost => {
             tracing::warn!(
                 took_ms,
-                "lease lost: the run stopped before its effect; the task is another worker's"
+                "lease lost: the run stopped before its effect; handing the task back unless another worker has it"
             );
             cx.observer.lease_lost(task.id);
+            // A lease that ran out here only (Redis did not answer, or no
+            // replica acknowledged the extension) may still be ours in
+            // Redis: handed back, no attempt is counted for a run that made
+            // no effect. Another delivery's refuses the hand-back.
+            hand_back(task, cx).await;
             None
         }
     }

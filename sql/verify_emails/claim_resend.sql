@@ -2,9 +2,9 @@
 -- the first of a window, or, within the window, one of at most $3 accepted,
 -- each at least $2 seconds times 2^(accepted so far - 1) after the last
 -- (60 s, 2 min, 4 min, ...; never more than the window). A new window starts
--- once the last one is $4 seconds old, and still not sooner than $2 seconds
--- after the last request (no burst at the boundary). Returns a row when the
--- request may go ahead.
+-- once the last one is $4 seconds old, and not sooner than $2 seconds after
+-- the last request; windows are fixed, so any $4 seconds see at most twice
+-- $3. Returns a row when the request may go ahead.
 INSERT INTO verify_email_resend_limits AS l
     (mailbox, window_started_at, accepted, last_accepted_at)
 VALUES ($1, now(), 1, now())

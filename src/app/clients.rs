@@ -72,9 +72,9 @@ impl Clients {
 
     /// The relay, on its own pool ([`PoolFor::Relay`]).
     ///
-    /// With REDIS_WAIT_REPLICAS, on Redis connections of its own as well: a
-    /// WAIT holds its connection until the replicas answer, and the
-    /// worker's dequeues and acknowledgements must not queue behind it.
+    /// With REDIS_WAIT_REPLICAS, its enqueues and their WAITs go on Redis
+    /// connections of their own: a WAIT holds its connection until the
+    /// replicas answer, and nothing else may queue behind it.
     pub fn relay(&self, cfg: &Config) -> anyhow::Result<Relay> {
         Ok(Relay::new(
             PoolFor::Relay.open(cfg)?,
@@ -84,19 +84,23 @@ impl Clients {
     }
 
     /// The broker the worker takes and extends its leases with: with
-    /// REDIS_WAIT_REPLICAS, one that waits for the replicas, on Redis
-    /// connections of its own (see [`Clients::relay`]).
+    /// REDIS_WAIT_REPLICAS, its dequeues and extensions wait for the
+    /// replicas, on Redis connections of their own (acknowledgements and
+    /// hand-backs stay on the shared ones).
     pub fn worker_broker(&self, cfg: &Config) -> anyhow::Result<Broker> {
         self.replicated_broker(cfg)
     }
 
-    /// The shared broker, or with REDIS_WAIT_REPLICAS a broker on a Redis
-    /// pool of its own whose writes wait for the replicas.
+    /// The shared broker, or with REDIS_WAIT_REPLICAS one whose waited
+    /// writes (and their WAITs) go on a Redis pool of their own.
     fn replicated_broker(&self, cfg: &Config) -> anyhow::Result<Broker> {
         Ok(match cfg.redis.wait_replicas {
             0 => self.broker.clone(),
-            replicas => broker(cfg, cfg.redis.connection().pool().context("REDIS_URL")?)
-                .with_replica_wait(replicas, cfg.redis.wait_timeout),
+            replicas => self.broker.clone().with_replica_wait(
+                cfg.redis.connection().pool().context("REDIS_URL")?,
+                replicas,
+                cfg.redis.wait_timeout,
+            ),
         })
     }
 }

@@ -215,6 +215,10 @@ impl From<SignUpError> for ApiError {
             SignUpError::Hash(e) => e.into(),
             e @ SignUpError::KeyReused => Self::Unprocessable(e.to_string()),
             e @ SignUpError::KeyInProgress => Self::Conflict(e.to_string()),
+            e @ SignUpError::MailboxBusy { retry_after } => Self::TooManyRequests {
+                message: e.to_string(),
+                retry_after,
+            },
         }
     }
 }

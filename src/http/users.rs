@@ -84,7 +84,7 @@ pub(super) fn idempotency_key(
         (status = 422, description = "This Idempotency-Key was used for another request", body = ErrorBody),
         (status = 413, description = "Body over the limit", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
-        (status = 429, description = "Too many requests, or too many sign-ups and link requests (HTTP_SIGNUP_RATE_LIMIT), from this client address (see Retry-After)", body = ErrorBody),
+        (status = 429, description = "Too many requests, or too many sign-ups and link requests (HTTP_SIGNUP_RATE_LIMIT), from this client address; or the address is another spelling (a +tag, Gmail's dots) of a mailbox sent as many emails as it may have for now (see Retry-After)", body = ErrorBody),
         (status = 503, description = "Database unavailable, or too many sign-ups at once (see Retry-After)", body = ErrorBody),
         (status = 500, description = "Unexpected error", body = ErrorBody),
     ),

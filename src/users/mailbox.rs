@@ -2,7 +2,8 @@
 //! address alone: the key the limits on emailing one mailbox are counted
 //! under. It is never used to deliver, nor to tell two accounts apart.
 //!
-//! - Case is ignored in the whole address. RFC 5321 lets a server treat
+//! - Case is ignored in the whole address (Unicode case, as Postgres's
+//!   `lower()` compares accounts' addresses). RFC 5321 lets a server treat
 //!   local parts as case-sensitive; no provider people use does.
 //! - A `+tag` in the local part is cut off, at any domain. Gmail, Outlook,
 //!   iCloud, Fastmail and Proton deliver `name+tag` to `name`; where a
@@ -19,9 +20,23 @@ const DOTLESS: [(&str, &str); 2] = [("gmail.com", "gmail.com"), ("googlemail.com
 /// The key of the mailbox `email` (an address already checked to be one)
 /// delivers to.
 pub fn key(email: &str) -> String {
-    let email = email.to_ascii_lowercase();
+    fold(&email.to_lowercase())
+}
+
+/// Whether `email` is a spelling the mailbox folds (a `+tag`, Gmail's
+/// dots): another spelling of some mailbox, which a sign-up could use to
+/// reach a mailbox whose plain address already has an account.
+pub fn is_folded(email: &str) -> bool {
+    let lower = email.to_lowercase();
+    fold(&lower) != lower
+}
+
+/// The mailbox key of an address already in lower case (Unicode case, as
+/// Postgres's `lower()` compares accounts' addresses, for accounts made
+/// before addresses had to be ASCII).
+fn fold(email: &str) -> String {
     let Some((local, domain)) = email.rsplit_once('@') else {
-        return email;
+        return email.to_owned();
     };
     // A tag is what follows the first `+`; an address that is all tag
     // keeps its local part.
@@ -40,7 +55,7 @@ pub fn key(email: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::key;
+    use super::{is_folded, key};
 
     #[test]
     fn spellings_of_one_mailbox_share_a_key() {
@@ -53,6 +68,9 @@ mod tests {
             assert_eq!(key(spelling), "victimname@gmail.com", "{spelling}");
         }
         assert_eq!(key("Ann+news@Example.org"), "ann@example.org");
+        assert!(is_folded("victimname+bank@gmail.com"));
+        assert!(is_folded("Victim.Name@gmail.com"));
+        assert!(!is_folded("Ann@Example.org"));
     }
 
     #[test]

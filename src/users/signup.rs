@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::{
     User,
     idempotency::{IdempotencyKey, Prior},
+    mailbox,
     password::{HashError, PasswordHasher},
     repo::{self, CreateUserError},
     validation::SignUp,
@@ -27,6 +28,10 @@ pub enum SignUpError {
     /// A request with the Idempotency-Key is being handled now.
     #[error("a request with this Idempotency-Key is in progress; retry shortly")]
     KeyInProgress,
+    /// The address is another spelling of a mailbox (a `+tag`, Gmail's dots)
+    /// that was sent as many emails as it may have for now.
+    #[error("this mailbox was sent too many emails; try again later")]
+    MailboxBusy { retry_after: Duration },
 }
 
 fn replayed(first: User) -> SignedUp {
@@ -116,6 +121,15 @@ impl SignUps {
             if let Some(first) = self.judge(prior, &password).await? {
                 return Ok(replayed(first));
             }
+        }
+        // Another spelling of a mailbox is a way to send it one more email:
+        // counted with its links ([`verify_email::claim_send`]). A plain
+        // address can have one account at a time, and its email is not.
+        if mailbox::is_folded(signup.email())
+            && let Some(retry_after) =
+                verify_email::claim_send(&mut tx, signup.email(), self.cfg.resend_limits()).await?
+        {
+            return Err(SignUpError::MailboxBusy { retry_after });
         }
         let user = repo::insert(&mut tx, &signup, &hashed).await?;
         let task_id = tx.insert(&task).await?;

@@ -105,6 +105,50 @@ pub enum Resend {
     KeyInProgress,
 }
 
+/// Counts one email to `email`'s mailbox ([`mailbox::key`]: spellings of
+/// one mailbox share it) against `limits`, in `conn`'s transaction; or,
+/// when the mailbox is over them, how long until it may have one.
+pub async fn claim_send(
+    conn: &mut sqlx::PgConnection,
+    email: &str,
+    limits: ResendLimits,
+) -> Result<Option<Duration>, sqlx::Error> {
+    let (interval, window) = (limits.interval.as_secs_f64(), limits.window.as_secs_f64());
+    let max = i32::try_from(limits.max).unwrap_or(i32::MAX);
+    let mailbox = mailbox::key(email);
+    let claimed = sqlx::query_file_scalar!(
+        "sql/verify_emails/claim_resend.sql",
+        mailbox,
+        interval,
+        max,
+        window
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    if claimed.is_some() {
+        // After the claim, which may wait on its own row: a prune first
+        // would lock other rows, and two requests each holding the row the
+        // other waits for would deadlock.
+        sqlx::query_file!("sql/verify_emails/prune_resends.sql", interval, window)
+            .execute(&mut *conn)
+            .await?;
+        return Ok(None);
+    }
+    let wait = sqlx::query_file_scalar!(
+        "sql/verify_emails/resend_wait.sql",
+        mailbox,
+        interval,
+        max,
+        window
+    )
+    .fetch_optional(&mut *conn)
+    .await?
+    .unwrap_or(interval);
+    // At least a second: a wait that ran out since the claim still gets a
+    // Retry-After a client can use.
+    Ok(Some(Duration::from_secs_f64(wait.clamp(1.0, window))))
+}
+
 /// Asks for a new verification email to `email`, within `limits` per
 /// mailbox ([`mailbox::key`]: spellings of one mailbox share them), whether
 /// or not the address belongs to anyone. The task, built by `task` from the
@@ -127,37 +171,8 @@ pub async fn request_resend(
             Prior::Mismatch => return Ok(Resend::KeyReused),
         }
     }
-    let (interval, window) = (limits.interval.as_secs_f64(), limits.window.as_secs_f64());
-    let max = i32::try_from(limits.max).unwrap_or(i32::MAX);
-    sqlx::query_file!("sql/verify_emails/prune_resends.sql", interval, window)
-        .execute(&mut *tx)
-        .await?;
-    let mailbox = mailbox::key(email);
-    let claimed = sqlx::query_file_scalar!(
-        "sql/verify_emails/claim_resend.sql",
-        mailbox,
-        interval,
-        max,
-        window
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
-    if claimed.is_none() {
-        let wait = sqlx::query_file_scalar!(
-            "sql/verify_emails/resend_wait.sql",
-            mailbox,
-            interval,
-            max,
-            window
-        )
-        .fetch_optional(&mut *tx)
-        .await?
-        .unwrap_or(interval);
-        return Ok(Resend::TooSoon {
-            // At least a second: a wait that ran out since the claim still
-            // gets a Retry-After a client can use.
-            retry_after: Duration::from_secs_f64(wait.clamp(1.0, window)),
-        });
+    if let Some(retry_after) = claim_send(&mut tx, email, limits).await? {
+        return Ok(Resend::TooSoon { retry_after });
     }
     let username = sqlx::query_file_scalar!("sql/users/unverified_by_email.sql", email)
         .fetch_optional(&mut *tx)

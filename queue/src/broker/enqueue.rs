@@ -53,7 +53,7 @@ impl Broker {
         }
         let lua = &SCRIPTS.enqueue;
         // One connection for the script and its WAIT.
-        let client = self.pool.next();
+        let client = self.waited_client();
         let slot = keys.pending.clone();
         let reply = self
             .run_on(

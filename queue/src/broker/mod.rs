@@ -71,8 +71,16 @@ pub struct Broker {
     pool: Pool,
     prefix: Arc<str>,
     archive: ArchiveLimits,
-    /// Replicas an enqueue must reach, and how long to wait for them.
-    replica_wait: Option<(u32, Duration)>,
+    /// Replicas the waited writes must reach ([`Broker::with_replica_wait`]).
+    replica_wait: Option<ReplicaWait>,
+}
+
+/// The replica wait: its own connections, how many replicas, how long.
+#[derive(Clone)]
+struct ReplicaWait {
+    pool: Pool,
+    replicas: u32,
+    timeout: Duration,
 }
 
 impl Broker {
@@ -96,11 +104,25 @@ impl Broker {
     /// failover can undo one, which runs the task again, and the ledger
     /// catches a run already recorded. 0: no wait.
     ///
-    /// WAIT holds its connection until the replicas answer: give a broker
-    /// with a wait a connection pool of its own.
-    pub fn with_replica_wait(mut self, replicas: u32, timeout: Duration) -> Self {
-        self.replica_wait = (replicas > 0).then_some((replicas, timeout));
+    /// WAIT holds its connection until the replicas answer, so the waited
+    /// writes and their WAITs go on `pool`, connections of their own: an
+    /// acknowledgement or a hand-back never queues behind a WAIT.
+    pub fn with_replica_wait(mut self, pool: Pool, replicas: u32, timeout: Duration) -> Self {
+        self.replica_wait = (replicas > 0).then_some(ReplicaWait {
+            pool,
+            replicas,
+            timeout,
+        });
         self
+    }
+
+    /// The connection for a write that is waited for: one of the wait's own
+    /// when there is a wait.
+    fn waited_client(&self) -> &fred::clients::Client {
+        match &self.replica_wait {
+            Some(wait) => wait.pool.next(),
+            None => self.pool.next(),
+        }
     }
 
     /// Keeps archives within `limits` instead of the defaults.

@@ -60,7 +60,7 @@ impl Broker {
         let sent_at = Instant::now();
         let lua = &SCRIPTS.dequeue;
         // One connection for the script and its WAIT.
-        let client = self.pool.next();
+        let client = self.waited_client();
         let slot = keys.pending.clone();
         let reply = self
             .run_on(
@@ -270,19 +270,37 @@ impl Broker {
 
     /// Extends to `lease` the leases of runs of `queue` this worker holds,
     /// given as (id, delivery). Returns the ids whose lease was lost to
-    /// another delivery.
+    /// another delivery; with a replica wait, an extension the replicas did
+    /// not acknowledge is an error ([`QueueError::NotReplicated`]).
     pub async fn extend(
         &self,
         queue: &str,
         lease: Duration,
         runs: &[(TaskId, Delivery)],
     ) -> Result<Vec<TaskId>, QueueError> {
+        let (lost, unreplicated) = self.extend_leases(queue, lease, runs).await?;
+        match unreplicated {
+            Some(e) => Err(e),
+            None => Ok(lost),
+        }
+    }
+
+    /// [`Broker::extend`], with the runs Redis reported lost even when the
+    /// new deadline did not reach the replicas (the second value): those
+    /// runs must stop either way, and the others keep their lease as last
+    /// acknowledged.
+    pub(crate) async fn extend_leases(
+        &self,
+        queue: &str,
+        lease: Duration,
+        runs: &[(TaskId, Delivery)],
+    ) -> Result<(Vec<TaskId>, Option<QueueError>), QueueError> {
         let k = self.keys(queue);
         let lua = &SCRIPTS.extend;
         // One connection for the script and its WAIT: an extension no
         // replica holds is none (a failover would bring back the old
         // deadline, and another worker could be handed the task early).
-        let client = self.pool.next();
+        let client = self.waited_client();
         let slot = k.active.clone();
         let reply = self
             .run_on(
@@ -292,13 +310,13 @@ impl Broker {
                 runs_args(lease, runs),
             )
             .await?;
-        self.wait_for_replicas(client, &slot).await?;
         let mut reply = Reply::new(lua.name, reply)?;
         let mut lost = Vec::with_capacity(reply.remaining());
         while reply.remaining() > 0 {
             lost.push(TaskId::from(reply.int("lost id")?));
         }
-        Ok(lost)
+        let unreplicated = self.wait_for_replicas(client, &slot).await.err();
+        Ok((lost, unreplicated))
     }
 }
 

@@ -109,11 +109,23 @@ impl Broker {
         client: &Client,
         key: &str,
     ) -> Result<(), QueueError> {
-        let Some((replicas, timeout)) = self.replica_wait else {
+        let Some(super::ReplicaWait {
+            replicas, timeout, ..
+        }) = self.replica_wait.clone()
+        else {
             return Ok(());
         };
         let slot = Key::from(key).cluster_hash();
-        let acked: i64 = client
+        // Sent once, and only on a connection that is up: a WAIT sent on a
+        // new connection (after a reconnect, or to a new primary) would
+        // count that connection's writes, none, and pass at once without
+        // covering ours.
+        let once = client.with_options(&Options {
+            max_attempts: Some(1),
+            fail_fast: true,
+            ..Options::default()
+        });
+        let acked: i64 = once
             .custom(
                 CustomCommand::new_static("WAIT", ClusterHash::Custom(slot), false),
                 vec![i64::from(replicas), timeout.as_millis() as i64],
