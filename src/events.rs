@@ -13,6 +13,7 @@ use tokio::sync::broadcast;
 use crate::{
     metrics::TaskMetrics,
     queue::{Observer, RunEnd, RunEnded, TaskId},
+    telemetry,
 };
 
 /// One thing the service did.
@@ -52,7 +53,13 @@ pub(crate) fn announce(event: Event) {
 pub struct Announced;
 
 impl Observer for Announced {
+    fn run_span(&self, task: &crate::queue::Task) -> tracing::Span {
+        telemetry::run_span(task)
+    }
+
     fn run_ended(&self, run: &RunEnded<'_>) {
+        // Called inside the run's span: a run that failed marks it so.
+        telemetry::run_ended(run.end);
         TaskMetrics.run_ended(run);
         announce(Event::RunEnded {
             id: run.id,

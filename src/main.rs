@@ -128,10 +128,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = telemetry::init(&cfg.log, cli.command.components().is_tool()) {
-        eprintln!("error: {}", simplebank::queue::one_line(e.as_ref()));
-        return ExitCode::FAILURE;
-    }
+    let telemetry =
+        match telemetry::init(&cfg.log, &cfg.tracing, cli.command.components().is_tool()) {
+            Ok(telemetry) => telemetry,
+            Err(e) => {
+                eprintln!("error: {}", simplebank::queue::one_line(e.as_ref()));
+                return ExitCode::FAILURE;
+            }
+        };
     for warning in warnings {
         tracing::warn!("{warning}");
     }
@@ -142,7 +146,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, cfg)) {
+    let outcome = runtime.block_on(run(cli.command, cfg));
+    // The last spans (the shutdown's) go out before the process ends.
+    telemetry.shutdown();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: in the log stream where that is JSON for a collector,

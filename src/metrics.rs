@@ -52,6 +52,12 @@ pub const WORKER_BREAKER_OPEN: &str = "simplebank_worker_breaker_open";
 /// after a probe found the dependency still down).
 pub const WORKER_BREAKER_PAUSES: &str = "simplebank_worker_breaker_pauses_total";
 
+/// Finished spans exported to the OTLP collector.
+pub const TRACE_SPANS_EXPORTED: &str = "simplebank_trace_spans_exported_total";
+/// Finished spans lost on their way: the export queue was full, or an
+/// export failed or timed out (the collector is away).
+pub const TRACE_SPANS_DROPPED: &str = "simplebank_trace_spans_dropped_total";
+
 /// Histogram buckets for every `_seconds` metric: from a millisecond (a
 /// relay hop) to minutes (a task that waited out an outage).
 const BUCKETS: &[f64] = &[
@@ -129,6 +135,14 @@ impl Refusal {
             Self::SilentConnection => "silent_connection",
         }
     }
+}
+
+pub fn trace_spans_exported(n: u64) {
+    counter!(TRACE_SPANS_EXPORTED).increment(n);
+}
+
+pub fn trace_spans_dropped(reason: &'static str, n: u64) {
+    counter!(TRACE_SPANS_DROPPED, "reason" => reason).increment(n);
 }
 
 pub fn edge_refused(why: Refusal) {

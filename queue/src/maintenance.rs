@@ -280,6 +280,7 @@ mod tests {
             request_id: None,
             created_at: None,
             process_at: None,
+            trace_context: None,
             guard: Arc::new(RunGuard::new(Instant::now() + Duration::from_secs(30))),
         }
     }

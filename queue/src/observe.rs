@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::TaskId;
+use crate::{Task, TaskId};
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +60,19 @@ pub trait Observer: Send + Sync + 'static {
 
     /// This process takes tasks from `queue` again, after `paused_for`.
     fn queue_resumed(&self, _queue: &str, _paused_for: Duration) {}
+
+    /// The span a run of `task` runs in, and every line it logs. The default
+    /// names the task (`task_id`, `type`, `queue`, `attempt`, `request_id`);
+    /// an embedder that exports traces makes its own, with those fields, and
+    /// joins it to the trace in [`Task::trace_context`].
+    fn run_span(&self, task: &Task) -> tracing::Span {
+        task_span(task)
+    }
+}
+
+/// The default span of a run ([`Observer::run_span`]).
+pub fn task_span(task: &Task) -> tracing::Span {
+    tracing::info_span!("task", task_id = task.id.get(), r#type = %task.kind, queue = %task.queue, attempt = task.attempt, request_id = task.request_id.as_deref())
 }
 
 /// The observer of a server given none.

@@ -358,7 +358,7 @@ impl Inner {
         abort: CancellationToken,
         acker: Acker,
     ) {
-        let span = tracing::info_span!("task", task_id = task.id.get(), r#type = %task.kind, queue = %task.queue, attempt = task.attempt, request_id = task.request_id.as_deref());
+        let span = self.observer.run_span(&task);
         let cx = RunContext {
             broker: &self.broker,
             acker: &acker,

@@ -72,6 +72,10 @@ pub struct TaskMessage {
     pub request_id: Option<String>,
     /// When its outbox row was written, for the commit-to-handled latency.
     pub created_at: DateTime<Utc>,
+    /// The trace context of the span that wrote it (W3C `traceparent`, then
+    /// a newline and `tracestate` when there is one), carried as is for the
+    /// worker to join; the queue does not read it.
+    pub trace_context: Option<String>,
 }
 
 impl TaskMessage {
@@ -89,6 +93,7 @@ impl TaskMessage {
             process_at: now,
             request_id: None,
             created_at: now,
+            trace_context: None,
         }
     }
 
@@ -156,6 +161,8 @@ pub struct Task {
     pub created_at: Option<DateTime<Utc>>,
     /// When it was to run at the earliest (its delay after the commit).
     pub process_at: Option<DateTime<Utc>>,
+    /// The trace context it was enqueued with ([`TaskMessage::trace_context`]).
+    pub trace_context: Option<String>,
     /// The run's lease, timeout and shutdown, as far as this process knows.
     pub(crate) guard: Arc<RunGuard>,
 }

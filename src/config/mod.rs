@@ -17,6 +17,7 @@ mod relay;
 pub mod retention;
 pub mod scoped;
 mod signup;
+mod traces;
 mod worker;
 
 use std::time::Duration;
@@ -34,6 +35,7 @@ pub use self::{
     relay::RelayConfig,
     retention::RetentionConfig,
     signup::{ResendLimits, SignupConfig},
+    traces::{OtlpProtocol, SamplerChoice, TracingConfig},
     worker::{QueueWeights, WorkerConfig},
 };
 use crate::{app::Components, tasks};
@@ -49,6 +51,8 @@ pub struct Config {
     pub http: HttpConfig,
     #[command(flatten)]
     pub log: LogConfig,
+    #[command(flatten)]
+    pub tracing: TracingConfig,
     #[command(flatten)]
     pub signup: SignupConfig,
     #[command(flatten)]
@@ -84,6 +88,7 @@ impl Config {
         self.worker.validate()?;
         self.mail.validate()?;
         self.retention.validate()?;
+        self.tracing.validate()?;
         // `relay --once` is a tool that relays; other tools keep the
         // relay's defaults, which pass.
         if components.relay || components.is_tool() {

@@ -7,7 +7,7 @@ use clap::{Args, FromArgMatches};
 
 use super::{
     AdminConfig, Config, DbConfig, LogConfig, MailConfig, RedisConfig, RelayConfig,
-    RetentionConfig, SignupConfig, WorkerConfig,
+    RetentionConfig, SignupConfig, TracingConfig, WorkerConfig,
 };
 
 /// A settings group with every value at its default, whatever the
@@ -31,6 +31,8 @@ pub struct ForRelay {
     #[command(flatten)]
     pub log: LogConfig,
     #[command(flatten)]
+    pub tracing: TracingConfig,
+    #[command(flatten)]
     pub relay: RelayConfig,
     #[command(flatten)]
     pub admin: AdminConfig,
@@ -44,6 +46,7 @@ impl From<ForRelay> for Config {
             db: s.db,
             redis: s.redis,
             log: s.log,
+            tracing: s.tracing,
             relay: s.relay,
             admin: s.admin,
             retention: s.retention,
@@ -66,6 +69,8 @@ pub struct ForWorker {
     #[command(flatten)]
     pub log: LogConfig,
     #[command(flatten)]
+    pub tracing: TracingConfig,
+    #[command(flatten)]
     pub signup: SignupConfig,
     #[command(flatten)]
     pub worker: WorkerConfig,
@@ -81,6 +86,7 @@ impl From<ForWorker> for Config {
             db: s.db,
             redis: s.redis,
             log: s.log,
+            tracing: s.tracing,
             signup: s.signup,
             worker: s.worker,
             mail: s.mail,
@@ -106,6 +112,7 @@ impl From<ForMigrate> for Config {
         Config {
             db: s.db,
             log: s.log,
+            tracing: defaults(),
             redis: defaults(),
             http: defaults(),
             signup: defaults(),
@@ -138,6 +145,7 @@ impl From<ForQueues> for Config {
             redis: s.redis,
             log: s.log,
             worker: s.worker,
+            tracing: defaults(),
             http: defaults(),
             signup: defaults(),
             relay: defaults(),
@@ -166,5 +174,6 @@ mod tests {
         let _: DbConfig = defaults();
         let _: LogConfig = defaults();
         let _: AdminConfig = defaults();
+        let _: TracingConfig = defaults();
     }
 }

@@ -40,6 +40,7 @@ use super::error::{ApiError, REQUEST_ID};
 use crate::{
     config::HttpConfig,
     metrics::{self, Refusal},
+    telemetry,
 };
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -180,12 +181,16 @@ pub fn layers<S: Clone + Send + Sync + 'static>(router: Router<S>, http: &HttpCo
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
         .layer(
             TraceLayer::new_for_http()
-                .make_span_with(|req: &Request| {
-                    let id = req.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
-                    tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
-                })
+                .make_span_with(request_span)
                 .on_request(())
-                .on_response(|res: &Response<_>, took: Duration, _span: &Span| {
+                .on_response(|res: &Response<_>, took: Duration, span: &Span| {
+                    if telemetry::context::enabled() {
+                        let status = res.status().as_u16();
+                        span.record("http.response.status_code", status);
+                        if status >= 500 {
+                            span.record("otel.status_code", "error");
+                        }
+                    }
                     tracing::info!(
                         status_code = res.status().as_u16(),
                         duration_ms = took.as_secs_f64() * 1000.0,
@@ -232,6 +237,39 @@ async fn limit_signups(
         .into_response();
     }
     next.run(req).await
+}
+
+/// The span of one request, every line it logs carries its id. With tracing
+/// on, an HTTP server span (OpenTelemetry's conventions) that continues the
+/// client's trace when it sent a `traceparent`.
+fn request_span(req: &Request) -> Span {
+    let id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !telemetry::context::enabled() {
+        return tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
+    }
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str);
+    let span = tracing::info_span!(
+        "request",
+        otel.name = format!("{} {}", req.method(), route.unwrap_or("unmatched")),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %req.method(),
+        http.route = route,
+        url.path = %req.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+        request_id = %id,
+        method = %req.method(),
+        path = %req.uri().path(),
+    );
+    telemetry::context::adopt_client_context(&span, req.headers());
+    span
 }
 
 /// A random (v4) UUID per request, from the thread's CSPRNG: `Uuid::new_v4`

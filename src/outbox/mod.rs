@@ -35,6 +35,8 @@ pub struct OutboxRow {
     /// When the sign-up's transaction wrote it: the start of the
     /// commit-to-handled latency.
     pub created_at: DateTime<Utc>,
+    /// The trace context of the span that wrote it ([`crate::telemetry::context`]).
+    pub trace_context: Option<String>,
 }
 
 impl From<OutboxRow> for TaskMessage {
@@ -49,6 +51,7 @@ impl From<OutboxRow> for TaskMessage {
             process_at: r.process_at,
             request_id: r.request_id,
             created_at: r.created_at,
+            trace_context: r.trace_context,
         }
     }
 }

@@ -25,6 +25,7 @@ use std::{
 
 use sqlx::{Connection, PgPool};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub use super::session::begin_batch;
 use super::{OutboxRow, held::HeldQueues, wake::RelayWaker};
@@ -33,6 +34,7 @@ use crate::{
     events::{self, Event},
     metrics,
     queue::{Broker, Outage, QueueError, TaskMessage},
+    telemetry,
 };
 
 /// How often the loop deletes dispatched rows older than the retention.
@@ -125,6 +127,31 @@ impl Enqueued {
     }
 }
 
+/// The "send" span of a batch (OpenTelemetry's messaging conventions),
+/// linked to the span that wrote each of its rows. Off, a plain span.
+fn batch_span(tasks: &[TaskMessage]) -> tracing::Span {
+    if !telemetry::context::enabled() {
+        return tracing::Span::none();
+    }
+    let mut queues: Vec<&str> = tasks.iter().map(|t| t.queue.as_str()).collect();
+    queues.sort_unstable();
+    queues.dedup();
+    let span = tracing::info_span!(
+        "send",
+        otel.name = match queues.as_slice() {
+            [one] => format!("send {one}"),
+            _ => "send outbox batch".to_owned(),
+        },
+        otel.kind = "producer",
+        messaging.system = telemetry::MESSAGING_SYSTEM,
+        messaging.operation.type = "send",
+        messaging.destination.name = queues.join(","),
+        messaging.batch.message_count = tasks.len(),
+    );
+    telemetry::context::link_all(&span, tasks.iter().map(|t| t.trace_context.as_deref()));
+    span
+}
+
 /// Forwards outbox rows; see the module doc.
 #[derive(Clone)]
 pub struct Relay {
@@ -201,7 +228,7 @@ impl Relay {
             return Ok(Batch::default());
         }
         let claimed = tasks.len();
-        let enqueued = self.enqueue(&tasks).await;
+        let enqueued = self.enqueue(&tasks).instrument(batch_span(&tasks)).await;
         let forwarded: Vec<&TaskMessage> = tasks
             .iter()
             .filter(|t| !enqueued.refused(&t.queue))

@@ -11,8 +11,10 @@ use std::{
 
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
+use tracing::Instrument;
+
 use super::wake::RelayWaker;
-use crate::queue::TaskId;
+use crate::{queue::TaskId, telemetry};
 
 /// A task to be run once the surrounding transaction commits.
 #[derive(Debug, Clone)]
@@ -75,7 +77,23 @@ pub struct OutboxTx<'a> {
 impl OutboxTx<'_> {
     /// Inserts `task` and returns its id, which is the task id for the task's
     /// whole life. It runs only if the transaction commits.
+    ///
+    /// The insert is the task's "create" span (OpenTelemetry's messaging
+    /// conventions), whose context the row keeps: the task's first run is
+    /// its child.
     pub async fn insert(&mut self, task: &NewTask) -> Result<TaskId, sqlx::Error> {
+        let span = telemetry::span_if_traced(|| {
+            tracing::info_span!(
+                "create",
+                otel.name = format!("create {}", task.queue),
+                otel.kind = "producer",
+                messaging.system = telemetry::MESSAGING_SYSTEM,
+                messaging.operation.type = "create",
+                messaging.destination.name = %task.queue,
+                messaging.message.id = tracing::field::Empty,
+            )
+        });
+        let trace_context = telemetry::context::capture(&span);
         let id = sqlx::query_file_scalar!(
             "sql/outbox/insert.sql",
             task.kind,
@@ -85,9 +103,12 @@ impl OutboxTx<'_> {
             task.timeout.as_millis() as i64,
             task.process_in.as_millis() as f64,
             task.request_id,
+            trace_context,
         )
         .fetch_one(&mut *self.tx)
+        .instrument(span.clone())
         .await?;
+        span.record("messaging.message.id", id);
         self.inserted = true;
         Ok(TaskId::from(id))
     }

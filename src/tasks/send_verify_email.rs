@@ -5,6 +5,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use tracing::Instrument;
 
 use chrono::Utc;
 
@@ -14,6 +15,7 @@ use crate::{
     mail::{Delivered, Email, MailError, Mailer},
     outbox::NewTask,
     queue::{Handler, Processed, Task, TaskError},
+    telemetry,
     users::{repo, verify_email},
 };
 
@@ -135,9 +137,23 @@ impl SendVerifyEmail {
         // can be handed this task before the hand-over and its record end.
         task.fence(self.limits.effect_budget).await?;
         let started = Utc::now();
-        let prepared = match self.mailer.prepare(&email).await {
+        // The send as a client span, from the connection to the outcome.
+        let send = telemetry::span_if_traced(|| {
+            tracing::info_span!(
+                "send email",
+                otel.name = "send email",
+                otel.kind = "client",
+                otel.status_code = tracing::field::Empty,
+                network.protocol.name = "smtp",
+                simplebank.mail.outcome = tracing::field::Empty,
+            )
+        });
+        let prepared = match self.mailer.prepare(&email).instrument(send.clone()).await {
             Ok(prepared) => prepared,
             Err(e) => {
+                send.record("simplebank.mail.outcome", "failed before the message");
+                send.record("otel.status_code", "error");
+                drop(send);
                 let message_id = self.mailer.message_id(&email);
                 return Err(self
                     .failed_before_handover(task, &message_id, started, e)
@@ -151,13 +167,18 @@ impl SendVerifyEmail {
             .handing_over(task, prepared.message_id(), started)
             .await?;
         task.await_outcome(self.limits.outcome_wait);
-        let sent = prepared.hand_over().await;
+        let sent = prepared.hand_over().instrument(send.clone()).await;
         let (outcome, detail) = match &sent {
             Ok(_) => (Outcome::Sent, None),
             Err(e) if e.is_outcome_unknown() => (Outcome::Unknown, Some(e.to_string())),
             Err(e) if e.is_permanent() => (Outcome::Refused, Some(e.to_string())),
             Err(e) => (Outcome::Failed, Some(e.to_string())),
         };
+        send.record("simplebank.mail.outcome", outcome.as_str());
+        if outcome != Outcome::Sent {
+            send.record("otel.status_code", "error");
+        }
+        drop(send);
         if let Err(e) = self
             .sends
             .finished(pending, outcome, detail.as_deref())

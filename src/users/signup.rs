@@ -14,7 +14,9 @@ use super::{
     validation::SignUp,
     verify_email::{self, Resend},
 };
-use crate::{config::SignupConfig, outbox::Outbox, tasks::send_verify_email};
+use tracing::Instrument;
+
+use crate::{config::SignupConfig, outbox::Outbox, tasks::send_verify_email, telemetry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SignUpError {
@@ -110,6 +112,24 @@ impl SignUps {
         let password_for_key = key.map(|_| signup.password().to_owned());
         let hashed = self.hasher.hash(signup.take_password()).await?;
         let task = send_verify_email::task(&self.cfg, signup.username()).caused_by(request_id);
+        self.write(signup, hashed, task, key, password_for_key)
+            .instrument(telemetry::transaction_span(
+                "sign-up",
+                "INSERT users outbox",
+            ))
+            .await
+    }
+
+    /// The sign-up's transaction: the key's look, the account, its task and
+    /// the key's record, committed together.
+    async fn write(
+        &self,
+        signup: SignUp,
+        hashed: String,
+        task: crate::outbox::NewTask,
+        key: Option<&IdempotencyKey>,
+        password_for_key: Option<String>,
+    ) -> Result<SignedUp, SignUpError> {
         let mut tx = self.outbox.begin().await?;
         if let (Some(key), Some(password)) = (key, password_for_key) {
             // A twin of this request holds the key now: 409. One that
@@ -210,6 +230,10 @@ impl SignUps {
             task,
             key.map(|k| (k, ttl)),
         )
+        .instrument(telemetry::transaction_span(
+            "new link",
+            "INSERT verify_email_resend_limits outbox",
+        ))
         .await?;
         if let Resend::Queued { task_id } = outcome {
             tracing::info!(task_id = task_id.get(), "verification link sent again");

@@ -194,6 +194,9 @@ fn a_bad_setting_is_refused_at_start_with_one_line_naming_it() {
             "VERIFY_EMAIL_RESEND_WINDOW",
         ),
         ("HTTP_SIGNUP_RATE_BURST", "0", "from 1 to"),
+        ("OTEL_TRACES_SAMPLER", "sometimes", "parentbased_always_on"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://collector", "http://"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "0", "from 1 to"),
     ];
     for (var, value, says) in cases {
         let out = Command::new(BIN)

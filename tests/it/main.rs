@@ -20,6 +20,7 @@ mod relay_sessions;
 mod resend_limits;
 mod retention;
 mod sentinel;
+mod traces;
 mod verify_email;
 mod verify_links;
 mod worker_guarantees;

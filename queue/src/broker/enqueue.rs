@@ -37,7 +37,7 @@ impl Broker {
 
     async fn enqueue_one(&self, queue: &str, tasks: &[&TaskMessage]) -> Result<usize, QueueError> {
         let keys = self.keys(queue);
-        let mut args = Vec::with_capacity(1 + tasks.len() * 8);
+        let mut args = Vec::with_capacity(1 + tasks.len() * 9);
         args.push(keys.wake_channel.clone());
         for t in tasks {
             args.extend([
@@ -49,6 +49,7 @@ impl Broker {
                 t.process_at.timestamp_millis().to_string(),
                 t.request_id.clone().unwrap_or_default(),
                 t.created_at.timestamp_millis().to_string(),
+                t.trace_context.clone().unwrap_or_default(),
             ]);
         }
         let lua = &SCRIPTS.enqueue;

@@ -77,7 +77,7 @@ impl Broker {
             )
             .await?;
         let mut reply = Reply::new(lua.name, reply)?;
-        let mut tasks = Vec::with_capacity(reply.remaining() / 10);
+        let mut tasks = Vec::with_capacity(reply.remaining() / 11);
         while reply.remaining() > 0 {
             let id = TaskId::from(reply.int("id")?);
             let kind = reply.text("kind")?;
@@ -91,6 +91,7 @@ impl Broker {
             let ms = |n: u64| DateTime::from_timestamp_millis(n.try_into().ok()?);
             let created_at = reply.opt_count("created_at")?.and_then(ms);
             let process_at = reply.count("process_at").map(ms)?;
+            let trace_context = reply.opt_text("trace")?;
             let delivery = Delivery(reply.count("delivery")?);
             let renewal = Renewal {
                 broker: self.clone(),
@@ -111,6 +112,7 @@ impl Broker {
                 request_id,
                 created_at,
                 process_at,
+                trace_context,
                 guard: Arc::new(RunGuard::new(sent_at + lease).with_renewal(renewal)),
             });
         }

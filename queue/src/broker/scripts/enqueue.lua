@@ -1,7 +1,8 @@
 -- Enqueue a batch of tasks into one queue; an id that already exists is left alone.
 -- KEYS[1] task key prefix, KEYS[2] pending, KEYS[3] scheduled, KEYS[4] enqueue counter
--- ARGV[1] wake channel, then 8 per task: id, kind, payload, max_retry, timeout_ms,
--- process_at_ms, request_id ('' for none), created_at_ms (the outbox row's)
+-- ARGV[1] wake channel, then 9 per task: id, kind, payload, max_retry, timeout_ms,
+-- process_at_ms, request_id ('' for none), created_at_ms (the outbox row's),
+-- trace context ('' for none; kept only when there is one)
 -- Returns one flag per task: 1 enqueued now, 0 already present
 --
 -- This runs once per relay batch, so its cost per task bounds the relay's drain
@@ -25,7 +26,7 @@ local now = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
 local now_ms = tonumber(now)
 local flags, fresh = {}, {}
 local added = 0
-for i = 2, #ARGV, 8 do
+for i = 2, #ARGV, 9 do
   local id = ARGV[i]
   local key = KEYS[1] .. id
   if redis.call('EXISTS', key) == 1 then
@@ -38,6 +39,7 @@ for i = 2, #ARGV, 8 do
       'timeout_ms', ARGV[i + 4], 'process_at', process_at, 'retried', '0', 'deliveries', '0',
       'state', state, 'enqueued_at', now, 'pending_since', now,
       'request_id', ARGV[i + 6], 'created_at', ARGV[i + 7])
+    if ARGV[i + 8] ~= '' then redis.call('HSET', key, 'trace', ARGV[i + 8]) end
     if state == 'pending' then
       fresh[#fresh + 1] = id
     else

@@ -1,0 +1,158 @@
+//! Trace context across the process boundaries a sign-up's work crosses:
+//! the client's `traceparent` into the API's server span, a span's context
+//! into the outbox row (and from there, through the relay, into the task),
+//! and the stored context back as the parent or a link of the worker's run.
+//!
+//! Stored form: the W3C `traceparent` value, then, when there is one, a
+//! newline and the `tracestate` value (header values hold no newline).
+
+use std::collections::HashMap;
+
+use opentelemetry::{
+    Context,
+    propagation::{Extractor, Injector},
+    trace::{SpanContext, TraceContextExt},
+};
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// Whether spans are exported at all; set once at start. Off, every helper
+/// here returns at once.
+pub fn enabled() -> bool {
+    super::TRACING_ON.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
+
+/// The context of `span` in its stored form, or `None` when tracing is off
+/// or the span is not sampled (nothing would join it).
+pub fn capture(span: &Span) -> Option<String> {
+    if !enabled() {
+        return None;
+    }
+    let cx = span.context();
+    if !cx.span().span_context().is_sampled() {
+        return None;
+    }
+    let mut fields = HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&cx, &mut Fields(&mut fields))
+    });
+    let parent = fields.remove(TRACEPARENT)?;
+    Some(match fields.remove(TRACESTATE).filter(|s| !s.is_empty()) {
+        Some(state) => format!("{parent}\n{state}"),
+        None => parent,
+    })
+}
+
+/// The span context a stored context names, if it reads as one.
+pub fn restore(stored: &str) -> Option<SpanContext> {
+    if !enabled() {
+        return None;
+    }
+    let (parent, state) = stored.split_once('\n').unwrap_or((stored, ""));
+    let mut fields = HashMap::from([(TRACEPARENT.to_owned(), parent.to_owned())]);
+    if !state.is_empty() {
+        fields.insert(TRACESTATE.to_owned(), state.to_owned());
+    }
+    extract(&Fields(&mut fields))
+}
+
+/// Makes `span` a child of the client's context in `headers`, if they carry
+/// a valid `traceparent`.
+pub fn adopt_client_context(span: &Span, headers: &axum::http::HeaderMap) {
+    if !enabled() {
+        return;
+    }
+    if let Some(remote) = extract(&Headers(headers)) {
+        let _ = span.set_parent(Context::new().with_remote_span_context(remote));
+    }
+}
+
+fn extract(carrier: &dyn Extractor) -> Option<SpanContext> {
+    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(carrier));
+    let remote = cx.span().span_context().clone();
+    remote.is_valid().then_some(remote)
+}
+
+/// The run of a task whose sign-up stored `stored`: its first attempt is a
+/// child of that span; a later one (a retry, a rerun after a lost lease, a
+/// retry from the archive) starts a trace of its own with a link to it, so
+/// one sign-up's trace does not grow for days and each attempt stays
+/// readable alone.
+pub fn join_task(span: &Span, stored: Option<&str>, attempt: u32) {
+    let Some(origin) = stored.and_then(restore) else {
+        return;
+    };
+    if attempt <= 1 {
+        let _ = span.set_parent(Context::new().with_remote_span_context(origin));
+    } else {
+        span.add_link(origin);
+    }
+}
+
+/// Links `span` (a relay batch) to the spans that wrote its rows.
+pub fn link_all<'a>(span: &Span, stored: impl IntoIterator<Item = Option<&'a str>>) {
+    if !enabled() {
+        return;
+    }
+    for origin in stored.into_iter().flatten().filter_map(restore) {
+        span.add_link(origin);
+    }
+}
+
+/// A header map, or a stored context's fields, as the propagator reads them.
+struct Fields<'a>(&'a mut HashMap<String, String>);
+
+impl Injector for Fields<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_owned(), value);
+    }
+}
+
+impl Extractor for Fields<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(String::as_str).collect()
+    }
+}
+
+struct Headers<'a>(&'a axum::http::HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_context_reads_back_with_its_state() {
+        super::super::TRACING_ON.store(true, std::sync::atomic::Ordering::Relaxed);
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let restored = restore(&format!("{parent}\nvendor=abc")).expect("a context");
+        assert_eq!(
+            restored.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(restored.span_id().to_string(), "00f067aa0ba902b7");
+        assert!(restored.is_sampled());
+        assert_eq!(restored.trace_state().get("vendor"), Some("abc"));
+        assert!(restore("00-zz-00f067aa0ba902b7-01").is_none());
+        assert!(restore("").is_none());
+    }
+}

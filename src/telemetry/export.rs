@@ -1,0 +1,173 @@
+//! Finished spans on their way to the collector, on a thread of their own:
+//! a bounded queue that a span joins without waiting (when it is full the
+//! span is dropped and counted), batches sent by the OTLP exporter within a
+//! timeout (a batch that fails or times out is dropped and counted too).
+//! A collector that is slow, away or black-holed therefore costs a request
+//! or a task nothing but the push onto the queue.
+
+use std::{
+    sync::mpsc as std_mpsc,
+    time::{Duration, Instant},
+};
+
+use opentelemetry::Context;
+use opentelemetry_sdk::{
+    error::{OTelSdkError, OTelSdkResult},
+    trace::{Span, SpanData, SpanExporter, SpanProcessor},
+};
+use tokio::sync::mpsc::{self, Receiver, Sender, error::TrySendError};
+
+use crate::metrics;
+
+/// What the export thread is asked to do.
+enum Message {
+    Span(Box<SpanData>),
+    /// Send what is queued, then answer.
+    Flush(std_mpsc::SyncSender<()>),
+    /// Send what is queued, answer, and end.
+    Shutdown(std_mpsc::SyncSender<()>),
+}
+
+/// The bounds of the queue and of each export.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_queue: usize,
+    pub max_batch: usize,
+    pub delay: Duration,
+    pub timeout: Duration,
+}
+
+/// A [`SpanProcessor`] that never blocks the span's thread; see the module doc.
+#[derive(Debug)]
+pub struct BoundedExport {
+    queue: Sender<Message>,
+}
+
+impl BoundedExport {
+    /// Starts the export thread, with a Tokio runtime of its own (the OTLP
+    /// clients need one, and the service's runtime does not exist yet), and
+    /// the exporter `make` builds in it.
+    pub fn start<E: SpanExporter + 'static>(
+        make: impl FnOnce() -> anyhow::Result<E>,
+        limits: Limits,
+    ) -> anyhow::Result<Self> {
+        let (queue, spans) = mpsc::channel(limits.max_queue);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let exporter = {
+            let _inside = runtime.enter();
+            make()?
+        };
+        std::thread::Builder::new()
+            .name("trace-export".into())
+            .spawn(move || runtime.block_on(export_loop(exporter, spans, limits)))?;
+        Ok(Self { queue })
+    }
+
+    /// Asks the thread for `message`'s work and waits up to `timeout` for
+    /// it. Blocking here is the caller's choice (a flush, the shutdown),
+    /// never a span's.
+    fn ask(
+        &self,
+        message: impl Fn(std_mpsc::SyncSender<()>) -> Message,
+        timeout: Duration,
+    ) -> OTelSdkResult {
+        let until = Instant::now() + timeout;
+        let (done, answered) = std_mpsc::sync_channel(1);
+        // A full queue makes room within a batch's export.
+        loop {
+            match self.queue.try_send(message(done.clone())) {
+                Ok(()) => break,
+                Err(TrySendError::Closed(_)) => return Err(OTelSdkError::AlreadyShutdown),
+                Err(TrySendError::Full(_)) if Instant::now() < until => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(TrySendError::Full(_)) => return Err(OTelSdkError::Timeout(timeout)),
+            }
+        }
+        answered
+            .recv_timeout(until.saturating_duration_since(Instant::now()))
+            .map_err(|_| OTelSdkError::Timeout(timeout))
+    }
+}
+
+impl SpanProcessor for BoundedExport {
+    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if !span.span_context.is_sampled() {
+            return;
+        }
+        match self.queue.try_send(Message::Span(Box::new(span))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => metrics::trace_spans_dropped("queue_full", 1),
+            Err(TrySendError::Closed(_)) => metrics::trace_spans_dropped("shut_down", 1),
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.ask(Message::Flush, Duration::from_secs(30))
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.ask(Message::Shutdown, timeout)
+    }
+}
+
+async fn export_loop<E: SpanExporter>(exporter: E, mut spans: Receiver<Message>, limits: Limits) {
+    let mut batch: Vec<SpanData> = Vec::with_capacity(limits.max_batch);
+    let mut deadline = tokio::time::Instant::now() + limits.delay;
+    loop {
+        let message = tokio::time::timeout_at(deadline, spans.recv()).await;
+        // Who waits for this round's export, and whether it is the last.
+        let (mut answers, mut end) = (Vec::new(), false);
+        match message {
+            Ok(Some(Message::Span(span))) => {
+                batch.push(*span);
+                if batch.len() < limits.max_batch {
+                    continue;
+                }
+            }
+            Ok(Some(Message::Flush(done))) => answers.push(done),
+            Ok(Some(Message::Shutdown(done))) => (answers, end) = (vec![done], true),
+            // Every sender is gone: the provider was dropped.
+            Ok(None) => end = true,
+            Err(_) => {}
+        }
+        // Spans queued before a flush or the shutdown belong to it.
+        if !answers.is_empty() || end {
+            while let Ok(message) = spans.try_recv() {
+                match message {
+                    Message::Span(span) => batch.push(*span),
+                    Message::Flush(done) => answers.push(done),
+                    Message::Shutdown(done) => {
+                        answers.push(done);
+                        end = true;
+                    }
+                }
+            }
+        }
+        for chunk in std::mem::take(&mut batch).chunks(limits.max_batch) {
+            send(&exporter, chunk.to_vec(), limits.timeout).await;
+        }
+        deadline = tokio::time::Instant::now() + limits.delay;
+        for done in answers {
+            let _ = done.try_send(());
+        }
+        if end {
+            let _ = exporter.shutdown();
+            return;
+        }
+    }
+}
+
+/// One export within `timeout`; its spans are counted as exported or dropped.
+async fn send<E: SpanExporter>(exporter: &E, chunk: Vec<SpanData>, timeout: Duration) {
+    let n = chunk.len() as u64;
+    match tokio::time::timeout(timeout, exporter.export(chunk)).await {
+        Ok(Ok(())) => metrics::trace_spans_exported(n),
+        Ok(Err(_)) => metrics::trace_spans_dropped("export_failed", n),
+        Err(_) => metrics::trace_spans_dropped("export_timed_out", n),
+    }
+}
