@@ -45,6 +45,8 @@ mod latency;
 mod relay_drain;
 #[path = "bench/sustained.rs"]
 mod sustained;
+#[path = "bench/tracing_cost.rs"]
+mod tracing_cost;
 #[path = "bench/util.rs"]
 mod util;
 #[path = "bench/worker_rate.rs"]
@@ -79,9 +81,12 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "latency,worker,http,sustained,relay"
+        default_value = "latency,worker,http,sustained,tracing,relay"
     )]
     only: Vec<Part>,
+    /// Outbox rows of each drain in the tracing part.
+    #[arg(long, default_value_t = 200_000)]
+    tracing_rows: i64,
     /// Outbox rows in the relay drain backlog.
     #[arg(long, default_value_t = 1_000_000)]
     relay_rows: i64,
@@ -138,6 +143,7 @@ enum Part {
     Latency,
     Http,
     Sustained,
+    Tracing,
 }
 
 /// One line of the results table.
@@ -218,6 +224,7 @@ async fn main() -> anyhow::Result<()> {
             Part::Latency => bench.latency().await,
             Part::Http => bench.http().await,
             Part::Sustained => bench.sustained(&bench.targets()).await,
+            Part::Tracing => bench.tracing_cost().await,
         }?;
         for row in &found {
             println!("  {}: {} {}", row.what, row.ours, row.limit);

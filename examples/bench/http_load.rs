@@ -4,11 +4,11 @@
 use super::*;
 
 /// One wrk run against `serve`.
-struct WrkRun {
-    rps: f64,
-    p99: String,
-    users: i64,
-    rss_kib: u64,
+pub(crate) struct WrkRun {
+    pub rps: f64,
+    pub p99: String,
+    pub users: i64,
+    pub rss_kib: u64,
 }
 
 impl Bench {
@@ -27,7 +27,7 @@ impl Bench {
             self.reset().await?;
             let tps = self.pgbench_create_user(&script)?;
             self.reset().await?;
-            let run = self.wrk_create_user(&lua).await?;
+            let run = self.wrk_create_user(&lua, None).await?;
             println!(
                 "http round {round}: pgbench {tps:.0} tx/s; wrk {:.0} req/s, p99 {}, {} users created",
                 run.rps, run.p99, run.users
@@ -78,12 +78,17 @@ impl Bench {
         find_number(&text, "tps = ").context("tps in pgbench's output")
     }
 
-    /// A release `serve` under wrk posting distinct valid sign-ups.
-    async fn wrk_create_user(&self, lua: &std::path::Path) -> anyhow::Result<WrkRun> {
+    /// A release `serve` under wrk posting distinct valid sign-ups; with
+    /// `otlp`, exporting every span there.
+    pub(crate) async fn wrk_create_user(
+        &self,
+        lua: &std::path::Path,
+        otlp: Option<&str>,
+    ) -> anyhow::Result<WrkRun> {
         let clients = self.args.clients.to_string();
         let mail_dir = std::env::temp_dir().join("simplebank-bench-mail");
-        let mut serve = self
-            .command("serve")
+        let mut serve = self.traced(self.command("serve"), otlp);
+        let mut serve = serve
             .env("HTTP_ADDR", "127.0.0.1:0")
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
@@ -170,7 +175,7 @@ END;
 
 /// wrk: POST a valid sign-up with a username unique per thread and request.
 /// (`thread_id` must stay a global: `thread:set` writes the thread's globals.)
-const WRK_CREATE_USER: &str = r#"local counter = 0
+pub(crate) const WRK_CREATE_USER: &str = r#"local counter = 0
 local threads = 0
 function setup(thread)
   thread:set("thread_id", threads)

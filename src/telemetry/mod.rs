@@ -144,9 +144,20 @@ pub fn init(cfg: &LogConfig, tracing: &TracingConfig, tool: bool) -> anyhow::Res
     let traced = pipeline.is_some();
     TRACING_ON.store(traced, Ordering::Relaxed);
     let (provider, otel_layer) = match pipeline {
+        // Spans only, with their own fields: log events are not copied into
+        // them as span events (the log lines carry the ids instead), and no
+        // code location, thread or busy/idle time is recorded per span. Each
+        // of those costs on every span, and a request has three.
         Some((provider, tracer)) => (
             Some(provider),
-            Some(tracing_opentelemetry::layer().with_tracer(tracer)),
+            Some(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_location(false)
+                    .with_threads(false)
+                    .with_tracked_inactivity(false)
+                    .with_filter(tracing_subscriber::filter::filter_fn(|meta| meta.is_span())),
+            ),
         ),
         None => (None, None),
     };

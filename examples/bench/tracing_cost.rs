@@ -1,0 +1,129 @@
+//! Part 6, what tracing costs: POST /v1/create_user under wrk and a
+//! `relay --once` drain, each with tracing off and on (OTEL_TRACES_SAMPLER
+//! always_on, every span exported over OTLP to a collector this harness runs
+//! on loopback), in rounds of one run that alternate which goes first,
+//! medians compared.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+    trace_service_server::{TraceService, TraceServiceServer},
+};
+
+use super::*;
+
+/// A collector that counts the spans it receives.
+#[derive(Clone, Default)]
+struct Counting(Arc<AtomicU64>);
+
+#[tonic::async_trait]
+impl TraceService for Counting {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let spans: usize = request
+            .get_ref()
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        self.0.fetch_add(spans as u64, Ordering::Relaxed);
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// Rows of the traced drain, each with a trace context to link to.
+const TRACED_BACKLOG: &str = "UPDATE outbox SET trace_context =
+    '00-' || md5(id::text) || '-' || substr(md5(id::text || 's'), 1, 16) || '-01'";
+
+impl Bench {
+    /// The OTLP settings of a child process: exporting every span to `otlp`.
+    pub(crate) fn traced(&self, mut cmd: Command, otlp: Option<&str>) -> Command {
+        if let Some(endpoint) = otlp {
+            cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+                .env("OTEL_TRACES_SAMPLER", "always_on");
+        }
+        cmd
+    }
+
+    /// 6. create_user and the relay drain with tracing off and on.
+    pub(crate) async fn tracing_cost(&self) -> anyhow::Result<Vec<Row>> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let endpoint = format!("http://{}", listener.local_addr()?);
+        let received = Counting::default();
+        let stop_collector = tokio_util::sync::CancellationToken::new();
+        let collector = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(received.clone()))
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    stop_collector.clone().cancelled_owned(),
+                ),
+        );
+        let lua = std::env::temp_dir().join("simplebank-bench-create-user.lua");
+        std::fs::write(&lua, http_load::WRK_CREATE_USER)?;
+        let n = self.args.tracing_rows;
+        let (mut http, mut drain) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+        let mut spans = 0;
+        for round in 1..=self.args.http_rounds.max(1) {
+            // Off first in odd rounds, on first in even ones: the second run
+            // of a pair meets the first's leftovers (WAL to checkpoint, dead
+            // rows to vacuum), which must not always fall on one side.
+            let mut order = [(0, None), (1, Some(endpoint.as_str()))];
+            if round % 2 == 0 {
+                order.reverse();
+            }
+            for (i, otlp) in order {
+                self.reset().await?;
+                let before = received.0.load(Ordering::Relaxed);
+                let run = self.wrk_create_user(&lua, otlp).await?;
+                self.backlog(n).await?;
+                sqlx::raw_sql(TRACED_BACKLOG).execute(&self.pool).await?;
+                let rate = self.relay_once(n, otlp).await?;
+                let got = received.0.load(Ordering::Relaxed) - before;
+                spans += got;
+                println!(
+                    "tracing round {round}, {}: create_user {:.0} req/s (p99 {}), relay drain {rate:.0} rows/s, {got} spans received",
+                    if otlp.is_some() { "on" } else { "off" },
+                    run.rps,
+                    run.p99
+                );
+                http[i].push(run.rps);
+                drain[i].push(rate);
+            }
+        }
+        stop_collector.cancel();
+        let _ = collector.await;
+        let (http_off, http_on) = (median(&mut http[0]), median(&mut http[1]));
+        let (drain_off, drain_on) = (median(&mut drain[0]), median(&mut drain[1]));
+        let rounds = self.args.http_rounds.max(1);
+        Ok(vec![
+            Row::new(
+                "6. POST /v1/create_user, tracing on, always_on (req/s)",
+                per_s(http_on),
+            )
+            .limit(
+                format!("{} tracing off (medians of {rounds})", per_s(http_off)),
+                http_on / http_off,
+            )
+            .target("<= 10 % slower", http_on / http_off >= 0.9),
+            Row::new(
+                format!("6. relay drain, {n} rows with trace contexts, tracing on (rows/s)"),
+                format!("{} ({spans} spans received in all)", per_s(drain_on)),
+            )
+            .limit(
+                format!("{} tracing off (medians of {rounds})", per_s(drain_off)),
+                drain_on / drain_off,
+            )
+            .target("<= 10 % slower", drain_on / drain_off >= 0.9),
+        ])
+    }
+}
