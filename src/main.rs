@@ -147,7 +147,9 @@ fn main() -> ExitCode {
         }
     };
     let outcome = runtime.block_on(run(cli.command, cfg));
-    // The last spans (the shutdown's) go out before the process ends.
+    // Tasks still holding spans end with the runtime; then the last spans
+    // go out before the process ends.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     telemetry.shutdown();
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,4 +1,4 @@
-//! Part 6, what tracing costs: POST /v1/create_user under wrk and a
+//! Part 7, what tracing costs: POST /v1/create_user under wrk and a
 //! `relay --once` drain, each with tracing off and on (OTEL_TRACES_SAMPLER
 //! always_on, every span exported over OTLP to a collector this harness runs
 //! on loopback), in rounds of one run that alternate which goes first,
@@ -45,16 +45,21 @@ const TRACED_BACKLOG: &str = "UPDATE outbox SET trace_context =
     '00-' || md5(id::text) || '-' || substr(md5(id::text || 's'), 1, 16) || '-01'";
 
 impl Bench {
-    /// The OTLP settings of a child process: exporting every span to `otlp`.
+    /// The OTLP settings of a child process: exporting every span to
+    /// `otlp`, or, without, none at all (whatever the shell set).
     pub(crate) fn traced(&self, mut cmd: Command, otlp: Option<&str>) -> Command {
-        if let Some(endpoint) = otlp {
-            cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
-                .env("OTEL_TRACES_SAMPLER", "always_on");
-        }
+        match otlp {
+            Some(endpoint) => cmd
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+                .env("OTEL_TRACES_SAMPLER", "always_on"),
+            None => cmd
+                .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        };
         cmd
     }
 
-    /// 6. create_user and the relay drain with tracing off and on.
+    /// 7. create_user and the relay drain with tracing off and on.
     pub(crate) async fn tracing_cost(&self) -> anyhow::Result<Vec<Row>> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let endpoint = format!("http://{}", listener.local_addr()?);
@@ -107,7 +112,7 @@ impl Bench {
         let rounds = self.args.http_rounds.max(1);
         Ok(vec![
             Row::new(
-                "6. POST /v1/create_user, tracing on, always_on (req/s)",
+                "7. POST /v1/create_user, tracing on, always_on (req/s)",
                 per_s(http_on),
             )
             .limit(
@@ -116,7 +121,7 @@ impl Bench {
             )
             .target("<= 10 % slower", http_on / http_off >= 0.9),
             Row::new(
-                format!("6. relay drain, {n} rows with trace contexts, tracing on (rows/s)"),
+                format!("7. relay drain, {n} rows with trace contexts, tracing on (rows/s)"),
                 format!("{} ({spans} spans received in all)", per_s(drain_on)),
             )
             .limit(

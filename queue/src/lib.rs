@@ -90,7 +90,7 @@ pub use broker::{
 pub use connection::RedisSettings;
 pub use fence::Fenced;
 pub use handler::{Handler, HandlerRegistry, Ledger, Processed, handler_fn};
-pub use observe::{Observer, RunEnd, RunEnded, task_span};
+pub use observe::{Observer, RunEnd, RunEnded, SPAN_TARGET, task_span};
 pub use one_line::one_line;
 pub use outage::Outage;
 pub use retry::RetryPolicy;

@@ -281,6 +281,7 @@ mod tests {
             created_at: None,
             process_at: None,
             trace_context: None,
+            first_hand_out: true,
             guard: Arc::new(RunGuard::new(Instant::now() + Duration::from_secs(30))),
         }
     }

@@ -70,9 +70,12 @@ pub trait Observer: Send + Sync + 'static {
     }
 }
 
+/// The target of a run's span, whoever makes it: `RUST_LOG` names it.
+pub const SPAN_TARGET: &str = "simplebank_queue::server";
+
 /// The default span of a run ([`Observer::run_span`]).
 pub fn task_span(task: &Task) -> tracing::Span {
-    tracing::info_span!("task", task_id = task.id.get(), r#type = %task.kind, queue = %task.queue, attempt = task.attempt, request_id = task.request_id.as_deref())
+    tracing::info_span!(target: SPAN_TARGET, "task", task_id = task.id.get(), r#type = %task.kind, queue = %task.queue, attempt = task.attempt, request_id = task.request_id.as_deref())
 }
 
 /// The observer of a server given none.

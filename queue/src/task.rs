@@ -163,6 +163,10 @@ pub struct Task {
     pub process_at: Option<DateTime<Utc>>,
     /// The trace context it was enqueued with ([`TaskMessage::trace_context`]).
     pub trace_context: Option<String>,
+    /// Whether this is the task's first hand-out: no run before it, not
+    /// even one handed back untried, a lost lease's, or one before a retry
+    /// from the archive (which resets [`Task::attempt`]).
+    pub first_hand_out: bool,
     /// The run's lease, timeout and shutdown, as far as this process knows.
     pub(crate) guard: Arc<RunGuard>,
 }

@@ -191,8 +191,14 @@ impl TracingConfig {
             };
             let url =
                 url::Url::parse(&endpoint).map_err(|e| bad(var, format!("is not a URL ({e})")))?;
-            if !matches!(url.scheme(), "http" | "https") {
-                return Err(bad(var, "must be an http:// or https:// URL"));
+            // No TLS client is built in for the exporter: an https://
+            // collector would refuse every export. A collector on the host
+            // or beside it (an agent) takes plain OTLP.
+            if url.scheme() != "http" {
+                return Err(bad(
+                    var,
+                    "must be an http:// URL (TLS to the collector is not built in: export to an agent on the host or the pod)",
+                ));
             }
         }
         in_range("OTEL_BSP_MAX_QUEUE_SIZE", self.max_queue_size, 1, 1_000_000)?;

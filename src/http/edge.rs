@@ -255,13 +255,25 @@ fn request_span(req: &Request) -> Span {
         .extensions()
         .get::<MatchedPath>()
         .map(MatchedPath::as_str);
+    // OpenTelemetry's HTTP conventions: a method outside the known set is
+    // _OTHER (a client may send any token), and a request no route matched
+    // is named by its method alone.
+    let method = match req.method().as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "CONNECT" | "OPTIONS" | "TRACE"
+        | "PATCH") => m,
+        _ => "_OTHER",
+    };
     let span = tracing::info_span!(
         "request",
-        otel.name = format!("{} {}", req.method(), route.unwrap_or("unmatched")),
+        otel.name = match route {
+            Some(route) => format!("{method} {route}"),
+            None => method.to_owned(),
+        },
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
-        http.request.method = %req.method(),
+        http.request.method = method,
         http.route = route,
+        url.scheme = "http",
         url.path = %req.uri().path(),
         http.response.status_code = tracing::field::Empty,
         request_id = %id,

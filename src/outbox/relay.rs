@@ -145,7 +145,11 @@ fn batch_span(tasks: &[TaskMessage]) -> tracing::Span {
         otel.kind = "producer",
         messaging.system = telemetry::MESSAGING_SYSTEM,
         messaging.operation.type = "send",
-        messaging.destination.name = queues.join(","),
+        // One destination only when the batch has one.
+        messaging.destination.name = match queues.as_slice() {
+            [one] => Some(*one),
+            _ => None,
+        },
         messaging.batch.message_count = tasks.len(),
     );
     telemetry::context::link_all(&span, tasks.iter().map(|t| t.trace_context.as_deref()));

@@ -108,7 +108,7 @@ impl OutboxTx<'_> {
         .fetch_one(&mut *self.tx)
         .instrument(span.clone())
         .await?;
-        span.record("messaging.message.id", id);
+        span.record("messaging.message.id", tracing::field::display(id));
         self.inserted = true;
         Ok(TaskId::from(id))
     }

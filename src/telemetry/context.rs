@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use opentelemetry::{
     Context,
     propagation::{Extractor, Injector},
-    trace::{SpanContext, TraceContextExt},
+    trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState},
 };
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -25,14 +25,21 @@ pub fn enabled() -> bool {
 const TRACEPARENT: &str = "traceparent";
 const TRACESTATE: &str = "tracestate";
 
-/// The context of `span` in its stored form, or `None` when tracing is off
-/// or the span is not sampled (nothing would join it).
+/// The longest `tracestate` kept: W3C's advice for what a vendor may cut
+/// to. A client's longer one is dropped (the `traceparent` is kept), so a
+/// request cannot make each outbox row and task hash kilobytes larger.
+const MAX_TRACESTATE: usize = 512;
+
+/// The context of `span` in its stored form, or `None` when tracing is off.
+/// An unsampled context is stored too: the run then follows the sign-up's
+/// decision (ParentBased samplers) instead of starting a sampled trace of
+/// its own.
 pub fn capture(span: &Span) -> Option<String> {
     if !enabled() {
         return None;
     }
     let cx = span.context();
-    if !cx.span().span_context().is_sampled() {
+    if !cx.span().span_context().is_valid() {
         return None;
     }
     let mut fields = HashMap::new();
@@ -40,23 +47,43 @@ pub fn capture(span: &Span) -> Option<String> {
         p.inject_context(&cx, &mut Fields(&mut fields))
     });
     let parent = fields.remove(TRACEPARENT)?;
-    Some(match fields.remove(TRACESTATE).filter(|s| !s.is_empty()) {
+    let state = fields
+        .remove(TRACESTATE)
+        .filter(|s| !s.is_empty() && s.len() <= MAX_TRACESTATE);
+    Some(match state {
         Some(state) => format!("{parent}\n{state}"),
         None => parent,
     })
 }
 
-/// The span context a stored context names, if it reads as one.
+/// The span context a stored context names, if it reads as one. Parsed
+/// here rather than through the propagator: a relay batch restores one per
+/// row, and the stored form is always ours (version 00, as `capture` wrote
+/// it).
 pub fn restore(stored: &str) -> Option<SpanContext> {
     if !enabled() {
         return None;
     }
     let (parent, state) = stored.split_once('\n').unwrap_or((stored, ""));
-    let mut fields = HashMap::from([(TRACEPARENT.to_owned(), parent.to_owned())]);
-    if !state.is_empty() {
-        fields.insert(TRACESTATE.to_owned(), state.to_owned());
+    let mut parts = parent.split('-');
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if version != "00" || parts.next().is_some() || trace.len() != 32 || span.len() != 16 {
+        return None;
     }
-    extract(&Fields(&mut fields))
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    let state = match state {
+        "" => TraceState::default(),
+        s => s.parse().ok()?,
+    };
+    let cx = SpanContext::new(
+        TraceId::from_hex(trace).ok()?,
+        SpanId::from_hex(span).ok()?,
+        TraceFlags::new(flags) & TraceFlags::SAMPLED,
+        true,
+        state,
+    );
+    cx.is_valid().then_some(cx)
 }
 
 /// Makes `span` a child of the client's context in `headers`, if they carry
@@ -76,16 +103,16 @@ fn extract(carrier: &dyn Extractor) -> Option<SpanContext> {
     remote.is_valid().then_some(remote)
 }
 
-/// The run of a task whose sign-up stored `stored`: its first attempt is a
-/// child of that span; a later one (a retry, a rerun after a lost lease, a
-/// retry from the archive) starts a trace of its own with a link to it, so
-/// one sign-up's trace does not grow for days and each attempt stays
-/// readable alone.
-pub fn join_task(span: &Span, stored: Option<&str>, attempt: u32) {
+/// The run of a task whose sign-up stored `stored`: its first hand-out is a
+/// child of that span; any later run (a retry, a rerun after a lost lease or
+/// a hand-back, a retry from the archive) starts a trace of its own with a
+/// link to it, so one sign-up's trace does not grow for days and each run
+/// stays readable alone.
+pub fn join_task(span: &Span, stored: Option<&str>, first_hand_out: bool) {
     let Some(origin) = stored.and_then(restore) else {
         return;
     };
-    if attempt <= 1 {
+    if first_hand_out {
         let _ = span.set_parent(Context::new().with_remote_span_context(origin));
     } else {
         span.add_link(origin);
@@ -102,22 +129,12 @@ pub fn link_all<'a>(span: &Span, stored: impl IntoIterator<Item = Option<&'a str
     }
 }
 
-/// A header map, or a stored context's fields, as the propagator reads them.
+/// The fields the propagator writes a context into.
 struct Fields<'a>(&'a mut HashMap<String, String>);
 
 impl Injector for Fields<'_> {
     fn set(&mut self, key: &str, value: String) {
         self.0.insert(key.to_owned(), value);
-    }
-}
-
-impl Extractor for Fields<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(String::as_str).collect()
     }
 }
 

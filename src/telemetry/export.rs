@@ -61,7 +61,18 @@ impl BoundedExport {
         };
         std::thread::Builder::new()
             .name("trace-export".into())
-            .spawn(move || runtime.block_on(export_loop(exporter, spans, limits)))?;
+            .spawn(move || {
+                let run = std::panic::AssertUnwindSafe(|| {
+                    runtime.block_on(export_loop(exporter, spans, limits))
+                });
+                // The queue closes with the thread: later spans are counted
+                // as dropped ("shut_down"), and this says why.
+                if std::panic::catch_unwind(run).is_err() {
+                    tracing::error!(
+                        "the trace export stopped (a panic): spans are dropped from now on"
+                    );
+                }
+            })?;
         Ok(Self { queue })
     }
 
@@ -157,6 +168,17 @@ async fn export_loop<E: SpanExporter>(exporter: E, mut spans: Receiver<Message>,
         }
         if end {
             let _ = exporter.shutdown();
+            // Spans that ended after the last export are dropped, counted.
+            spans.close();
+            let mut late = 0;
+            while let Ok(message) = spans.try_recv() {
+                if let Message::Span(_) = message {
+                    late += 1;
+                }
+            }
+            if late > 0 {
+                metrics::trace_spans_dropped("shut_down", late);
+            }
             return;
         }
     }

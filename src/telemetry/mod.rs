@@ -49,6 +49,7 @@ pub fn run_span(task: &crate::queue::Task) -> tracing::Span {
         return crate::queue::task_span(task);
     }
     let span = tracing::info_span!(
+        target: crate::queue::SPAN_TARGET,
         "task",
         otel.name = format!("process {}", task.queue),
         otel.kind = "consumer",
@@ -56,7 +57,7 @@ pub fn run_span(task: &crate::queue::Task) -> tracing::Span {
         messaging.system = MESSAGING_SYSTEM,
         messaging.operation.type = "process",
         messaging.destination.name = %task.queue,
-        messaging.message.id = task.id.get(),
+        messaging.message.id = %task.id,
         simplebank.task.attempt = task.attempt,
         simplebank.task.end = tracing::field::Empty,
         task_id = task.id.get(),
@@ -65,7 +66,7 @@ pub fn run_span(task: &crate::queue::Task) -> tracing::Span {
         attempt = task.attempt,
         request_id = task.request_id.as_deref(),
     );
-    context::join_task(&span, task.trace_context.as_deref(), task.attempt);
+    context::join_task(&span, task.trace_context.as_deref(), task.first_hand_out);
     span
 }
 
@@ -84,7 +85,9 @@ pub fn transaction_span(what: &'static str, summary: &'static str) -> tracing::S
     span_if_traced(|| {
         tracing::info_span!(
             "transaction",
-            otel.name = format!("{what} transaction"),
+            // OpenTelemetry names a database span by its query summary.
+            otel.name = summary,
+            simplebank.transaction = what,
             otel.kind = "client",
             db.system.name = "postgresql",
             db.query.summary = summary,
@@ -165,7 +168,11 @@ pub fn init(cfg: &LogConfig, tracing: &TracingConfig, tool: bool) -> anyhow::Res
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .compact()
             .with_writer(writer)
-            .map_event_format(|f| WithTraceIds { inner: f, traced })
+            .map_event_format(|f| WithTraceIds {
+                inner: f,
+                traced,
+                json: false,
+            })
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .with_writer(writer)
@@ -173,9 +180,16 @@ pub fn init(cfg: &LogConfig, tracing: &TracingConfig, tool: bool) -> anyhow::Res
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .map_event_format(|f| WithTraceIds { inner: f, traced })
+            .map_event_format(|f| WithTraceIds {
+                inner: f,
+                traced,
+                json: true,
+            })
             .boxed(),
     };
+    // RUST_LOG filters for both: a span it turns off is not traced either
+    // (one global filter; a second per-layer filter beside the tracing
+    // layer's made spans go missing at random).
     tracing_subscriber::registry()
         .with(filter)
         .with(otel_layer)
@@ -190,6 +204,7 @@ pub fn init(cfg: &LogConfig, tracing: &TracingConfig, tool: bool) -> anyhow::Res
 struct WithTraceIds<F> {
     inner: F,
     traced: bool,
+    json: bool,
 }
 
 impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
@@ -206,7 +221,8 @@ where
     ) -> fmt::Result {
         let ids = self
             .traced
-            .then(|| ctx.lookup_current())
+            // The event's span: its explicit parent, or the current one.
+            .then(|| ctx.parent_span())
             .flatten()
             .and_then(|span| {
                 tracing::dispatcher::get_default(|d| {
@@ -218,16 +234,22 @@ where
         let Some(ids) = ids else {
             return self.inner.format_event(ctx, writer, event);
         };
+        let (trace_id, span_id) = (ids.trace_id(), ids.span_id());
+        if !self.json {
+            // Straight to the writer, which keeps a terminal's colours.
+            write!(writer, "trace_id={trace_id} span_id={span_id} ")?;
+            return self.inner.format_event(ctx, writer, event);
+        }
+        // The JSON formatter writes one object: the ids go first in it.
         let mut line = String::new();
         self.inner
             .format_event(ctx, Writer::new(&mut line), event)?;
-        let (trace_id, span_id) = (ids.trace_id(), ids.span_id());
         match line.strip_prefix('{') {
             Some(rest) => write!(
                 writer,
                 "{{\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\",{rest}"
             ),
-            None => write!(writer, "trace_id={trace_id} span_id={span_id} {line}"),
+            None => writer.write_str(&line),
         }
     }
 }

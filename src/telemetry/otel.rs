@@ -68,6 +68,9 @@ pub fn start(cfg: &TracingConfig) -> anyhow::Result<Option<(SdkTracerProvider, T
         .with_span_processor(processor)
         .with_sampler(sampler)
         .with_resource(resource)
+        // A relay batch links each of its rows (RELAY_BATCH_SIZE, at most
+        // 10,000); the default keeps 128.
+        .with_max_links_per_span(10_000)
         .build();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let tracer = provider.tracer(SCOPE);

@@ -375,3 +375,30 @@ async fn a_fence_renews_the_lease_in_redis_and_a_gone_task_fences_off() {
         [gone.id]
     );
 }
+
+/// A task's first hand-out is told apart from every later one: a run handed
+/// back untried, and a retry from the archive (which counts its attempts
+/// from 1 again), are not first, so their trace links to the sign-up's
+/// instead of joining it.
+#[tokio::test]
+async fn only_a_tasks_first_hand_out_is_first() {
+    let env = TestEnv::new().await;
+    let q = env.queue();
+    q.enqueue(&[msg(1, "default")]).await.unwrap();
+    let first = take_one(&q, "default", LEASE).await;
+    assert!(first.first_hand_out);
+    q.requeue(&first).await.unwrap();
+    let again = take_one(&q, "default", LEASE).await;
+    assert!(
+        !again.first_hand_out,
+        "a hand-back's next run is not the first"
+    );
+    assert_eq!(again.attempt, 1);
+    q.fail(&again, "boom", Duration::ZERO, true).await.unwrap();
+    q.run_now("default", again.id, "test").await.unwrap();
+    let retried = take_one(&q, "default", LEASE).await;
+    assert!(
+        !retried.first_hand_out,
+        "a retry from the archive is not the first"
+    );
+}

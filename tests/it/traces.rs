@@ -86,7 +86,10 @@ impl Collector {
 
     async fn stop(self) {
         self.stop.cancel();
-        self.serving.await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.serving)
+            .await
+            .expect("the collector stops within 10 s")
+            .unwrap();
     }
 }
 
@@ -239,7 +242,12 @@ async fn a_sign_up_and_its_email_are_one_trace() {
         .into_iter()
         .find(|s| s.span_id == create.parent_span_id)
         .expect("the create span's parent arrived with it");
-    assert_eq!(transaction.name, "sign-up transaction");
+    assert_eq!(transaction.name, "INSERT users outbox");
+    assert_eq!(transaction.kind, SpanKind::Client as i32);
+    assert_eq!(
+        attr(&transaction, "db.system.name").as_deref(),
+        Some("postgresql")
+    );
     assert_eq!(transaction.parent_span_id, server.span_id);
     let run = span_where(
         &received,

@@ -77,7 +77,7 @@ impl Broker {
             )
             .await?;
         let mut reply = Reply::new(lua.name, reply)?;
-        let mut tasks = Vec::with_capacity(reply.remaining() / 11);
+        let mut tasks = Vec::with_capacity(reply.remaining() / 12);
         while reply.remaining() > 0 {
             let id = TaskId::from(reply.int("id")?);
             let kind = reply.text("kind")?;
@@ -92,6 +92,7 @@ impl Broker {
             let created_at = reply.opt_count("created_at")?.and_then(ms);
             let process_at = reply.count("process_at").map(ms)?;
             let trace_context = reply.opt_text("trace")?;
+            let first_hand_out = reply.int("first")? == 1;
             let delivery = Delivery(reply.count("delivery")?);
             let renewal = Renewal {
                 broker: self.clone(),
@@ -113,6 +114,7 @@ impl Broker {
                 created_at,
                 process_at,
                 trace_context,
+                first_hand_out,
                 guard: Arc::new(RunGuard::new(sent_at + lease).with_renewal(renewal)),
             });
         }

@@ -1,5 +1,5 @@
 -- Runs succeeded: each task leaves the active set. Its hash stays, stripped of
--- the payload, for the retention time, so that enqueuing the same id again (a relay
+-- the payload and the trace context, for the retention time, so that enqueuing the same id again (a relay
 -- re-enqueuing after a crash) stays a no-op.
 -- KEYS[1] task key prefix, KEYS[2] active
 -- ARGV[1] retention_ms (0: delete at once), then 2 per task: id, delivery
@@ -18,7 +18,7 @@ for i = 2, #ARGV, 2 do
     redis.call('ZREM', KEYS[2], id)
     if retention > 0 then
       redis.call('HSET', key, 'state', 'completed')
-      redis.call('HDEL', key, 'payload')
+      redis.call('HDEL', key, 'payload', 'trace')
       redis.call('PEXPIRE', key, ARGV[1])
     else
       redis.call('DEL', key)

@@ -2,9 +2,10 @@
 -- KEYS[1] task key prefix, KEYS[2] pending, KEYS[3] active, KEYS[4] delivery counter,
 -- KEYS[5] paused flag
 -- ARGV[1] count, ARGV[2] lease_ms
--- Returns a flat list, 11 per task: id, kind, payload, retried, max_retry, timeout_ms,
+-- Returns a flat list, 12 per task: id, kind, payload, retried, max_retry, timeout_ms,
 -- request_id ('' for none), created_at (nil for a task enqueued before it was kept),
--- process_at, trace context (nil for none), delivery.
+-- process_at, trace context (nil for none), first (1 when the task was never
+-- handed out before: its hash's deliveries is still the enqueue's '0'), delivery.
 -- `delivery` numbers this hand-out of the task: acks, retries and lease extensions
 -- quote it, so a worker whose lease expired cannot touch the task a later worker
 -- holds. It comes from a counter of the queue that never goes back, not from the
@@ -26,13 +27,14 @@ for _ = 1, tonumber(ARGV[1]) do
   if not id then break end
   local key = KEYS[1] .. id
   local f = redis.call('HMGET', key, 'kind', 'payload', 'retried', 'max_retry', 'timeout_ms',
-    'request_id', 'created_at', 'process_at', 'trace')
+    'request_id', 'created_at', 'process_at', 'trace', 'deliveries')
   if f[1] then
     local delivery = redis.call('INCR', KEYS[4])
     redis.call('HSET', key, 'deliveries', int(delivery), 'state', 'active')
     redis.call('ZADD', KEYS[3], deadline, id)
     table.insert(out, id)
     for j = 1, 9 do table.insert(out, f[j]) end
+    table.insert(out, f[10] == '0' and 1 or 0)
     table.insert(out, delivery)
   end
 end
