@@ -159,8 +159,14 @@ async fn export_loop<E: SpanExporter>(exporter: E, mut spans: Receiver<Message>,
                 }
             }
         }
-        for chunk in std::mem::take(&mut batch).chunks(limits.max_batch) {
-            send(&exporter, chunk.to_vec(), limits.timeout).await;
+        let chunks = split(
+            std::mem::take(&mut batch),
+            limits.max_batch,
+            MAX_EXPORT_WEIGHT,
+            weight,
+        );
+        for chunk in chunks {
+            send(&exporter, chunk, limits.timeout).await;
         }
         deadline = tokio::time::Instant::now() + limits.delay;
         for done in answers {
@@ -184,6 +190,43 @@ async fn export_loop<E: SpanExporter>(exporter: E, mut spans: Receiver<Message>,
     }
 }
 
+/// The most an export may weigh ([`weight`]): about 2 MB of protobuf, half
+/// of what an OTLP collector takes in one request by default (4 MiB; a
+/// larger one is refused whole). A relay batch's span links each of its
+/// rows, so 512 of them would weigh far more.
+const MAX_EXPORT_WEIGHT: usize = 40_000;
+
+/// A span's weight in an export: one, plus one per link (a link is about
+/// as large as a small span's ids and fields).
+fn weight(span: &SpanData) -> usize {
+    1 + span.links.len()
+}
+
+/// `items` in order, in chunks of at most `max_items` and at most
+/// `max_weight` (an item heavier than that goes alone).
+fn split<T>(
+    items: Vec<T>,
+    max_items: usize,
+    max_weight: usize,
+    weight: impl Fn(&T) -> usize,
+) -> Vec<Vec<T>> {
+    let mut chunks = Vec::new();
+    let (mut chunk, mut load) = (Vec::new(), 0);
+    for item in items {
+        let w = weight(&item);
+        if !chunk.is_empty() && (chunk.len() == max_items || load + w > max_weight) {
+            chunks.push(std::mem::take(&mut chunk));
+            load = 0;
+        }
+        load += w;
+        chunk.push(item);
+    }
+    if !chunk.is_empty() {
+        chunks.push(chunk);
+    }
+    chunks
+}
+
 /// One export within `timeout`; its spans are counted as exported or dropped.
 async fn send<E: SpanExporter>(exporter: &E, chunk: Vec<SpanData>, timeout: Duration) {
     let n = chunk.len() as u64;
@@ -191,5 +234,29 @@ async fn send<E: SpanExporter>(exporter: &E, chunk: Vec<SpanData>, timeout: Dura
         Ok(Ok(())) => metrics::trace_spans_exported(n),
         Ok(Err(_)) => metrics::trace_spans_dropped("export_failed", n),
         Err(_) => metrics::trace_spans_dropped("export_timed_out", n),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split;
+
+    #[test]
+    fn exports_are_bounded_in_count_and_weight() {
+        let w = |n: &usize| *n;
+        assert_eq!(
+            split(vec![1, 1, 1, 1, 1], 2, 100, w),
+            vec![vec![1, 1], vec![1, 1], vec![1]]
+        );
+        assert_eq!(
+            split(vec![30, 30, 30, 5], 10, 60, w),
+            vec![vec![30, 30], vec![30, 5]]
+        );
+        // Heavier than the bound: alone, not lost.
+        assert_eq!(
+            split(vec![1, 500, 1], 10, 60, w),
+            vec![vec![1], vec![500], vec![1]]
+        );
+        assert!(split(Vec::<usize>::new(), 10, 60, w).is_empty());
     }
 }
