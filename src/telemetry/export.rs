@@ -6,7 +6,11 @@
 //! or a task nothing but the push onto the queue.
 
 use std::{
-    sync::mpsc as std_mpsc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+        mpsc as std_mpsc,
+    },
     time::{Duration, Instant},
 };
 
@@ -41,6 +45,11 @@ pub struct Limits {
 #[derive(Debug)]
 pub struct BoundedExport {
     queue: Sender<Message>,
+    /// The weight ([`weight`]) of the spans queued now: bounded too, so a
+    /// queue of relay batch spans, a link per row each, stays small while
+    /// the collector is away.
+    queued: Arc<AtomicUsize>,
+    max_weight: usize,
 }
 
 impl BoundedExport {
@@ -52,6 +61,8 @@ impl BoundedExport {
         limits: Limits,
     ) -> anyhow::Result<Self> {
         let (queue, spans) = mpsc::channel(limits.max_queue);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let taken = queued.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -63,7 +74,7 @@ impl BoundedExport {
             .name("trace-export".into())
             .spawn(move || {
                 let run = std::panic::AssertUnwindSafe(|| {
-                    runtime.block_on(export_loop(exporter, spans, limits))
+                    runtime.block_on(export_loop(exporter, spans, taken, limits))
                 });
                 // The queue closes with the thread: later spans are counted
                 // as dropped ("shut_down"), and this says why.
@@ -73,7 +84,12 @@ impl BoundedExport {
                     );
                 }
             })?;
-        Ok(Self { queue })
+        Ok(Self {
+            queue,
+            queued,
+            // A full queue of spans with a few links each.
+            max_weight: limits.max_queue.saturating_mul(QUEUED_WEIGHT_PER_SPAN),
+        })
     }
 
     /// Asks the thread for `message`'s work and waits up to `timeout` for
@@ -110,11 +126,19 @@ impl SpanProcessor for BoundedExport {
         if !span.span_context.is_sampled() {
             return;
         }
-        match self.queue.try_send(Message::Span(Box::new(span))) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => metrics::trace_spans_dropped("queue_full", 1),
-            Err(TrySendError::Closed(_)) => metrics::trace_spans_dropped("shut_down", 1),
+        let w = weight(&span);
+        if self.queued.fetch_add(w, Ordering::Relaxed) + w > self.max_weight {
+            self.queued.fetch_sub(w, Ordering::Relaxed);
+            metrics::trace_spans_dropped("queue_full", 1);
+            return;
         }
+        let dropped = match self.queue.try_send(Message::Span(Box::new(span))) {
+            Ok(()) => return,
+            Err(TrySendError::Full(_)) => "queue_full",
+            Err(TrySendError::Closed(_)) => "shut_down",
+        };
+        self.queued.fetch_sub(w, Ordering::Relaxed);
+        metrics::trace_spans_dropped(dropped, 1);
     }
 
     fn force_flush(&self) -> OTelSdkResult {
@@ -126,7 +150,17 @@ impl SpanProcessor for BoundedExport {
     }
 }
 
-async fn export_loop<E: SpanExporter>(exporter: E, mut spans: Receiver<Message>, limits: Limits) {
+async fn export_loop<E: SpanExporter>(
+    exporter: E,
+    mut spans: Receiver<Message>,
+    queued: Arc<AtomicUsize>,
+    limits: Limits,
+) {
+    // A span taken off the queue no longer weighs on it.
+    let take = |span: Box<SpanData>| {
+        queued.fetch_sub(weight(&span), Ordering::Relaxed);
+        *span
+    };
     let mut batch: Vec<SpanData> = Vec::with_capacity(limits.max_batch);
     let mut deadline = tokio::time::Instant::now() + limits.delay;
     loop {
@@ -135,7 +169,7 @@ async fn export_loop<E: SpanExporter>(exporter: E, mut spans: Receiver<Message>,
         let (mut answers, mut end) = (Vec::new(), false);
         match message {
             Ok(Some(Message::Span(span))) => {
-                batch.push(*span);
+                batch.push(take(span));
                 if batch.len() < limits.max_batch {
                     continue;
                 }
@@ -150,7 +184,7 @@ async fn export_loop<E: SpanExporter>(exporter: E, mut spans: Receiver<Message>,
         if !answers.is_empty() || end {
             while let Ok(message) = spans.try_recv() {
                 match message {
-                    Message::Span(span) => batch.push(*span),
+                    Message::Span(span) => batch.push(take(span)),
                     Message::Flush(done) => answers.push(done),
                     Message::Shutdown(done) => {
                         answers.push(done);
@@ -189,6 +223,9 @@ async fn export_loop<E: SpanExporter>(exporter: E, mut spans: Receiver<Message>,
         }
     }
 }
+
+/// What the queue may weigh, per span it may hold (OTEL_BSP_MAX_QUEUE_SIZE).
+const QUEUED_WEIGHT_PER_SPAN: usize = 16;
 
 /// The most an export may weigh ([`weight`]): about 2 MB of protobuf, half
 /// of what an OTLP collector takes in one request by default (4 MiB; a
