@@ -168,6 +168,16 @@ impl TestApp {
     }
 
     pub async fn post_json(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let (status, _, body) = self.post_json_with_retry_after(path, body).await;
+        (status, body)
+    }
+
+    /// [`TestApp::post_json`], with the answer's Retry-After in seconds.
+    pub async fn post_json_with_retry_after(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (u16, Option<u64>, serde_json::Value) {
         let res = self
             .http
             .post(self.url(path))
@@ -176,7 +186,12 @@ impl TestApp {
             .await
             .unwrap();
         let status = res.status().as_u16();
-        (status, res.json().await.unwrap_or(serde_json::Value::Null))
+        let retry_after = res
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().parse().unwrap());
+        let body = res.json().await.unwrap_or(serde_json::Value::Null);
+        (status, retry_after, body)
     }
 
     pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {

@@ -27,18 +27,11 @@ async fn age_limits(env: &TestEnv, by: &str) {
 
 /// A request for a new link to `email`: its status and Retry-After (s).
 async fn resend(app: &TestApp, email: &str) -> (u16, Option<u64>) {
-    let res = app
-        .http
-        .post(app.url("/v1/resend_verify_email"))
-        .json(&serde_json::json!({ "email": email }))
-        .send()
-        .await
-        .unwrap();
-    let retry_after = res
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().parse().unwrap());
-    (res.status().as_u16(), retry_after)
+    let body = serde_json::json!({ "email": email });
+    let (status, retry_after, _) = app
+        .post_json_with_retry_after("/v1/resend_verify_email", body)
+        .await;
+    (status, retry_after)
 }
 
 /// A mail-bomb against one mailbox: 100 requests for a new link over four
@@ -191,15 +184,10 @@ async fn sign_ups_with_other_spellings_of_a_mailbox_count_with_its_links() {
         user["email"] = email.into();
         let app = &app;
         async move {
-            let res = app
-                .http
-                .post(app.url("/v1/create_user"))
-                .json(&user)
-                .send()
-                .await
-                .unwrap();
-            let retry_after = res.headers().get("retry-after").cloned();
-            (res.status().as_u16(), retry_after)
+            let (status, retry_after, _) = app
+                .post_json_with_retry_after("/v1/create_user", user)
+                .await;
+            (status, retry_after)
         }
     };
     for i in 0..5 {

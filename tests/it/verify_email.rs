@@ -38,6 +38,13 @@ pub(crate) fn path_of(link: &str) -> String {
         .unwrap()
 }
 
+/// `relay --once --redeliver-since`: the rows dispatched within `window`
+/// enqueued again (the recovery after Redis lost data); how many.
+async fn redeliver_since(env: &TestEnv, window: Duration) -> u64 {
+    let relay = Clients::new(&env.cfg).unwrap().relay(&env.cfg).unwrap();
+    relay.redeliver_since(window).await.unwrap()
+}
+
 #[tokio::test]
 async fn sign_up_sends_one_email_whose_link_verifies_the_user() {
     let mut env = TestEnv::new().await;
@@ -133,14 +140,7 @@ async fn a_task_delivered_twice_sends_one_email() {
     // Redis forgets the task (as after a restore from an old backup), and the
     // recovery tool delivers it again.
     env.forget_in_redis("critical", id).await;
-    let relay = Clients::new(&env.cfg).unwrap().relay(&env.cfg).unwrap();
-    assert_eq!(
-        relay
-            .redeliver_since(Duration::from_secs(900))
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(redeliver_since(&env, Duration::from_secs(900)).await, 1);
     wait_state(&queue, "critical", id, TaskState::Completed).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
@@ -523,14 +523,7 @@ async fn every_send_of_one_task_carries_one_message_id() {
     .execute(&env.pool)
     .await
     .unwrap();
-    let relay = Clients::new(&env.cfg).unwrap().relay(&env.cfg).unwrap();
-    assert_eq!(
-        relay
-            .redeliver_since(Duration::from_secs(3600))
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(redeliver_since(&env, Duration::from_secs(3600)).await, 1);
     let messages = eventually(Duration::from_secs(20), "the second email", || async {
         let messages = smtp.messages();
         (messages.len() == 2).then_some(messages)
@@ -581,14 +574,7 @@ async fn a_send_recorded_as_sent_is_not_repeated_when_its_ledger_row_is_lost() {
         .await
         .unwrap();
     env.forget_in_redis("critical", id).await;
-    let relay = Clients::new(&env.cfg).unwrap().relay(&env.cfg).unwrap();
-    assert_eq!(
-        relay
-            .redeliver_since(Duration::from_secs(3600))
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(redeliver_since(&env, Duration::from_secs(3600)).await, 1);
     // Run again, and recorded in the ledger again.
     eventually(Duration::from_secs(20), "the second run", || async {
         (env.count("SELECT count(*) FROM task_ledger").await == 1).then_some(())
