@@ -27,7 +27,7 @@ use fred::prelude::*;
 use simplebank::{
     app::Clients,
     config::{Config, RedisConfig},
-    outbox::{NewTask, Outbox, relay, wake::RelayWaker},
+    outbox::{self, NewTask, Outbox, position::Position, relay, wake::RelayWaker},
     queue::{
         Broker, HandlerRegistry, Processed, QueueWeight, TaskId, TaskMessage, WorkerServer,
         WorkerSettings, handler_fn,

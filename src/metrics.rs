@@ -230,7 +230,7 @@ fn seconds_since(then: DateTime<Utc>, now: DateTime<Utc>) -> f64 {
 /// worker). Cheap to clone.
 #[derive(Clone)]
 pub struct Scrape {
-    outbox: Option<PgPool>,
+    outbox: Option<(PgPool, Broker)>,
     queues: Option<(Broker, Vec<String>)>,
     last: Arc<Mutex<Option<Instant>>>,
 }
@@ -242,7 +242,7 @@ const SOURCE_TIMEOUT: Duration = Duration::from_secs(2);
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
 
 impl Scrape {
-    pub fn new(outbox: Option<PgPool>, queues: Option<(Broker, Vec<String>)>) -> Self {
+    pub fn new(outbox: Option<(PgPool, Broker)>, queues: Option<(Broker, Vec<String>)>) -> Self {
         Self {
             outbox,
             queues,
@@ -265,8 +265,10 @@ impl Scrape {
     }
 
     async fn read_outbox(&self) {
-        let Some(pool) = &self.outbox else { return };
-        let read = tokio::time::timeout(SOURCE_TIMEOUT, OutboxStats::read(pool)).await;
+        let Some((pool, broker)) = &self.outbox else {
+            return;
+        };
+        let read = tokio::time::timeout(SOURCE_TIMEOUT, OutboxStats::read(pool, broker)).await;
         let up = match read {
             Ok(Ok(stats)) => {
                 gauge!(OUTBOX_UNDISPATCHED).set(stats.undispatched as f64);

@@ -313,7 +313,7 @@ impl Drop for Worker {
 
 /// Rows in the outbox not yet forwarded, plus tasks pending in Redis.
 async fn backlog(pool: &sqlx::PgPool, broker: &Broker) -> anyhow::Result<u64> {
-    let outbox = OutboxStats::read(pool).await?.undispatched;
+    let outbox = OutboxStats::read(pool, broker).await?.undispatched;
     let redis = broker.stats("critical").await?;
     Ok(outbox + redis.pending + redis.active)
 }

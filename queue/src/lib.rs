@@ -84,8 +84,8 @@ mod task;
 
 pub use breaker::BreakerSettings;
 pub use broker::{
-    AckOutcome, ArchiveLimits, Broker, FailOutcome, Promoted, QueueKeys, QueueStats, Repair,
-    RequeueOutcome,
+    AckOutcome, ArchiveLimits, Broker, Cursor, CursorEnqueue, FailOutcome, Promoted, QueueKeys,
+    QueueStats, Repair, RequeueOutcome,
 };
 pub use connection::RedisSettings;
 pub use fence::Fenced;

@@ -203,7 +203,7 @@ struct OutboxLine {
 impl OutboxLine {
     /// `None` when Postgres did not answer (logged).
     async fn read(d: &Dashboard) -> Option<Self> {
-        match OutboxStats::read(&d.pool).await {
+        match OutboxStats::read(&d.pool, &d.broker).await {
             Ok(s) => Some(Self {
                 undispatched: s.undispatched_text(),
                 oldest: s.oldest_age.map_or("-".into(), human),

@@ -68,7 +68,9 @@ async fn start_components(
     components: Components,
 ) -> anyhow::Result<()> {
     let scrape = Scrape::new(
-        components.relay.then(|| app.clients.pool.clone()),
+        components
+            .relay
+            .then(|| (app.clients.pool.clone(), app.clients.broker.clone())),
         components
             .worker
             .then(|| (app.clients.broker.clone(), cfg.worker.queues.names())),

@@ -31,10 +31,12 @@ pub struct RelayConfig {
     /// Longest pause between retries while Redis or Postgres is down.
     #[arg(id = "relay_max_backoff", value_name = "RELAY_MAX_BACKOFF", long = "relay-max-backoff", env = "RELAY_MAX_BACKOFF", default_value = "5s", value_parser = parse_duration)]
     pub max_backoff: Duration,
-    /// How long dispatched rows are kept (the source for --redeliver-since).
+    /// How long outbox rows are kept (the source for --redeliver-since);
+    /// they are dropped a partition at a time.
     #[arg(long, env = "OUTBOX_RETENTION", default_value = "24h", value_parser = parse_duration)]
     pub outbox_retention: Duration,
-    /// Rows deleted per retention batch.
+    /// No longer used: retention drops whole partitions. Accepted so that
+    /// existing settings still start.
     #[arg(long, env = "OUTBOX_CLEANUP_BATCH", default_value_t = 1000)]
     pub outbox_cleanup_batch: u32,
     /// A relay's /readyz (on ADMIN_ADDR) fails once the oldest undispatched

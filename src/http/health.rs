@@ -84,7 +84,12 @@ impl Probes {
         let outbox = async {
             let max_age = self.outbox_max_age?;
             Some(
-                match tokio::time::timeout(PROBE_TIMEOUT, OutboxStats::read(&self.pool)).await {
+                match tokio::time::timeout(
+                    PROBE_TIMEOUT,
+                    OutboxStats::read(&self.pool, &self.broker),
+                )
+                .await
+                {
                     Ok(Ok(stats)) => match stats.stalled(max_age) {
                         Some(age) => Err(format!(
                             "the oldest undispatched row waited {:.0}s (RELAY_READY_MAX_AGE {:.0}s)",

@@ -25,7 +25,7 @@ pub async fn run(cfg: &Config, redeliver_since: Option<Duration>) -> anyhow::Res
     let started = Instant::now();
     // On a terminal, a line that shows the drain going on.
     let progress = match std::io::stderr().is_terminal() {
-        true => Some(Progress::start(relay.clone(), &clients.pool).await),
+        true => Some(Progress::start(relay.clone(), &clients).await),
         false => None,
     };
     // A failed batch rolls back: what was not forwarded stays in the
@@ -61,8 +61,11 @@ pub async fn run(cfg: &Config, redeliver_since: Option<Duration>) -> anyhow::Res
 struct Progress(tokio::task::JoinHandle<()>);
 
 impl Progress {
-    async fn start(relay: Relay, pool: &sqlx::PgPool) -> Self {
-        let backlog = OutboxStats::read(pool).await.ok().map(|s| s.undispatched);
+    async fn start(relay: Relay, clients: &Clients) -> Self {
+        let backlog = OutboxStats::read(&clients.pool, &clients.broker)
+            .await
+            .ok()
+            .map(|s| s.undispatched);
         match backlog {
             Some(total) => eprint!("relay: {total} undispatched rows to forward"),
             None => eprint!("relay: forwarding"),

@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::{Ops, cli_actor, confirm, print_json, table};
 use crate::{
     config::parse_duration,
+    outbox::{position::RowId, positions},
     queue::{QueueWeight, Repair, TaskId, TaskInfo, TaskState},
 };
 
@@ -330,16 +331,23 @@ struct OutboxEntry {
     timeout_ms: i64,
     process_at: DateTime<Utc>,
     created_at: DateTime<Utc>,
-    dispatched_at: Option<DateTime<Utc>>,
+    /// Forwarded to Redis (its queue's position covers it).
+    forwarded: bool,
     request_id: Option<String>,
 }
 
 impl OutboxEntry {
-    async fn read(ops: &Ops, id: TaskId) -> Result<Option<Self>, sqlx::Error> {
+    async fn read(ops: &Ops, id: TaskId) -> anyhow::Result<Option<Self>> {
         let row = sqlx::query_file!("sql/outbox/by_id.sql", id.get())
             .fetch_optional(&ops.pool)
             .await?;
-        Ok(row.map(|r| Self {
+        let Some(r) = row else { return Ok(None) };
+        let position = positions::best_known(&ops.broker, &ops.pool, &r.queue).await?;
+        let forwarded = position.covers(RowId {
+            txid: r.txid.parse()?,
+            id: id.get(),
+        });
+        Ok(Some(Self {
             kind: r.kind,
             queue: r.queue,
             payload: r.payload,
@@ -347,7 +355,7 @@ impl OutboxEntry {
             timeout_ms: r.timeout_ms,
             process_at: r.process_at,
             created_at: r.created_at,
-            dispatched_at: r.dispatched_at,
+            forwarded,
             request_id: r.request_id,
         }))
     }

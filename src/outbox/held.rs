@@ -57,6 +57,11 @@ impl HeldQueues {
         !self.map().is_empty()
     }
 
+    /// Whether `queue` is failing.
+    pub fn is_held(&self, queue: &str) -> bool {
+        self.map().contains_key(queue)
+    }
+
     /// `queue` failed: held back for its next backoff. Returns whether it was
     /// failing already.
     pub fn failed(&self, queue: &str, now: Instant) -> bool {

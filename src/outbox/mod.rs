@@ -3,10 +3,17 @@
 //! [`Outbox`] ([`write`]) inserts task rows inside the caller's transaction,
 //! so they commit if and only if the caller's own rows do, and wakes the
 //! relays after the commit. [`relay`] forwards committed rows to their Redis
-//! queues. [`wake`] holds both halves of the wake-up, without a NOTIFY inside
-//! the writing transaction.
+//! queues, each queue read from its [`position`] (kept by [`positions`]).
+//! Rows are never updated or deleted one by one: [`partitions`] retires them
+//! a partition at a time. [`wake`] holds both halves of the wake-up, without
+//! a NOTIFY inside the writing transaction.
 
 mod held;
+mod legacy;
+pub mod partitions;
+pub mod position;
+pub mod positions;
+pub mod read;
 pub mod relay;
 mod session;
 pub mod stats;
@@ -20,7 +27,7 @@ use chrono::{DateTime, Utc};
 use crate::queue::TaskMessage;
 
 /// One outbox row as the relay reads it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OutboxRow {
     pub id: i64,
     pub kind: String,

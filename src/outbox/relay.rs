@@ -1,44 +1,68 @@
 //! The relay: forwards committed outbox rows to their Redis queues.
 //!
-//! Per batch, in one Postgres transaction: claim undispatched rows with
-//! `FOR UPDATE SKIP LOCKED` (so relays never wait on each other and never claim
-//! the same row at once), enqueue them to Redis in one round trip with
-//! task id = row id, and mark them dispatched once Redis acknowledged. A crash
-//! between Redis's acknowledgement and the commit leaves the rows undispatched;
-//! the next claim forwards them again and the idempotent enqueue keeps one task
-//! per row.
+//! Each queue is read on its own, from its [`Position`]: a batch is the rows
+//! the current snapshot shows committed beyond it, in transaction order
+//! ([`super::read`]). The batch's tasks and the next position go to Redis in
+//! one script call (the queue's cursor, [`super::positions`]), so nothing in
+//! Postgres is updated or deleted to say a row was forwarded, and no
+//! transaction stays open while Redis answers. A crash before Redis's
+//! answer leaves the cursor where it was; the next read returns the same
+//! rows, and the idempotent enqueue keeps one task per row.
 //!
-//! There is no high-water mark: ids are assigned at insert but commit out of
-//! order, so every undispatched row is a candidate on every claim.
+//! Two relays (or two lanes of one) that read the same position cannot both
+//! move it: the cursor names where each batch started, and the second
+//! script call finds it moved, writes nothing, and reads again from there.
 //!
-//! A queue Redis refuses (a broken key, a cluster slot without a master) keeps
-//! its rows undispatched and is held back from the claims for a growing while
-//! ([`super::held`]); the other queues' rows go on.
+//! A queue Redis refuses (a broken key, a cluster slot without a master)
+//! keeps its position and is held back for a growing while
+//! ([`super::held`]); the other queues go on, and a held queue costs one
+//! batch's read when it is tried again, not a read of its backlog.
 
 use std::{
+    collections::HashMap,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
+use futures::StreamExt;
 use sqlx::{Connection, PgPool};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use super::session::begin_batch;
-use super::{OutboxRow, held::HeldQueues, wake::RelayWaker};
+use super::{
+    held::HeldQueues,
+    legacy::Legacy,
+    partitions::Partitions,
+    position::Position,
+    positions::{self, CHECKPOINT_EVERY, CURSOR, Known, PositionError},
+    read::{self, ReadBatch, ReadError},
+    wake::RelayWaker,
+};
 use crate::{
     config::RelayConfig,
     events::{self, Event},
     metrics,
-    queue::{Broker, Outage, QueueError, TaskMessage},
+    queue::{Broker, Cursor, CursorEnqueue, Outage, QueueError, TaskMessage},
     telemetry,
 };
 
-/// How often the loop deletes dispatched rows older than the retention.
-const CLEANUP_EVERY: Duration = Duration::from_secs(60);
+/// How often the loop creates partitions ahead and drops those past
+/// retention.
+const MAINTAIN_EVERY: Duration = Duration::from_secs(60);
+
+/// How often a relay with nothing to forward on a queue checks the queue's
+/// cursor in Redis: a failover to a replica that had not received the last
+/// batches brings back an older cursor (and loses those tasks with it), and
+/// the rows it no longer covers must go again even if no new row comes.
+const VERIFY_EVERY: Duration = Duration::from_secs(1);
+
+/// Times a batch reads again after finding its queue's cursor moved by
+/// another relay, before it leaves the queue to that relay.
+const MOVED_RETRIES: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -48,26 +72,43 @@ pub enum RelayError {
     Redis(#[from] QueueError),
     #[error("postgres: the batch had no answer within {0:?}; given up")]
     TimedOut(Duration),
+    #[error(transparent)]
+    Position(#[from] PositionError),
+}
+
+impl From<ReadError> for RelayError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Db(e) => Self::Db(e),
+            ReadError::Parse(e) => Self::Db(sqlx::Error::Decode(Box::new(e))),
+        }
+    }
 }
 
 impl RelayError {
     /// Which side is failing, to log once per change of state.
     fn side(&self) -> &'static str {
         match self {
-            Self::Db(_) | Self::TimedOut(_) => "postgres",
-            Self::Redis(_) => "redis",
+            Self::Db(_) | Self::TimedOut(_) | Self::Position(PositionError::Db(_)) => "postgres",
+            Self::Redis(_) | Self::Position(_) => "redis",
         }
+    }
+
+    /// An error of one queue's Redis side (its rows wait, the others go on),
+    /// as opposed to Postgres failing every queue.
+    fn of_the_queue(&self) -> bool {
+        self.side() == "redis"
     }
 }
 
-/// What one batch did.
+/// What one batch (or one batch of each queue) did.
 #[derive(Debug, Default)]
 pub struct Batch {
-    /// Rows claimed.
+    /// Rows read.
     pub claimed: usize,
-    /// Rows enqueued and marked dispatched.
+    /// Rows enqueued (the position moved past them).
     pub forwarded: usize,
-    /// The error of a queue that refused its rows (they stay undispatched).
+    /// The error of a queue that refused its rows (they wait).
     pub failed: Option<QueueError>,
 }
 
@@ -81,49 +122,9 @@ pub struct Drained {
 }
 
 impl Drained {
-    fn add(&mut self, batch: Batch) {
-        self.forwarded += batch.forwarded as u64;
-        self.failed = batch.failed.or(self.failed.take());
-    }
-}
-
-/// A queue Redis refused a batch's tasks of.
-struct Refusal {
-    queue: String,
-    /// It was held back already (this was another try).
-    was_held: bool,
-}
-
-/// What Redis made of a batch: the queues that refused, and the last error.
-#[derive(Default)]
-struct Enqueued {
-    refusals: Vec<Refusal>,
-    error: Option<QueueError>,
-}
-
-impl Enqueued {
-    fn refused(&self, queue: &str) -> bool {
-        self.refusals.iter().any(|r| r.queue == queue)
-    }
-
-    /// For a batch none of whose tasks went through: `Ok` when only queues
-    /// already held refused (they stay held, the others are not concerned),
-    /// `Err` when a queue refused for the first time as well.
-    fn into_error(self) -> Result<Option<QueueError>, QueueError> {
-        match self.error {
-            Some(e) if self.refusals.iter().any(|r| !r.was_held) => Err(e),
-            error => Ok(error),
-        }
-    }
-
-    /// Logs, once, each queue that refused for the first time while others
-    /// went through: its rows wait, held back, and the other queues go on.
-    fn announce_new(&self, held: &HeldQueues) {
-        let Some(e) = &self.error else { return };
-        for r in self.refusals.iter().filter(|r| !r.was_held) {
-            tracing::warn!(queue = %r.queue, error = %e, "queue refuses tasks; its rows wait, the other queues go on");
-            held.announce(&r.queue);
-        }
+    fn add(&mut self, other: Drained) {
+        self.forwarded += other.forwarded;
+        self.failed = other.failed.or(self.failed.take());
     }
 }
 
@@ -156,6 +157,24 @@ fn batch_span(tasks: &[TaskMessage]) -> tracing::Span {
     span
 }
 
+/// One queue as a relay knows it.
+#[derive(Default)]
+struct QueueState {
+    /// Its position, once loaded. The lock also keeps a relay's lanes from
+    /// reading the same queue at once.
+    known: tokio::sync::Mutex<Option<Known>>,
+    /// When its position was last copied to Postgres.
+    checkpointed: Mutex<Option<Instant>>,
+    /// When its position was last read from Redis or moved there.
+    verified: Mutex<Option<Instant>>,
+}
+
+/// The queues a relay has seen rows of.
+#[derive(Default)]
+struct Queues {
+    states: HashMap<String, Arc<QueueState>>,
+}
+
 /// Forwards outbox rows; see the module doc.
 #[derive(Clone)]
 pub struct Relay {
@@ -163,9 +182,11 @@ pub struct Relay {
     broker: Broker,
     cfg: RelayConfig,
     held: Arc<HeldQueues>,
-    /// Rows this relay forwarded, for progress reports.
+    queues: Arc<Mutex<Queues>>,
+    legacy: Arc<Legacy>,
+    /// Rows this relay (and its clones) forwarded, for progress reports.
     forwarded: Arc<AtomicU64>,
-    /// The statement that begins a batch ([`begin_batch`]).
+    /// The statement that begins a batch's read ([`begin_batch`]).
     begin: String,
 }
 
@@ -176,16 +197,12 @@ impl Relay {
             pool,
             broker,
             held,
+            queues: Arc::default(),
+            legacy: Arc::default(),
             forwarded: Arc::default(),
             begin: begin_batch(cfg.session_timeout),
             cfg,
         }
-    }
-
-    /// The longest one batch may take: its claim and its mark, each bounded
-    /// by the session timeout in Postgres, and the Redis step between.
-    fn batch_limit(&self) -> Duration {
-        self.cfg.session_timeout * 3
     }
 
     /// Rows this relay (and its clones) forwarded since it was made.
@@ -193,223 +210,366 @@ impl Relay {
         self.forwarded.load(Ordering::Relaxed)
     }
 
-    /// Claims, enqueues and marks one batch. The rows of a queue Redis
-    /// refused stay undispatched, and that queue is held back from the next
-    /// claims for a while; the other queues' rows are marked and committed.
-    pub async fn forward_batch(&self) -> Result<Batch, RelayError> {
-        // The relay's own bound: Postgres ends a batch it stopped hearing
-        // from, and this ends a batch whose Postgres went silent (a link
-        // that drops packets without closing), so the loop goes on.
-        let limit = self.batch_limit();
-        let batch = async {
-            let mut conn = self.pool.acquire().await?;
-            match tokio::time::timeout(limit, self.try_forward_batch(&mut conn)).await {
-                Ok(batch) => batch,
-                Err(_) => {
-                    // Closed, not handed back: the pool would ping it first,
-                    // and a ping over a silent link waits for the kernel to
-                    // give up (minutes), holding one of the relay's few slots.
-                    drop(conn.detach());
-                    Err(RelayError::TimedOut(limit))
-                }
-            }
-        }
-        .await;
-        match &batch {
-            Ok(Batch {
-                failed: Some(_), ..
-            }) => metrics::relay_error("redis"),
-            Err(e) => metrics::relay_error(e.side()),
-            Ok(_) => {}
-        }
-        batch
+    fn queues_lock(&self) -> std::sync::MutexGuard<'_, Queues> {
+        self.queues.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn try_forward_batch(&self, conn: &mut sqlx::PgConnection) -> Result<Batch, RelayError> {
-        let mut tx = conn.begin_with(self.begin.clone()).await?;
-        let tasks = self.claim(&mut tx).await?;
-        if tasks.is_empty() {
-            return Ok(Batch::default());
-        }
-        let claimed = tasks.len();
-        let enqueued = self.enqueue(&tasks).instrument(batch_span(&tasks)).await;
-        let forwarded: Vec<&TaskMessage> = tasks
-            .iter()
-            .filter(|t| !enqueued.refused(&t.queue))
-            .collect();
-        if forwarded.is_empty() {
-            // Dropping `tx` rolls back; every row stays undispatched.
-            return match enqueued.into_error() {
-                // Only queues already held, tried again: held on.
-                Ok(failed) => Ok(Batch {
-                    claimed,
-                    forwarded: 0,
-                    failed,
-                }),
-                // Every queue refused, some for the first time (Redis is down,
-                // most likely): an outage, which the caller logs.
-                Err(e) => Err(RelayError::Redis(e)),
-            };
-        }
-        enqueued.announce_new(&self.held);
-        let ids: Vec<i64> = forwarded.iter().map(|t| t.id.get()).collect();
-        sqlx::query_file!("sql/outbox/mark_dispatched.sql", &ids)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        self.forwarded
-            .fetch_add(ids.len() as u64, Ordering::Relaxed);
-        events::announce(Event::Forwarded { rows: ids.len() });
-        metrics::relay_batch(forwarded.iter().map(|t| (t.queue.as_str(), t.created_at)));
-        Ok(Batch {
-            claimed,
-            forwarded: ids.len(),
-            failed: enqueued.error,
+    /// The queues to read now: every queue with rows (a few index
+    /// descents, looked up on every drain so that a new queue's first row
+    /// waits for nothing), less those held back.
+    async fn queues_to_read(&self) -> Result<Vec<(String, Arc<QueueState>)>, RelayError> {
+        let mut conn = self.pool.acquire().await?;
+        let found = tokio::time::timeout(self.bound(), async {
+            Ok(positions::queues_on(&mut conn).await?)
         })
-    }
-
-    /// Claims a batch of undispatched rows in `tx`, leaving out the queues
-    /// held back now.
-    async fn claim(&self, tx: &mut sqlx::PgConnection) -> Result<Vec<TaskMessage>, RelayError> {
-        let (skipped, due) = self.held.split(Instant::now());
-        let rows = sqlx::query_file_as!(
-            OutboxRow,
-            "sql/outbox/claim.sql",
-            i64::from(self.cfg.batch_size),
-            &skipped
-        )
-        .fetch_all(tx)
-        .await?;
-        // A claim that was not full took every row it could: a held queue
-        // due for a try with no rows in it has none left (another relay
-        // forwarded them), and is held no more.
-        if rows.len() < self.cfg.batch_size as usize {
-            for queue in due.iter().filter(|q| !rows.iter().any(|r| &r.queue == *q)) {
-                self.held.recovered(queue);
+        .await;
+        let found = self.within_bound(conn, found)?;
+        {
+            let mut queues = self.queues_lock();
+            for queue in found {
+                queues.states.entry(queue).or_default();
             }
         }
-        Ok(rows.into_iter().map(Into::into).collect())
+        let (skipped, _) = self.held.split(Instant::now());
+        let mut list: Vec<(String, Arc<QueueState>)> = self
+            .queues_lock()
+            .states
+            .iter()
+            .filter(|(q, _)| !skipped.contains(q))
+            .map(|(q, s)| (q.clone(), s.clone()))
+            .collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(list)
     }
 
-    /// Enqueues `tasks`, one script call per queue in one round trip, and
-    /// notes which queues refused theirs.
-    async fn enqueue(&self, tasks: &[TaskMessage]) -> Enqueued {
-        let mut enqueued = Enqueued::default();
-        for (queue, outcome) in self.broker.enqueue_each(tasks).await {
-            match outcome {
-                Ok(_) => {
-                    // Its failure was logged (a partial one): so is this.
-                    if self.held.recovered(&queue) == Some(true) {
-                        tracing::info!(queue = %queue, "queue takes tasks again");
+    /// Reads one batch of `queue` beyond `position`, in a transaction that
+    /// bounds itself ([`begin_batch`]).
+    async fn read(&self, queue: &str, position: &Position) -> Result<ReadBatch, RelayError> {
+        let mut conn = self.pool.acquire().await?;
+        let read = async {
+            let mut tx = conn.begin_with(self.begin.clone()).await?;
+            let batch = read::read(&mut tx, queue, position, self.cfg.batch_size).await?;
+            tx.commit().await?;
+            Ok(batch)
+        };
+        let read = tokio::time::timeout(self.bound(), read).await;
+        self.within_bound(conn, read)
+    }
+
+    /// The relay's own bound on a round of Postgres work: Postgres ends a
+    /// session it stopped hearing from, and this ends work whose Postgres
+    /// went silent (a link that drops packets without closing), so the loop
+    /// goes on.
+    fn bound(&self) -> Duration {
+        self.cfg.session_timeout * 2
+    }
+
+    /// The outcome of work on `conn` run under [`Relay::bound`].
+    fn within_bound<T>(
+        &self,
+        conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+        outcome: Result<Result<T, RelayError>, tokio::time::error::Elapsed>,
+    ) -> Result<T, RelayError> {
+        match outcome {
+            Ok(done) => done,
+            Err(_) => {
+                // Closed, not handed back: the pool would ping it first,
+                // and a ping over a silent link waits for the kernel to
+                // give up (minutes), holding one of the relay's few slots.
+                drop(conn.detach());
+                Err(RelayError::TimedOut(self.bound()))
+            }
+        }
+    }
+
+    /// Forwards one batch of `queue`: reads beyond its position, enqueues
+    /// the rows and moves the cursor, both in one script call.
+    async fn forward_queue(&self, queue: &str, state: &QueueState) -> Result<Batch, RelayError> {
+        let mut known = state.known.lock().await;
+        let verified =
+            |at: Option<Instant>| *state.verified.lock().unwrap_or_else(|p| p.into_inner()) = at;
+        for _ in 0..MOVED_RETRIES {
+            let k = match known.as_ref() {
+                Some(k) => k,
+                None => {
+                    let loaded = positions::load(&self.broker, &self.pool, queue).await?;
+                    verified(Some(Instant::now()));
+                    known.insert(loaded)
+                }
+            };
+            let batch = self.read(queue, &k.position).await?;
+            if batch.rows.is_empty() {
+                let last = *state.verified.lock().unwrap_or_else(|p| p.into_inner());
+                if last.is_none_or(|at| at.elapsed() >= VERIFY_EVERY) {
+                    let stored = self.broker.cursor(queue, CURSOR).await?;
+                    verified(Some(Instant::now()));
+                    if stored != k.stored {
+                        // Moved elsewhere (another relay, or a failover):
+                        // read again from there.
+                        *known = None;
+                        continue;
                     }
                 }
-                Err(e) => {
-                    let was_held = self.held.failed(&queue, Instant::now());
-                    enqueued.refusals.push(Refusal { queue, was_held });
-                    enqueued.error = Some(e);
+                return Ok(Batch::default());
+            }
+            let next = batch.next(&k.position);
+            let next_text = positions::cursor_text(&next);
+            let tasks: Vec<TaskMessage> = batch.rows.into_iter().map(Into::into).collect();
+            let cursor = Cursor {
+                name: CURSOR,
+                expected: k.stored.as_deref(),
+                next: &next_text,
+            };
+            let enqueued = self
+                .broker
+                .enqueue_at(queue, &tasks, cursor)
+                .instrument(batch_span(&tasks))
+                .await?;
+            match enqueued {
+                CursorEnqueue::Enqueued(_) => {
+                    verified(Some(Instant::now()));
+                    *known = Some(Known {
+                        position: next,
+                        stored: Some(next_text),
+                    });
+                    self.forwarded
+                        .fetch_add(tasks.len() as u64, Ordering::Relaxed);
+                    events::announce(Event::Forwarded { rows: tasks.len() });
+                    metrics::relay_batch(tasks.iter().map(|t| (t.queue.as_str(), t.created_at)));
+                    self.checkpoint_if_due(queue, state, known.as_ref()).await;
+                    return Ok(Batch {
+                        claimed: tasks.len(),
+                        forwarded: tasks.len(),
+                        failed: None,
+                    });
+                }
+                // Another relay moved it: read on from there.
+                CursorEnqueue::Moved(Some(text)) => {
+                    *known = Some(Known {
+                        position: positions::parse(queue, &text)?,
+                        stored: Some(text),
+                    });
+                }
+                // Redis lost it: from the checkpoint, forwarding again what
+                // came after (a no-op for tasks Redis still has).
+                CursorEnqueue::Moved(None) => {
+                    tracing::warn!(
+                        queue,
+                        "the queue's outbox cursor is gone from Redis; reading again from its last checkpoint"
+                    );
+                    *known = None;
                 }
             }
         }
-        enqueued
+        Ok(Batch::default())
+    }
+
+    /// Copies the queue's position to Postgres when the last copy is older
+    /// than [`CHECKPOINT_EVERY`]. A failure only makes the copy older.
+    async fn checkpoint_if_due(&self, queue: &str, state: &QueueState, known: Option<&Known>) {
+        let Some(known) = known else { return };
+        let due = state
+            .checkpointed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|at| at.elapsed() >= CHECKPOINT_EVERY);
+        if due {
+            self.write_checkpoint(queue, state, &known.position).await;
+        }
+    }
+
+    async fn write_checkpoint(&self, queue: &str, state: &QueueState, position: &Position) {
+        match positions::checkpoint(&self.pool, queue, position).await {
+            Ok(()) => {
+                *state.checkpointed.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now())
+            }
+            Err(e) => tracing::debug!(queue, error = %e, "cannot checkpoint the outbox position"),
+        }
+    }
+
+    /// Copies every queue's position to Postgres now (at the end of a drain
+    /// or of the relay), so that retention and redeliveries see it.
+    pub async fn checkpoint(&self) {
+        let states: Vec<(String, Arc<QueueState>)> = self
+            .queues_lock()
+            .states
+            .iter()
+            .map(|(q, s)| (q.clone(), s.clone()))
+            .collect();
+        for (queue, state) in states {
+            let known = state.known.lock().await.clone();
+            if let Some(Known {
+                position,
+                stored: Some(_),
+            }) = known
+            {
+                self.write_checkpoint(&queue, &state, &position).await;
+            }
+        }
+    }
+
+    /// One batch of `queue`, its failures sorted: a queue Redis refused is
+    /// held back and its error returned in the batch; Postgres failing is
+    /// an error.
+    async fn queue_batch(&self, queue: &str, state: &QueueState) -> Result<Batch, RelayError> {
+        match self.forward_queue(queue, state).await {
+            Ok(batch) => {
+                if batch.forwarded > 0 && self.held.recovered(queue) == Some(true) {
+                    tracing::info!(queue = %queue, "queue takes tasks again");
+                }
+                Ok(batch)
+            }
+            Err(e) if e.of_the_queue() => {
+                metrics::relay_error("redis");
+                self.held.failed(queue, Instant::now());
+                let error = match e {
+                    RelayError::Redis(e) | RelayError::Position(PositionError::Redis(e)) => e,
+                    other => QueueError::Reply {
+                        script: "outbox cursor",
+                        detail: other.to_string(),
+                    },
+                };
+                Ok(Batch {
+                    failed: Some(error),
+                    ..Batch::default()
+                })
+            }
+            Err(e) => {
+                metrics::relay_error(e.side());
+                Err(e)
+            }
+        }
+    }
+
+    /// One batch of each queue with rows.
+    pub async fn forward_batch(&self) -> Result<Batch, RelayError> {
+        let mut total = Batch::default();
+        for (queue, state) in self.queues_to_read().await? {
+            let batch = self.queue_batch(&queue, &state).await?;
+            total.claimed += batch.claimed;
+            total.forwarded += batch.forwarded;
+            total.failed = batch.failed.or(total.failed);
+        }
+        Ok(total)
     }
 
     /// Forwards batches until none is left (or `shutdown`, after the current
-    /// batches), keeping `RELAY_PARALLEL_BATCHES` in flight: a batch waiting on
-    /// Redis leaves Postgres idle and the other way round, so overlapping them
-    /// nearly doubles the drain rate. SKIP LOCKED keeps them apart.
+    /// batches): the rows of the old table first, if the upgrade left any
+    /// ([`Legacy`]), then each queue to its end, up to
+    /// `RELAY_PARALLEL_BATCHES` queues at once.
     pub async fn drain(&self, shutdown: &CancellationToken) -> Result<Drained, RelayError> {
-        // The usual case, a few fresh rows, takes one batch; only a full batch
-        // (a backlog) is worth the lanes.
-        let first = self.forward_batch().await?;
         let mut drained = Drained::default();
-        let full = first.claimed == self.cfg.batch_size as usize;
-        drained.add(first);
-        if !full || shutdown.is_cancelled() {
-            return Ok(drained);
+        drained.forwarded += self
+            .legacy
+            .drain(&self.pool, &self.broker, self.cfg.batch_size, shutdown)
+            .await?;
+        let queues = self.queues_to_read().await?;
+        let tried = queues.len();
+        let lanes = futures::stream::iter(queues)
+            .map(|(queue, state)| async move { self.drain_queue(&queue, &state, shutdown).await })
+            .buffer_unordered(self.cfg.parallel_batches.max(1) as usize);
+        let results: Vec<Result<(Drained, Option<String>), RelayError>> = lanes.collect().await;
+        let (mut refused, mut newly) = (0, Vec::<String>::new());
+        for result in results {
+            let (lane, newly_refused) = result?;
+            refused += usize::from(lane.failed.is_some());
+            newly.extend(newly_refused);
+            drained.add(lane);
         }
-        let lanes = (0..self.cfg.parallel_batches.max(1)).map(|_| self.drain_lane(shutdown));
-        for lane in futures::future::try_join_all(lanes).await? {
-            drained.forwarded += lane.forwarded;
-            drained.failed = lane.failed.or(drained.failed);
+        // Every queue refused, some for the first time, and nothing went
+        // through (Redis is down, most likely): an outage, which the caller
+        // logs and backs off from.
+        if tried > 0
+            && refused == tried
+            && !newly.is_empty()
+            && drained.forwarded == 0
+            && let Some(e) = drained.failed.take()
+        {
+            return Err(RelayError::Redis(e));
+        }
+        // Otherwise each queue that refused for the first time is logged,
+        // once: its rows wait, held back, and the other queues go on.
+        if let Some(e) = &drained.failed {
+            for queue in newly {
+                tracing::warn!(queue = %queue, error = %e, "queue refuses tasks; its rows wait, the other queues go on");
+                self.held.announce(&queue);
+            }
         }
         Ok(drained)
     }
 
-    /// One sequence of batches, until a batch comes back short.
-    async fn drain_lane(&self, shutdown: &CancellationToken) -> Result<Drained, RelayError> {
+    /// `queue`'s batches until one comes back short. Returns what it did, and
+    /// the queue when it refused for the first time.
+    async fn drain_queue(
+        &self,
+        queue: &str,
+        state: &QueueState,
+        shutdown: &CancellationToken,
+    ) -> Result<(Drained, Option<String>), RelayError> {
         let mut drained = Drained::default();
+        let was_held = self.held.is_held(queue);
         while !shutdown.is_cancelled() {
-            let batch = self.forward_batch().await?;
+            let batch = self.queue_batch(queue, state).await?;
             let full = batch.claimed == self.cfg.batch_size as usize;
-            drained.add(batch);
+            drained.forwarded += batch.forwarded as u64;
+            if batch.failed.is_some() {
+                drained.failed = batch.failed;
+                return Ok((drained, (!was_held).then(|| queue.to_owned())));
+            }
             if !full {
                 break;
             }
         }
-        Ok(drained)
+        Ok((drained, None))
     }
 
-    /// Enqueues again every row dispatched in the last `window`: the recovery
-    /// after Redis lost data. Tasks Redis still has are left alone; tasks that
-    /// already completed are skipped by the workers' ledger.
+    /// Enqueues again every row forwarded in the last `window` (from each
+    /// queue's newest checkpoint taken before the window; from the start
+    /// when there is none): the recovery after Redis lost data. Rows not
+    /// forwarded yet go too. Tasks Redis still has are left alone; tasks
+    /// that already completed are skipped by the workers' ledger.
     pub async fn redeliver_since(&self, window: Duration) -> Result<u64, RelayError> {
-        let mut after = 0i64;
-        let mut total = 0u64;
-        loop {
-            let rows = sqlx::query_file_as!(
-                OutboxRow,
-                "sql/outbox/dispatched_since.sql",
-                window.as_secs_f64(),
-                after,
-                i64::from(self.cfg.batch_size)
-            )
-            .fetch_all(&self.pool)
+        let mut total = self
+            .legacy
+            .redeliver_since(&self.pool, &self.broker, window, self.cfg.batch_size)
             .await?;
-            let Some(last) = rows.last() else { break };
-            after = last.id;
-            let tasks: Vec<TaskMessage> = rows.into_iter().map(Into::into).collect();
-            total += tasks.len() as u64;
-            self.broker.enqueue(&tasks).await?;
-        }
-        Ok(total)
-    }
-
-    /// Deletes dispatched rows older than the retention, in small batches,
-    /// until none is left or `shutdown`.
-    pub async fn cleanup(&self, shutdown: &CancellationToken) -> Result<u64, RelayError> {
-        let mut total = 0;
-        while !shutdown.is_cancelled() {
-            let done = sqlx::query_file!(
-                "sql/outbox/delete_dispatched_before.sql",
-                self.cfg.outbox_retention.as_secs_f64(),
-                i64::from(self.cfg.outbox_cleanup_batch)
-            )
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            total += done;
-            if done < u64::from(self.cfg.outbox_cleanup_batch) {
-                break;
+        for queue in positions::queues(&self.pool).await? {
+            let mut position = positions::checkpoint_before(&self.pool, &queue, window)
+                .await?
+                .unwrap_or(Position::START);
+            loop {
+                let batch = self.read(&queue, &position).await?;
+                if batch.rows.is_empty() {
+                    break;
+                }
+                position = batch.next(&position);
+                let full = batch.full;
+                let tasks: Vec<TaskMessage> = batch.rows.into_iter().map(Into::into).collect();
+                total += tasks.len() as u64;
+                self.broker.enqueue(&tasks).await?;
+                if !full {
+                    break;
+                }
             }
         }
         Ok(total)
     }
 
-    /// Runs [`Relay::cleanup`] every `CLEANUP_EVERY` until `shutdown`. A loop
-    /// of its own: a cleanup of millions of rows takes minutes, and
-    /// forwarding must not wait for it.
-    async fn cleanup_loop(self, shutdown: CancellationToken) {
+    /// Creates partitions ahead and drops those past retention
+    /// ([`Partitions`]), every [`MAINTAIN_EVERY`] until `shutdown`. A loop
+    /// of its own, so that forwarding never waits for it.
+    async fn maintain_loop(self, shutdown: CancellationToken) {
+        let mut partitions = Partitions::new(self.cfg.outbox_retention);
         loop {
-            match self.cleanup(&shutdown).await {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::info!(deleted = n, "deleted dispatched outbox rows past retention")
+            match partitions.maintain(&self.pool).await {
+                Ok(done) => done.log(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox partition upkeep failed; trying again later")
                 }
-                Err(e) => tracing::warn!(error = %e, "outbox cleanup failed; trying again later"),
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(CLEANUP_EVERY) => {}
+                _ = tokio::time::sleep(MAINTAIN_EVERY) => {}
             }
         }
     }
@@ -419,7 +579,7 @@ impl Relay {
     /// backoff and logged once per change of state.
     pub async fn run(self, waker: RelayWaker, listen_url: String, shutdown: CancellationToken) {
         tracing::info!("start outbox relay");
-        let cleanup = tokio::spawn(self.clone().cleanup_loop(shutdown.clone()));
+        let upkeep = tokio::spawn(self.clone().maintain_loop(shutdown.clone()));
         let wake_ups = waker.wake_ups(listen_url, self.cfg.max_backoff, shutdown.clone());
         let mut outage = Outage::new(
             "relay cannot forward; retrying with backoff",
@@ -456,7 +616,8 @@ impl Relay {
                 _ = tokio::time::sleep(self.cfg.poll_interval) => {}
             }
         }
-        let _ = tokio::join!(wake_ups.stopped(), cleanup);
+        self.checkpoint().await;
+        let _ = tokio::join!(wake_ups.stopped(), upkeep);
         tracing::info!("outbox relay stopped");
     }
 }

@@ -1,11 +1,20 @@
 //! What the outbox holds: the backlog a stuck relay leaves behind (the one
-//! figure that shows any stall of the pipeline), and the dispatched rows kept
+//! figure that shows any stall of the pipeline), and the forwarded rows kept
 //! for `--redeliver-since`.
+//!
+//! The backlog is each queue's rows beyond its position, so reading it costs
+//! the rows waiting, not the rows kept.
 
 use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::PgPool;
+
+use super::{
+    legacy,
+    positions::{self, PositionError},
+};
+use crate::queue::Broker;
 
 /// Undispatched rows are counted up to this many: a count costs a read of
 /// each row, and a backlog this large is news enough.
@@ -22,16 +31,36 @@ pub struct OutboxStats {
 }
 
 impl OutboxStats {
-    pub async fn read(pool: &PgPool) -> Result<Self, sqlx::Error> {
-        let row = sqlx::query_file!("sql/outbox/backlog.sql", COUNT_LIMIT as i64)
+    /// The backlog of every queue, from its position in Redis (or, while
+    /// Redis does not answer, its last checkpoint: a few rows too many),
+    /// and the rows the upgrade's old table still holds.
+    pub async fn read(pool: &PgPool, broker: &Broker) -> Result<Self, PositionError> {
+        let mut stats = Self {
+            undispatched: legacy::undispatched(pool, COUNT_LIMIT).await?,
+            oldest_age: None,
+        };
+        for queue in positions::queues(pool).await? {
+            let position = positions::best_known(broker, pool, &queue).await?;
+            let open: Vec<String> = position.open.iter().map(u64::to_string).collect();
+            let (ptxids, pids) = position.partial_arrays();
+            let row = sqlx::query_file!(
+                "sql/outbox/backlog.sql",
+                queue,
+                position.xmax.to_string(),
+                &open,
+                &ptxids,
+                &pids,
+                COUNT_LIMIT as i64
+            )
             .fetch_one(pool)
             .await?;
-        Ok(Self {
-            undispatched: row.undispatched.max(0) as u64,
-            oldest_age: row
+            stats.undispatched = (stats.undispatched + row.waiting.max(0) as u64).min(COUNT_LIMIT);
+            let age = row
                 .oldest_age_seconds
-                .map(|s| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX)),
-        })
+                .map(|s| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX));
+            stats.oldest_age = stats.oldest_age.max(age);
+        }
+        Ok(stats)
     }
 }
 
@@ -51,12 +80,17 @@ impl OutboxStats {
     }
 }
 
-/// Dispatched rows still kept (within `OUTBOX_RETENTION`).
-pub async fn dispatched_count(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    let n = sqlx::query_file_scalar!("sql/outbox/dispatched_count.sql")
-        .fetch_one(pool)
-        .await?;
-    Ok(n.max(0) as u64)
+/// About how many rows the outbox keeps (Postgres's estimate, as of the
+/// last ANALYZE), forwarded or not: counting them would cost a read of
+/// every row kept.
+pub async fn kept_estimate(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let n: f64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::float8 FROM pg_inherits i \
+         JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'outbox'::regclass",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(n as u64)
 }
 
 /// A duration as seconds (fractional), for JSON.

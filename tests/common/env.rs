@@ -42,6 +42,16 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub async fn new() -> Self {
+        Self::migrated_to(None).await
+    }
+
+    /// A test's database with the migrations up to `version` only: the
+    /// database of an earlier release, to upgrade from.
+    pub async fn at_migration(version: i64) -> Self {
+        Self::migrated_to(Some(version)).await
+    }
+
+    async fn migrated_to(upto: Option<i64>) -> Self {
         init_logs();
         let admin_url = base_url("DATABASE_URL");
         let name = format!("sbtest_{}", uuid::Uuid::new_v4().simple());
@@ -80,7 +90,23 @@ impl TestEnv {
         cfg.mail.dir = std::env::temp_dir().join(format!("{name}-mail"));
 
         let pool = PgPool::connect(&db_url).await.unwrap();
-        simplebank::db::migrate(&pool).await.unwrap();
+        match upto {
+            None => simplebank::db::migrate(&pool).await.unwrap(),
+            Some(version) => {
+                let all = &simplebank::db::MIGRATOR;
+                let earlier = sqlx::migrate::Migrator {
+                    migrations: all
+                        .migrations
+                        .iter()
+                        .filter(|m| m.version <= version)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .into(),
+                    ..sqlx::migrate::Migrator::DEFAULT
+                };
+                earlier.run(&pool).await.unwrap();
+            }
+        }
         Self { cfg, db_url, pool }
     }
 
@@ -135,6 +161,14 @@ impl TestEnv {
 
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    }
+
+    /// Outbox rows not forwarded yet (beyond their queue's position).
+    pub async fn undispatched(&self) -> i64 {
+        simplebank::outbox::stats::OutboxStats::read(&self.pool, &self.queue())
+            .await
+            .unwrap()
+            .undispatched as i64
     }
 
     /// The id of the test's only outbox row (= its task id).

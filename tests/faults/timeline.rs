@@ -118,9 +118,7 @@ pub async fn inject_faults(
 pub async fn settle(env: &TestEnv, broker: &Broker) -> Duration {
     let settle_started = Instant::now();
     loop {
-        let undispatched = env
-            .count("SELECT count(*) FROM outbox WHERE dispatched_at IS NULL")
-            .await;
+        let undispatched = env.undispatched().await;
         let s = broker.stats("critical").await.unwrap();
         if undispatched == 0 && s.pending + s.active + s.scheduled + s.retry == 0 {
             break;

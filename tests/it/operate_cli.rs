@@ -208,7 +208,12 @@ async fn an_archived_task_retried_from_the_cli_runs_once() {
     assert_eq!(emails, 1, "the retried task ran once");
     let stats = cli_json(&env, &["outbox", "stats", "--json"]).await;
     assert_eq!(stats["undispatched"], 0, "{stats}");
-    assert!(stats["dispatched_kept"].as_u64().unwrap() >= 1, "{stats}");
+    sqlx::query("ANALYZE outbox")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let stats = cli_json(&env, &["outbox", "stats", "--json"]).await;
+    assert!(stats["kept_estimate"].as_u64().unwrap() >= 1, "{stats}");
     app.stop().await;
     let _ = std::fs::remove_dir_all(&blocker);
 }

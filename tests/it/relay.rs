@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use simplebank::{app::Clients, queue::Broker};
+use simplebank::{app::Clients, outbox::partitions, queue::Broker};
 use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 
@@ -27,8 +27,7 @@ pub(crate) async fn insert_rows(env: &TestEnv, n: i64) {
 }
 
 pub(crate) async fn undispatched(env: &TestEnv) -> i64 {
-    env.count("SELECT count(*) FROM outbox WHERE dispatched_at IS NULL")
-        .await
+    env.undispatched().await
 }
 
 pub(crate) async fn ids(env: &TestEnv) -> Vec<i64> {
@@ -166,11 +165,9 @@ async fn two_relays_forward_10000_rows_exactly_once() {
     let (na, nb) = tokio::join!(a.drain(&never), b.drain(&never));
     let (na, nb) = (na.unwrap().forwarded, nb.unwrap().forwarded);
     println!("relay a forwarded {na}, relay b {nb}");
+    // Each counts only the batches whose cursor move it made: no row was
+    // forwarded by both.
     assert_eq!(na + nb, 10_000, "each row forwarded by exactly one relay");
-    assert!(
-        na > 0 && nb > 0,
-        "both relays worked (SKIP LOCKED, no waiting)"
-    );
     assert_eq!(undispatched(&env).await, 0);
     let stats = env.queue().stats("default").await.unwrap();
     assert_eq!(stats.pending, 10_000);
@@ -183,55 +180,231 @@ pub(crate) fn relay_command(env: &TestEnv, args: &[&str]) -> Command {
     cmd
 }
 
-#[tokio::test]
-async fn dispatched_rows_past_retention_are_deleted() {
-    let mut env = TestEnv::new().await;
-    env.cfg.relay.outbox_cleanup_batch = 7;
-    insert_rows(&env, 40).await;
-    let relay = Clients::new(&env.cfg).unwrap().relay(&env.cfg).unwrap();
-    relay.drain(&CancellationToken::new()).await.unwrap();
-    insert_rows(&env, 5).await; // undispatched: never deleted
-    sqlx::query("UPDATE outbox SET dispatched_at = now() - interval '2 days' WHERE id % 2 = 0 AND dispatched_at IS NOT NULL")
-        .execute(&env.pool)
+/// Ends the partition rows go to now, at the next transaction id, and
+/// makes a new one for the rest of its range: the layout the relay's upkeep
+/// leaves once a partition filled. Returns the ended partition's new name.
+async fn seal_partition(env: &TestEnv) -> (String, u64) {
+    let mut conn = env.pool.acquire().await.unwrap();
+    let next: String = sqlx::query_scalar("SELECT pg_snapshot_xmax(pg_current_snapshot())::text")
+        .fetch_one(&mut *conn)
         .await
         .unwrap();
-    assert_eq!(relay.cleanup(&CancellationToken::new()).await.unwrap(), 20);
-    assert_eq!(env.count("SELECT count(*) FROM outbox").await, 25);
-    assert_eq!(undispatched(&env).await, 5);
+    let next: u64 = next.parse().unwrap();
+    let parts = partitions::list(&mut conn).await.unwrap();
+    let p = parts
+        .iter()
+        .find(|p| p.from <= next && next < p.to)
+        .unwrap();
+    let sealed = format!("outbox_p{}_{next}", p.from);
+    let from = match p.from {
+        0 => "(MINVALUE)".to_owned(),
+        n => format!("('{n}')"),
+    };
+    sqlx::raw_sql(&format!(
+        "ALTER TABLE outbox DETACH PARTITION {old};
+         ALTER TABLE {old} RENAME TO {sealed};
+         ALTER TABLE outbox ATTACH PARTITION {sealed} FOR VALUES FROM {from} TO ('{next}');
+         CREATE TABLE outbox_p{next}_{to} PARTITION OF outbox FOR VALUES FROM ('{next}') TO ('{to}');",
+        old = p.name,
+        to = p.to,
+    ))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    (sealed, next)
 }
 
 #[tokio::test]
-async fn a_long_cleanup_does_not_hold_up_forwarding() {
-    let mut env = TestEnv::new().await;
-    // A history of 100,000 rows past retention, deleted one per statement:
-    // a cleanup that takes many seconds.
-    env.cfg.relay.outbox_cleanup_batch = 1;
+async fn retention_drops_a_whole_partition_while_rows_are_being_inserted() {
+    let env = TestEnv::new().await;
+    insert_rows(&env, 40).await;
+    let relay = Clients::new(&env.cfg).unwrap().relay(&env.cfg).unwrap();
+    let never = CancellationToken::new();
+    assert_eq!(relay.drain(&never).await.unwrap().forwarded, 40);
+    relay.checkpoint().await;
+    let (sealed, end) = seal_partition(&env).await;
+    let mut upkeep = partitions::Partitions::new(env.cfg.relay.outbox_retention);
+    // Within retention: kept. The partition now in use gets the next one
+    // made ahead.
+    let done = upkeep.maintain(&env.pool).await.unwrap();
+    assert!(done.dropped.is_empty(), "{done:?}");
+    assert_eq!(
+        done.created.len(),
+        1,
+        "the next partition made ahead: {done:?}"
+    );
+    // Past it (rows written two days ago).
+    sqlx::query(&format!(
+        "UPDATE {sealed} SET created_at = now() - interval '2 days'"
+    ))
+    .execute(&env.pool)
+    .await
+    .unwrap();
+
+    // A writer inserts one row per transaction all along.
+    let stop = CancellationToken::new();
+    let writer = {
+        let (pool, stop) = (env.pool.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0i64;
+            let started = Instant::now();
+            while !stop.is_cancelled() && n < 5_000 && started.elapsed() < Duration::from_secs(20) {
+                sqlx::query(
+                    "INSERT INTO outbox (kind, queue, payload, max_retry, timeout_ms)
+                     VALUES ('noop', 'default', '{}', 3, 1000)",
+                )
+                .execute(&pool)
+                .await
+                .expect("every insert goes through");
+                n += 1;
+            }
+            n
+        })
+    };
+    eventually(Duration::from_secs(10), "the writer under way", || async {
+        (env.count("SELECT count(*) FROM outbox").await > 50).then_some(())
+    })
+    .await;
+    let done = upkeep.maintain(&env.pool).await.unwrap();
+    let inserted_during = env.count("SELECT count(*) FROM outbox").await;
+    stop.cancel();
+    let written = writer.await.unwrap();
+    println!("{done:?}; {written} rows written meanwhile");
+    assert_eq!(done.dropped, std::slice::from_ref(&sealed), "{done:?}");
+    let gone: bool = sqlx::query_scalar(&format!("SELECT to_regclass('{sealed}') IS NULL"))
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(gone);
+    assert!(
+        inserted_during > 40,
+        "rows went on arriving while it was dropped"
+    );
+    assert_eq!(env.count("SELECT count(*) FROM outbox").await, written);
+    let below: i64 = env
+        .count(&format!("SELECT count(*) FROM outbox WHERE txid < '{end}'"))
+        .await;
+    assert_eq!(below, 0);
+    // Every row written meanwhile is forwarded, once.
+    assert_eq!(relay.drain(&never).await.unwrap().forwarded as i64, written);
+    assert_eq!(undispatched(&env).await, 0);
+    assert_eq!(
+        env.queue().stats("default").await.unwrap().pending as i64,
+        40 + written
+    );
+}
+
+/// After relaying 10,000 rows, no outbox relation had a row updated or
+/// deleted: nothing on the relay's path leaves a dead tuple.
+#[tokio::test]
+async fn relaying_updates_and_deletes_no_outbox_row() {
+    let env = TestEnv::new().await;
+    insert_rows(&env, 10_000).await;
+    let relay = Clients::new(&env.cfg).unwrap().relay(&env.cfg).unwrap();
+    assert_eq!(
+        relay
+            .drain(&CancellationToken::new())
+            .await
+            .unwrap()
+            .forwarded,
+        10_000
+    );
+    relay.checkpoint().await;
+    partitions::Partitions::new(env.cfg.relay.outbox_retention)
+        .maintain(&env.pool)
+        .await
+        .unwrap();
+    // The statistics collector reports within a moment.
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT relname::text, n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables
+         WHERE relname LIKE 'outbox%' ORDER BY relname",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    println!("{rows:?}");
+    let inserted: i64 = rows
+        .iter()
+        .filter(|r| r.0.starts_with("outbox_p"))
+        .map(|r| r.1)
+        .sum();
+    assert_eq!(inserted, 10_000, "{rows:?}");
+    for (name, _, updated, deleted) in &rows {
+        assert_eq!((*updated, *deleted), (0, 0), "{name}: {rows:?}");
+    }
+}
+
+/// A database of the release before the snapshot reads, with rows
+/// forwarded and rows waiting in its outbox, upgraded while writers go on:
+/// the waiting rows are forwarded exactly once (by two relays at once), the
+/// forwarded ones not again, the new rows too, and the old table goes once
+/// its rows are past retention.
+#[tokio::test]
+async fn an_upgrade_forwards_the_old_tables_waiting_rows_exactly_once() {
+    let env = TestEnv::at_migration(20261201000014).await;
     sqlx::query(
         "INSERT INTO outbox (kind, queue, payload, max_retry, timeout_ms, dispatched_at)
-         SELECT 'noop', 'default', '{}', 3, 1000, now() - interval '2 days'
-         FROM generate_series(1, 100000)",
+         SELECT 'noop', 'default', '{}', 3, 1000, CASE WHEN g <= 10 THEN now() END
+         FROM generate_series(1, 40) g",
     )
     .execute(&env.pool)
     .await
     .unwrap();
-    let old =
-        || env.count("SELECT count(*) FROM outbox WHERE dispatched_at < now() - interval '1 day'");
-    let app = env.start(Components::RELAY).await;
-    eventually(Duration::from_secs(10), "the cleanup under way", || async {
-        (old().await < 100_000).then_some(())
-    })
-    .await;
-    insert_rows(&env, 1).await;
-    app.wake_relay();
-    eventually(Duration::from_secs(5), "the new row forwarded", || async {
-        (undispatched(&env).await == 0).then_some(())
-    })
-    .await;
-    assert!(
-        old().await > 0,
-        "forwarded while the cleanup was still running"
+    simplebank::db::migrate(&env.pool).await.unwrap();
+    // A writer of the old release inserts as it did: its columns are there.
+    insert_rows(&env, 5).await;
+    let new_ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM outbox ORDER BY id")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        new_ids,
+        (41..=45).collect::<Vec<i64>>(),
+        "ids go on from the old table's"
     );
-    app.stop().await;
+    assert_eq!(undispatched(&env).await, 35);
+
+    let (a, b) = (
+        Clients::new(&env.cfg).unwrap().relay(&env.cfg).unwrap(),
+        Clients::new(&env.cfg).unwrap().relay(&env.cfg).unwrap(),
+    );
+    let never = CancellationToken::new();
+    let (na, nb) = tokio::join!(a.drain(&never), b.drain(&never));
+    let (na, nb) = (na.unwrap().forwarded, nb.unwrap().forwarded);
+    assert_eq!(na + nb, 35, "a: {na}, b: {nb}");
+    assert_eq!(undispatched(&env).await, 0);
+    let client = crate::common::redis_client(&env.cfg.redis.url).await;
+    let mut pending: Vec<i64> =
+        fred::prelude::ListInterface::lrange(&client, env.queue().keys("default").pending, 0, -1)
+            .await
+            .unwrap();
+    pending.sort();
+    assert_eq!(
+        pending,
+        (11..=45).collect::<Vec<i64>>(),
+        "the waiting rows, once each"
+    );
+
+    // The old table stays while its rows are within retention.
+    a.checkpoint().await;
+    let mut upkeep = partitions::Partitions::new(env.cfg.relay.outbox_retention);
+    assert!(!upkeep.maintain(&env.pool).await.unwrap().legacy_dropped);
+    sqlx::query("UPDATE outbox_legacy SET dispatched_at = now() - interval '2 days'")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    assert!(upkeep.maintain(&env.pool).await.unwrap().legacy_dropped);
+    assert_eq!(
+        env.count("SELECT count(*) FROM pg_class WHERE relname = 'outbox_legacy'")
+            .await,
+        0
+    );
+    insert_rows(&env, 1).await;
+    assert_eq!(a.drain(&never).await.unwrap().forwarded, 1);
 }
 
 /// `relay --once` on a terminal shows its progress on stderr (here a
@@ -271,4 +444,71 @@ async fn relay_once_shows_progress_on_a_terminal_only() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("undispatched rows to forward"), "{stderr}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("forwarded 10 rows"));
+}
+
+/// Blocks (shared buffers hit or read) and rows of one relay read of
+/// `queue` from the start, as `EXPLAIN (ANALYZE, BUFFERS)` reports them.
+async fn read_cost(env: &TestEnv, queue: &str) -> (i64, i64) {
+    let plan: serde_json::Value = sqlx::query_scalar(&format!(
+        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {}",
+        include_str!("../../sql/outbox/read.sql")
+    ))
+    .bind(queue)
+    .bind("0")
+    .bind(Vec::<String>::new())
+    .bind(Vec::<String>::new())
+    .bind(Vec::<i64>::new())
+    .bind(500i64)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    let top = &plan[0]["Plan"];
+    let blocks =
+        top["Shared Hit Blocks"].as_i64().unwrap() + top["Shared Read Blocks"].as_i64().unwrap();
+    (blocks, top["Actual Rows"].as_i64().unwrap())
+}
+
+/// A queue held back with a large backlog costs the other queues' reads
+/// nothing, and its own read when tried again costs a batch, not its
+/// backlog: each read is a range of its own queue's index.
+#[tokio::test]
+async fn a_held_queues_backlog_costs_a_read_its_batch_and_others_nothing() {
+    let env = TestEnv::new().await;
+    let insert = |queue: &'static str, n: i64| {
+        let pool = env.pool.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO outbox (kind, queue, payload, max_retry, timeout_ms)
+                 SELECT 'noop', $1, jsonb_build_object('n', g), 3, 1000 FROM generate_series(1, $2) g",
+            )
+            .bind(queue)
+            .bind(n)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    insert("critical", 100).await;
+    insert("default", 100).await;
+    sqlx::query("ANALYZE outbox")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let (small, rows) = read_cost(&env, "critical").await;
+    assert_eq!(rows, 100);
+    insert("default", 100_000).await;
+    sqlx::query("ANALYZE outbox")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let (big, rows) = read_cost(&env, "critical").await;
+    assert_eq!(rows, 100);
+    println!("critical's read: {small} blocks beside 100 default rows, {big} beside 100,100");
+    // An index level more at most.
+    assert!(big <= small + 5, "{small} -> {big} blocks");
+    let (held, rows) = read_cost(&env, "default").await;
+    println!("default's read with 100,100 waiting: {held} blocks, {rows} rows");
+    assert_eq!(rows, 500, "one batch");
+    // 100,100 rows fill some 1,000 heap blocks; a batch of them, a few dozen.
+    assert!(held < 100, "{held} blocks for one batch");
 }

@@ -16,6 +16,7 @@
 //! | `<prefix>:{q}:paused`        | string | present while the queue is paused (when, in ms)    |
 //! | `<prefix>:{q}:breaker`       | string | present while a worker's breaker holds the queue back (expires with the pause) |
 //! | `<prefix>:{q}:enqueues`      | string | counter of enqueue calls (each writes, for WAIT)   |
+//! | `<prefix>:{q}:cursor:<name>` | string | a producer's position in its source, moved only with an enqueue ([`crate::Cursor`]) |
 //! | `<prefix>:{q}:wake` (channel)| pubsub | published when ids become pending or due times change |
 //!
 //! The task id is the producer's (the service uses its outbox row id). A completed task's hash is kept (without
@@ -39,6 +40,7 @@ pub struct QueueKeys {
     pub(crate) paused: String,
     pub(crate) breaker: String,
     pub(crate) enqueues: String,
+    base: String,
     /// The pub/sub channel published on when tasks become pending or due times change.
     pub wake_channel: String,
 }
@@ -59,7 +61,13 @@ impl QueueKeys {
             breaker: format!("{base}breaker"),
             enqueues: format!("{base}enqueues"),
             wake_channel: format!("{base}wake"),
+            base,
         }
+    }
+
+    /// The key of producer `name`'s cursor ([`crate::Cursor`]).
+    pub fn cursor(&self, name: &str) -> String {
+        format!("{}cursor:{name}", self.base)
     }
 
     /// The key of the hash holding task `id`.
@@ -86,6 +94,7 @@ mod tests {
             &k.paused,
             &k.enqueues,
             &k.task(TaskId::from(7)),
+            &k.cursor("outbox"),
         ] {
             assert!(key.starts_with("sb:{critical}:"), "{key}");
         }

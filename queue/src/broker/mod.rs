@@ -33,6 +33,7 @@ use fred::{clients::Pool, prelude::*};
 
 use super::QueueError;
 
+pub use enqueue::{Cursor, CursorEnqueue};
 pub use keys::QueueKeys;
 pub use reads::QueueStats;
 pub use repairs::Repair;

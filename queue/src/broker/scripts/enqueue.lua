@@ -1,9 +1,18 @@
 -- Enqueue a batch of tasks into one queue; an id that already exists is left alone.
--- KEYS[1] task key prefix, KEYS[2] pending, KEYS[3] scheduled, KEYS[4] enqueue counter
--- ARGV[1] wake channel, then 9 per task: id, kind, payload, max_retry, timeout_ms,
+-- KEYS[1] task key prefix, KEYS[2] pending, KEYS[3] scheduled, KEYS[4] enqueue counter,
+-- KEYS[5] the producer's cursor
+-- ARGV[1] wake channel; ARGV[2] the cursor check: 'none' (the cursor is left alone),
+-- 'absent' (there must be none) or 'is' (it must be ARGV[3]); ARGV[4] the cursor's
+-- new value (when checked); then 9 per task: id, kind, payload, max_retry, timeout_ms,
 -- process_at_ms, request_id ('' for none), created_at_ms (the outbox row's),
 -- trace context ('' for none; kept only when there is one)
--- Returns one flag per task: 1 enqueued now, 0 already present
+-- Returns one flag per task: 1 enqueued now, 0 already present; or, when the
+-- cursor is not where the caller said, {-1, the cursor (false when none)} and
+-- nothing is written.
+--
+-- The cursor makes a producer's batches a chain: each names the position it
+-- was read from, so two producers reading the same rows cannot both move it,
+-- and the position and the tasks it covers are written together or not at all.
 --
 -- This runs once per relay batch, so its cost per task bounds the relay's drain
 -- rate. Values are written as the strings they arrived as: a Lua number passed
@@ -15,6 +24,13 @@
 -- Refused before anything is written when a list or set has the wrong type:
 -- a script that fails half-way keeps what it wrote, and a task hash whose id
 -- is in no list would turn every later enqueue of the id into a no-op.
+local check = ARGV[2]
+if check ~= 'none' then
+  local at = redis.call('GET', KEYS[5])
+  if (check == 'absent' and at) or (check == 'is' and at ~= ARGV[3]) then
+    return {-1, at}
+  end
+end
 for i, want in ipairs({'list', 'zset'}) do
   local have = redis.call('TYPE', KEYS[i + 1])['ok']
   if have ~= 'none' and have ~= want then
@@ -26,7 +42,7 @@ local now = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
 local now_ms = tonumber(now)
 local flags, fresh = {}, {}
 local added = 0
-for i = 2, #ARGV, 9 do
+for i = 5, #ARGV, 9 do
   local id = ARGV[i]
   local key = KEYS[1] .. id
   if redis.call('EXISTS', key) == 1 then
@@ -55,6 +71,7 @@ end
 -- earlier enqueue of the same ids that another connection made and whose
 -- WAIT failed. A call that wrote nothing would pass its WAIT at once.
 redis.call('INCR', KEYS[4])
+if check ~= 'none' then redis.call('SET', KEYS[5], ARGV[4]) end
 local chunk = 1000
 for from = 1, #fresh, chunk do
   redis.call('LPUSH', KEYS[2], unpack(fresh, from, math.min(from + chunk - 1, #fresh)))

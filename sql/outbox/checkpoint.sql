@@ -1,0 +1,1 @@
+INSERT INTO outbox_checkpoints (queue, position) VALUES ($1, $2)

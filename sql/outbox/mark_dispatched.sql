@@ -1,1 +1,0 @@
-UPDATE outbox SET dispatched_at = now() WHERE id = ANY($1)
