@@ -31,6 +31,8 @@ pub async fn run(cfg: &Config, redeliver_since: Option<Duration>) -> anyhow::Res
     // A failed batch rolls back: what was not forwarded stays in the
     // outbox for the next run, which the message says.
     let drained = relay.drain(&CancellationToken::new()).await;
+    // Where it got to, for retention and later redeliveries.
+    relay.checkpoint().await;
     drop(progress);
     let drained = drained.context("forwarding stopped; the rest stays in the outbox")?;
     let forwarded = drained.forwarded;

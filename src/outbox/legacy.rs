@@ -13,8 +13,7 @@ use std::{
     time::Duration,
 };
 
-use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
+use sqlx::{Connection, PgPool};
 
 use super::{OutboxRow, relay::RelayError};
 use crate::queue::{Broker, TaskMessage};
@@ -51,52 +50,51 @@ pub struct Legacy {
 }
 
 impl Legacy {
-    /// Forwards the old table's undispatched rows, a batch at a time, each in
-    /// a transaction that claims (SKIP LOCKED), enqueues and marks.
-    pub async fn drain(
+    /// Whether rows may wait in the old table. Rows another relay has
+    /// claimed count as waiting: should it die mid-batch, they are this
+    /// relay's to forward. Once none waits, it is never asked again.
+    pub async fn waiting(&self, pool: &PgPool) -> Result<bool, sqlx::Error> {
+        if self.done.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let waiting = undispatched(pool, 1).await? > 0;
+        if !waiting {
+            self.done.store(true, Ordering::Relaxed);
+        }
+        Ok(waiting)
+    }
+
+    /// Forwards one batch of the old table's undispatched rows on `conn`,
+    /// in a transaction begun with `begin` (the relay's bounded session)
+    /// that claims (SKIP LOCKED), enqueues and marks. Returns the rows.
+    pub async fn batch(
         &self,
-        pool: &PgPool,
+        conn: &mut sqlx::PgConnection,
         broker: &Broker,
         batch: u32,
-        shutdown: &CancellationToken,
-    ) -> Result<u64, RelayError> {
-        if self.done.load(Ordering::Relaxed) {
-            return Ok(0);
-        }
-        if undispatched(pool, 1).await? == 0 {
-            // Rows another relay has claimed count as waiting: should it die
-            // mid-batch, they are this relay's to forward.
-            self.done.store(true, Ordering::Relaxed);
-            return Ok(0);
-        }
+        begin: &str,
+    ) -> Result<usize, RelayError> {
         let claim = format!(
             "SELECT {COLUMNS} FROM outbox_legacy WHERE dispatched_at IS NULL \
              ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
         );
-        let mut total = 0;
-        while !shutdown.is_cancelled() {
-            let mut tx = pool.begin().await?;
-            let rows: Vec<OutboxRow> = sqlx::query_as(&claim)
-                .bind(i64::from(batch))
-                .fetch_all(&mut *tx)
-                .await?;
-            if rows.is_empty() {
-                break;
-            }
-            let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-            let tasks: Vec<TaskMessage> = rows.into_iter().map(Into::into).collect();
-            broker.enqueue(&tasks).await?;
-            sqlx::query("UPDATE outbox_legacy SET dispatched_at = now() WHERE id = ANY($1)")
-                .bind(&ids)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            total += ids.len() as u64;
-            if ids.len() < batch as usize {
-                break;
-            }
+        let mut tx = conn.begin_with(begin.to_owned()).await?;
+        let rows: Vec<OutboxRow> = sqlx::query_as(&claim)
+            .bind(i64::from(batch))
+            .fetch_all(&mut *tx)
+            .await?;
+        if rows.is_empty() {
+            return Ok(0);
         }
-        Ok(total)
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let tasks: Vec<TaskMessage> = rows.into_iter().map(Into::into).collect();
+        broker.enqueue(&tasks).await?;
+        sqlx::query("UPDATE outbox_legacy SET dispatched_at = now() WHERE id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(ids.len())
     }
 
     /// Enqueues again the old table's rows dispatched in the last `window`.

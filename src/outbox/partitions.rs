@@ -2,7 +2,10 @@
 //! dropped whole, so that no row is ever deleted one by one.
 //!
 //! A partition is named for its range, `outbox_p<from>_<to>` (from 0: no
-//! lower bound). One relay at a time (an advisory lock) keeps:
+//! lower bound). Every relay runs the upkeep; each step is a transaction
+//! that first takes an advisory lock for the transaction (nothing to leak
+//! when a relay vanishes, and it works through PgBouncer), so one relay at a
+//! time does a step, and the others skip it. The upkeep keeps:
 //! - one partition ahead: once the newest is in use, the next is created,
 //!   wide enough for about a quarter of OUTBOX_RETENTION at the rate
 //!   transaction ids were used since the last look;
@@ -31,7 +34,7 @@ use super::positions;
 /// How long partition DDL waits for its lock before giving up the round.
 const LOCK_TIMEOUT: &str = "100ms";
 
-/// The advisory lock that keeps upkeep to one relay at a time.
+/// The advisory lock that keeps each upkeep step to one relay at a time.
 const UPKEEP_LOCK: i64 = 0x5b0_0b0c;
 
 /// The width of a new partition when no rate is known yet.
@@ -150,27 +153,16 @@ impl Partitions {
         ((rate * span) as u64).clamp(MIN_WIDTH, MAX_WIDTH)
     }
 
-    /// One round; see the module doc. Returns at once when another relay
-    /// holds the upkeep lock.
+    /// One round; see the module doc. A step another relay is doing is
+    /// skipped.
     pub async fn maintain(&mut self, pool: &PgPool) -> Result<Maintained, sqlx::Error> {
         let mut done = Maintained::default();
         let mut conn = pool.acquire().await?;
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(UPKEEP_LOCK)
-            .fetch_one(&mut *conn)
-            .await?;
-        if !got {
-            return Ok(done);
-        }
-        let result = self.maintain_locked(&mut conn, &mut done).await;
-        sqlx::query("SELECT pg_advisory_unlock($1)")
-            .bind(UPKEEP_LOCK)
-            .execute(&mut *conn)
-            .await?;
-        result.map(|()| done)
+        self.maintain_on(&mut conn, &mut done).await?;
+        Ok(done)
     }
 
-    async fn maintain_locked(
+    async fn maintain_on(
         &mut self,
         conn: &mut PgConnection,
         done: &mut Maintained,
@@ -210,14 +202,18 @@ impl Partitions {
         }
         done.overflow_emptied = self.retire(conn, "outbox_overflow", true).await?;
         done.legacy_dropped = self.retire_legacy(conn).await?;
+        let Some(mut tx) = upkeep_tx(conn).await? else {
+            return Ok(());
+        };
         sqlx::query(
             "DELETE FROM outbox_checkpoints c \
              WHERE taken_at < now() - make_interval(secs => $1) \
                AND taken_at < (SELECT max(taken_at) FROM outbox_checkpoints n WHERE n.queue = c.queue)",
         )
         .bind(self.retention.as_secs_f64() + 3600.0)
-        .execute(&mut *conn)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -236,10 +232,9 @@ impl Partitions {
                 return Ok(false);
             }
         };
-        let mut tx = conn.begin().await?;
-        sqlx::query(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
-            .execute(&mut *tx)
-            .await?;
+        let Some(mut tx) = upkeep_tx(conn).await? else {
+            return Ok(false);
+        };
         // Held to the end: no writer can add a row between the checks and
         // the drop, and none that wrote one is still running.
         if let Err(e) = sqlx::query(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
@@ -270,11 +265,14 @@ impl Partitions {
             };
             let open: Vec<String> = position.open.iter().map(u64::to_string).collect();
             let (ptxids, pids) = position.partial_arrays();
+            // Three index probes, as read.sql's three ranges: none reads
+            // the partition's rows.
             let uncovered: bool = sqlx::query_scalar(&format!(
-                "SELECT EXISTS (SELECT 1 FROM {table} WHERE queue = $1 AND \
-                 (txid = ANY($2::text[]::xid8[]) OR txid >= $5::text::xid8 OR EXISTS \
-                  (SELECT 1 FROM unnest($3::text[]::xid8[], $4::int8[]) AS p(txid, after) \
-                   WHERE p.txid = {table}.txid AND p.after < {table}.id)))"
+                "SELECT EXISTS (SELECT 1 FROM {table} WHERE queue = $1 AND txid = ANY($2::text[]::xid8[])) \
+                 OR EXISTS (SELECT 1 FROM {table} WHERE queue = $1 AND txid >= $5::text::xid8) \
+                 OR EXISTS (SELECT 1 FROM unnest($3::text[]::xid8[], $4::int8[]) AS p(txid, after) \
+                            WHERE EXISTS (SELECT 1 FROM {table} o WHERE o.queue = $1 \
+                                          AND o.txid = p.txid AND o.id > p.after))"
             ))
             .bind(queue)
             .bind(&open)
@@ -305,10 +303,9 @@ impl Partitions {
         if !exists {
             return Ok(false);
         }
-        let mut tx = conn.begin().await?;
-        sqlx::query(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
-            .execute(&mut *tx)
-            .await?;
+        let Some(mut tx) = upkeep_tx(conn).await? else {
+            return Ok(false);
+        };
         if let Err(e) = sqlx::query("LOCK TABLE outbox_legacy IN ACCESS EXCLUSIVE MODE")
             .execute(&mut *tx)
             .await
@@ -345,13 +342,29 @@ fn queues_in(table: &str) -> String {
     )
 }
 
-/// Runs `sql` under [`LOCK_TIMEOUT`]: whether it ran (false when its lock
-/// was not had in time, or a concurrent round made the same partition).
-async fn ddl(conn: &mut PgConnection, sql: &str) -> Result<bool, sqlx::Error> {
+/// A transaction for one upkeep step: its DDL waits at most
+/// [`LOCK_TIMEOUT`] for a lock, and it holds [`UPKEEP_LOCK`] to its end.
+/// `None` when another relay holds that lock (it is doing the step).
+async fn upkeep_tx(
+    conn: &mut PgConnection,
+) -> Result<Option<sqlx::Transaction<'_, sqlx::Postgres>>, sqlx::Error> {
     let mut tx = conn.begin().await?;
     sqlx::query(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
         .execute(&mut *tx)
         .await?;
+    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(UPKEEP_LOCK)
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok(got.then_some(tx))
+}
+
+/// Runs `sql` under [`LOCK_TIMEOUT`]: whether it ran (false when its lock
+/// was not had in time, or a concurrent round made the same partition).
+async fn ddl(conn: &mut PgConnection, sql: &str) -> Result<bool, sqlx::Error> {
+    let Some(mut tx) = upkeep_tx(conn).await? else {
+        return Ok(false);
+    };
     match sqlx::query(sql).execute(&mut *tx).await {
         Ok(_) => {
             tx.commit().await?;

@@ -102,6 +102,34 @@ pub async fn checkpoint_before(
     text.map(|t| parse(queue, &t)).transpose()
 }
 
+/// Queue `queue`'s newest checkpoint below transaction id `xmax` (for a
+/// database whose ids went back: see the relay).
+pub async fn checkpoint_below(
+    pool: &PgPool,
+    queue: &str,
+    xmax: u64,
+) -> Result<Option<Position>, PositionError> {
+    let text: Option<String> = sqlx::query_scalar(
+        "SELECT position FROM outbox_checkpoints \
+         WHERE queue = $1 AND split_part(position, ';', 1)::numeric <= $2::numeric \
+         ORDER BY taken_at DESC LIMIT 1",
+    )
+    .bind(queue)
+    .bind(xmax.to_string())
+    .fetch_optional(pool)
+    .await?;
+    text.map(|t| parse(queue, &t)).transpose()
+}
+
+/// The next transaction id Postgres will hand out.
+pub async fn next_xid(pool: &PgPool) -> Result<u64, PositionError> {
+    let text: String = sqlx::query_scalar("SELECT pg_snapshot_xmax(pg_current_snapshot())::text")
+        .fetch_one(pool)
+        .await?;
+    text.parse()
+        .map_err(|_| PositionError::Db(sqlx::Error::Decode(format!("xid {text:?}").into())))
+}
+
 /// Copies `position` to Postgres.
 pub async fn checkpoint(
     pool: &PgPool,

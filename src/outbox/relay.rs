@@ -163,8 +163,8 @@ struct QueueState {
     /// Its position, once loaded. The lock also keeps a relay's lanes from
     /// reading the same queue at once.
     known: tokio::sync::Mutex<Option<Known>>,
-    /// When its position was last copied to Postgres.
-    checkpointed: Mutex<Option<Instant>>,
+    /// When its position was last copied to Postgres, and which.
+    checkpointed: Mutex<Option<(Instant, Position)>>,
     /// When its position was last read from Redis or moved there.
     verified: Mutex<Option<Instant>>,
 }
@@ -309,6 +309,15 @@ impl Relay {
                         *known = None;
                         continue;
                     }
+                    let next_xid = positions::next_xid(&self.pool).await?;
+                    if next_xid < k.position.xmax {
+                        *known = self.rewind(queue, k, next_xid).await?;
+                        continue;
+                    }
+                }
+                if k.stored.is_some() {
+                    self.checkpoint_if_due(queue, state, &k.position, true)
+                        .await;
                 }
                 return Ok(Batch::default());
             }
@@ -336,7 +345,10 @@ impl Relay {
                         .fetch_add(tasks.len() as u64, Ordering::Relaxed);
                     events::announce(Event::Forwarded { rows: tasks.len() });
                     metrics::relay_batch(tasks.iter().map(|t| (t.queue.as_str(), t.created_at)));
-                    self.checkpoint_if_due(queue, state, known.as_ref()).await;
+                    if let Some(k) = known.as_ref() {
+                        self.checkpoint_if_due(queue, state, &k.position, false)
+                            .await;
+                    }
                     return Ok(Batch {
                         claimed: tasks.len(),
                         forwarded: tasks.len(),
@@ -364,24 +376,67 @@ impl Relay {
         Ok(Batch::default())
     }
 
-    /// Copies the queue's position to Postgres when the last copy is older
-    /// than [`CHECKPOINT_EVERY`]. A failure only makes the copy older.
-    async fn checkpoint_if_due(&self, queue: &str, state: &QueueState, known: Option<&Known>) {
-        let Some(known) = known else { return };
-        let due = state
-            .checkpointed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_none_or(|at| at.elapsed() >= CHECKPOINT_EVERY);
+    /// The database hands out transaction ids below the queue's position:
+    /// it was restored from a backup, or failed over to a standby that
+    /// missed the last transactions. Rows written from now on would count as
+    /// forwarded. The cursor goes back to the newest checkpoint below the
+    /// database's ids (or the start), and what follows is forwarded again.
+    /// Returns the position to go on from (`None`: load it afresh, another
+    /// relay moved the cursor meanwhile).
+    async fn rewind(
+        &self,
+        queue: &str,
+        from: &Known,
+        next_xid: u64,
+    ) -> Result<Option<Known>, RelayError> {
+        let back = positions::checkpoint_below(&self.pool, queue, next_xid)
+            .await?
+            .unwrap_or(Position::START);
+        tracing::error!(queue, position = %from.position, next_xid, back = %back,
+            "Postgres hands out transaction ids below the queue's outbox position (restored from a backup, or failed over to a standby that missed transactions); forwarding again from an earlier checkpoint");
+        let text = positions::cursor_text(&back);
+        let cursor = Cursor {
+            name: CURSOR,
+            expected: from.stored.as_deref(),
+            next: &text,
+        };
+        Ok(match self.broker.enqueue_at(queue, &[], cursor).await? {
+            CursorEnqueue::Enqueued(_) => Some(Known {
+                position: back,
+                stored: Some(text),
+            }),
+            CursorEnqueue::Moved(_) => None,
+        })
+    }
+
+    /// Copies the queue's position to Postgres if it moved since the last
+    /// copy and, unless `idle`, that copy is older than
+    /// [`CHECKPOINT_EVERY`]. Idle (a read found nothing), a moved position
+    /// is copied at once: the last batches before a quiet spell would
+    /// otherwise stay uncheckpointed, holding retention back. A failure only
+    /// makes the copy older.
+    async fn checkpoint_if_due(
+        &self,
+        queue: &str,
+        state: &QueueState,
+        position: &Position,
+        idle: bool,
+    ) {
+        let due = match &*state.checkpointed.lock().unwrap_or_else(|p| p.into_inner()) {
+            None => true,
+            Some((_, copied)) if copied == position => false,
+            Some((at, _)) => idle || at.elapsed() >= CHECKPOINT_EVERY,
+        };
         if due {
-            self.write_checkpoint(queue, state, &known.position).await;
+            self.write_checkpoint(queue, state, position).await;
         }
     }
 
     async fn write_checkpoint(&self, queue: &str, state: &QueueState, position: &Position) {
         match positions::checkpoint(&self.pool, queue, position).await {
             Ok(()) => {
-                *state.checkpointed.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now())
+                *state.checkpointed.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((Instant::now(), position.clone()))
             }
             Err(e) => tracing::debug!(queue, error = %e, "cannot checkpoint the outbox position"),
         }
@@ -459,10 +514,12 @@ impl Relay {
     /// `RELAY_PARALLEL_BATCHES` queues at once.
     pub async fn drain(&self, shutdown: &CancellationToken) -> Result<Drained, RelayError> {
         let mut drained = Drained::default();
-        drained.forwarded += self
-            .legacy
-            .drain(&self.pool, &self.broker, self.cfg.batch_size, shutdown)
-            .await?;
+        match self.drain_legacy(shutdown).await {
+            Ok(n) => drained.forwarded += n,
+            // Its rows wait; the new table's go on.
+            Err(RelayError::Redis(e)) => drained.failed = Some(e),
+            Err(e) => return Err(e),
+        }
         let queues = self.queues_to_read().await?;
         let tried = queues.len();
         let lanes = futures::stream::iter(queues)
@@ -496,6 +553,28 @@ impl Relay {
             }
         }
         Ok(drained)
+    }
+
+    /// The old table's undispatched rows ([`Legacy`]), batch after batch,
+    /// each under the relay's bound.
+    async fn drain_legacy(&self, shutdown: &CancellationToken) -> Result<u64, RelayError> {
+        if !self.legacy.waiting(&self.pool).await? {
+            return Ok(0);
+        }
+        let mut total = 0;
+        while !shutdown.is_cancelled() {
+            let mut conn = self.pool.acquire().await?;
+            let batch =
+                self.legacy
+                    .batch(&mut conn, &self.broker, self.cfg.batch_size, &self.begin);
+            let batch = tokio::time::timeout(self.bound(), batch).await;
+            let n = self.within_bound(conn, batch)?;
+            total += n as u64;
+            if n < self.cfg.batch_size as usize {
+                break;
+            }
+        }
+        Ok(total)
     }
 
     /// `queue`'s batches until one comes back short. Returns what it did, and

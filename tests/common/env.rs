@@ -163,7 +163,8 @@ impl TestEnv {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
     }
 
-    /// Outbox rows not forwarded yet (beyond their queue's position).
+    /// Outbox rows not forwarded yet (beyond their queue's position, as
+    /// the Redis of this env's config has it).
     pub async fn undispatched(&self) -> i64 {
         simplebank::outbox::stats::OutboxStats::read(&self.pool, &self.queue())
             .await

@@ -118,7 +118,11 @@ pub async fn inject_faults(
 pub async fn settle(env: &TestEnv, broker: &Broker) -> Duration {
     let settle_started = Instant::now();
     loop {
-        let undispatched = env.undispatched().await;
+        // The queues' cursors are in the servers' Redis, not the env's.
+        let undispatched = simplebank::outbox::stats::OutboxStats::read(&env.pool, broker)
+            .await
+            .unwrap()
+            .undispatched;
         let s = broker.stats("critical").await.unwrap();
         if undispatched == 0 && s.pending + s.active + s.scheduled + s.retry == 0 {
             break;

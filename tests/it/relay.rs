@@ -520,3 +520,72 @@ async fn a_held_queues_backlog_costs_a_read_its_batch_and_others_nothing() {
     // 100,100 rows fill some 1,000 heap blocks; a batch of them, a few dozen.
     assert!(held < 100, "{held} blocks for one batch");
 }
+
+/// A database whose transaction ids went back (restored from a backup, a
+/// failover to a standby that missed transactions) finds the queue's cursor
+/// ahead of them: rows it writes then would count as forwarded. The relay
+/// notices when the queue is idle and rewinds the cursor to a checkpoint
+/// below the database's ids.
+#[tokio::test]
+async fn a_cursor_ahead_of_the_database_is_rewound_and_nothing_is_skipped() {
+    let env = TestEnv::new().await;
+    insert_rows(&env, 3).await;
+    let relay = Clients::new(&env.cfg).unwrap().relay(&env.cfg).unwrap();
+    let never = CancellationToken::new();
+    assert_eq!(relay.drain(&never).await.unwrap().forwarded, 3);
+    relay.checkpoint().await;
+    // The cursor as a database ten million transactions further on left it.
+    let q = env.queue();
+    let key = q.keys("default").cursor("outbox");
+    let client = crate::common::redis_client(&env.cfg.redis.url).await;
+    let cursor: String = fred::prelude::KeysInterface::get(&client, &key)
+        .await
+        .unwrap();
+    let xmax: u64 = cursor.split(';').next().unwrap().parse().unwrap();
+    let ahead = format!("{};;@restored", xmax + 10_000_000);
+    let _: () = fred::prelude::KeysInterface::set(&client, &key, &ahead, None, None, false)
+        .await
+        .unwrap();
+    insert_rows(&env, 5).await;
+    // A fresh relay (as after the restore) reads from the cursor: the 5 rows
+    // are below it, then it notices and goes back.
+    let relay = Clients::new(&env.cfg).unwrap().relay(&env.cfg).unwrap();
+    let forwarded = eventually(
+        Duration::from_secs(10),
+        "the rows below the cursor forwarded",
+        || async {
+            relay.drain(&never).await.unwrap();
+            (q.stats("default").await.unwrap().pending == 8).then_some(())
+        },
+    )
+    .await;
+    let () = forwarded;
+    assert_eq!(undispatched(&env).await, 0);
+    let cursor: String = fred::prelude::KeysInterface::get(&client, &key)
+        .await
+        .unwrap();
+    assert!(!cursor.contains("restored"), "{cursor}");
+}
+
+/// The last batches before a quiet spell are checkpointed once the relay
+/// finds nothing more, not 10 s later when the next batch comes (which may
+/// be never): retention goes by the checkpoints.
+#[tokio::test]
+async fn a_running_relay_checkpoints_its_last_batch_once_idle() {
+    let env = TestEnv::new().await;
+    let app = env.start(Components::RELAY).await;
+    let covered = "SELECT count(*) FROM outbox_checkpoints
+                   WHERE split_part(position, ';', 1)::numeric
+                         > (SELECT max(txid::text::numeric) FROM outbox)";
+    for round in 0..2 {
+        insert_rows(&env, 3).await;
+        app.wake_relay();
+        eventually(
+            Duration::from_secs(10),
+            &format!("round {round}'s rows checkpointed"),
+            || async { (env.count(covered).await > 0).then_some(()) },
+        )
+        .await;
+    }
+    app.stop().await;
+}

@@ -142,6 +142,9 @@ impl Broker {
                 args,
             )
             .await?;
+        // Waited for either way: a cursor found moved is acted on (read
+        // from, checkpointed) only once the replicas hold it too.
+        self.wait_for_replicas(client, &slot).await?;
         if let Value::Array(items) = &reply
             && items.first().and_then(Value::as_i64) == Some(-1)
         {
@@ -151,7 +154,6 @@ impl Broker {
             reply.end()?;
             return Ok(CursorEnqueue::Moved(at));
         }
-        self.wait_for_replicas(client, &slot).await?;
         let mut reply = Reply::new(lua.name, reply)?;
         let mut added = 0;
         for t in tasks {

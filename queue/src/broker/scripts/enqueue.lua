@@ -7,8 +7,9 @@
 -- process_at_ms, request_id ('' for none), created_at_ms (the outbox row's),
 -- trace context ('' for none; kept only when there is one)
 -- Returns one flag per task: 1 enqueued now, 0 already present; or, when the
--- cursor is not where the caller said, {-1, the cursor (false when none)} and
--- nothing is written.
+-- cursor is not where the caller said, {-1, the cursor (false when none)}
+-- and nothing is written but the enqueue counter (so that a WAIT after it
+-- covers whatever write moved the cursor there).
 --
 -- The cursor makes a producer's batches a chain: each names the position it
 -- was read from, so two producers reading the same rows cannot both move it,
@@ -28,6 +29,7 @@ local check = ARGV[2]
 if check ~= 'none' then
   local at = redis.call('GET', KEYS[5])
   if (check == 'absent' and at) or (check == 'is' and at ~= ARGV[3]) then
+    redis.call('INCR', KEYS[4])
     return {-1, at}
   end
 end
