@@ -37,6 +37,8 @@ use simplebank::{
 use sqlx::{Connection, PgConnection, PgPool, Row as _, postgres::PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
+#[path = "bench/held_horizon.rs"]
+mod held_horizon;
 #[path = "bench/http_load.rs"]
 mod http_load;
 #[path = "bench/latency.rs"]
@@ -81,12 +83,27 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "latency,worker,http,sustained,tracing,relay"
+        default_value = "latency,worker,http,sustained,tracing,horizon,relay"
     )]
     only: Vec<Part>,
     /// Outbox rows of each drain in the tracing part.
     #[arg(long, default_value_t = 200_000)]
     tracing_rows: i64,
+    /// Offered sign-ups per second in the held-horizon part.
+    #[arg(long, default_value_t = 1000)]
+    horizon_rate: u64,
+    /// Length of each held-horizon run.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    horizon_for: Duration,
+    /// When the held-horizon run's snapshot is taken...
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    horizon_hold_from: Duration,
+    /// ...and when it is let go.
+    #[arg(long, default_value = "8m", value_parser = humantime::parse_duration)]
+    horizon_hold_to: Duration,
+    /// (Internal) run as the held-horizon part's claim-and-mark relay.
+    #[arg(long, hide = true)]
+    claim_mark_child: bool,
     /// Outbox rows in the relay drain backlog.
     #[arg(long, default_value_t = 1_000_000)]
     relay_rows: i64,
@@ -144,6 +161,7 @@ enum Part {
     Http,
     Sustained,
     Tracing,
+    Horizon,
 }
 
 /// One line of the results table.
@@ -205,6 +223,9 @@ async fn main() -> anyhow::Result<()> {
     if let Some(out) = args.worker_child.take() {
         return sustained::worker_child(args.cfg, out).await;
     }
+    if args.claim_mark_child {
+        return held_horizon::claim_mark_child(args.cfg).await;
+    }
     // Absolute: the children run in the temporary directory.
     args.bin = std::fs::canonicalize(&args.bin).with_context(|| {
         format!(
@@ -225,6 +246,7 @@ async fn main() -> anyhow::Result<()> {
             Part::Http => bench.http().await,
             Part::Sustained => bench.sustained(&bench.targets()).await,
             Part::Tracing => bench.tracing_cost().await,
+            Part::Horizon => bench.held_horizon().await,
         }?;
         for row in &found {
             println!("  {}: {} {}", row.what, row.ours, row.limit);
@@ -303,7 +325,7 @@ impl Bench {
     async fn reset(&self) -> anyhow::Result<()> {
         // Two calls: several statements in one run as one transaction, and
         // VACUUM refuses that.
-        sqlx::raw_sql("TRUNCATE users, outbox, verify_emails, verify_email_codes, verify_email_resend_limits, task_ledger RESTART IDENTITY")
+        sqlx::raw_sql("TRUNCATE users, outbox, outbox_checkpoints, verify_emails, verify_email_codes, verify_email_resend_limits, task_ledger RESTART IDENTITY")
             .execute(&self.pool)
             .await?;
         sqlx::raw_sql("VACUUM ANALYZE").execute(&self.pool).await?;

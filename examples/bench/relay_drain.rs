@@ -72,23 +72,9 @@ impl Bench {
         Ok(total)
     }
 
-    /// `n` rows in a table of the outbox's layout before it was read by
-    /// snapshots: a flag per row, set when forwarded, and a partial index of
-    /// the rows without it.
+    /// `n` rows in the reference table ([`create_claim_mark_table`]).
     async fn claim_mark_backlog(&self, n: i64) -> anyhow::Result<()> {
-        sqlx::raw_sql(
-            "DROP TABLE IF EXISTS bench_claim_mark;
-             CREATE TABLE bench_claim_mark (
-                 id bigserial PRIMARY KEY, kind text NOT NULL, queue text NOT NULL,
-                 payload jsonb NOT NULL, max_retry integer NOT NULL, timeout_ms bigint NOT NULL,
-                 process_at timestamptz NOT NULL DEFAULT now(),
-                 created_at timestamptz NOT NULL DEFAULT now(),
-                 dispatched_at timestamptz, request_id text, trace_context text);
-             CREATE INDEX bench_claim_mark_undispatched ON bench_claim_mark (id)
-                 WHERE dispatched_at IS NULL;",
-        )
-        .execute(&self.pool)
-        .await?;
+        create_claim_mark_table(&self.pool).await?;
         sqlx::query(
             "INSERT INTO bench_claim_mark (kind, queue, payload, max_retry, timeout_ms)
              SELECT 'task:send_verify_email', 'critical',
@@ -166,8 +152,29 @@ impl Bench {
     }
 }
 
+/// A table of the outbox's layout before it was read by snapshots (made
+/// afresh): a flag per row, set when forwarded, and a partial index of the
+/// rows without it.
+pub(crate) async fn create_claim_mark_table(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    sqlx::raw_sql(
+        "DROP TABLE IF EXISTS bench_claim_mark;
+         CREATE TABLE bench_claim_mark (
+             id bigserial PRIMARY KEY, kind text NOT NULL, queue text NOT NULL,
+             payload jsonb NOT NULL, max_retry integer NOT NULL, timeout_ms bigint NOT NULL,
+             process_at timestamptz NOT NULL DEFAULT now(),
+             created_at timestamptz NOT NULL DEFAULT now(),
+             dispatched_at timestamptz, request_id text, trace_context text);
+         CREATE INDEX bench_claim_mark_undispatched ON bench_claim_mark (id)
+             WHERE dispatched_at IS NULL;",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// The old relay's claim, on the reference table.
-const CLAIM: &str = "SELECT id, kind, queue, payload::text AS payload, max_retry, timeout_ms,
+pub(crate) const CLAIM: &str =
+    "SELECT id, kind, queue, payload::text AS payload, max_retry, timeout_ms,
        process_at, request_id, created_at, trace_context
 FROM bench_claim_mark
 WHERE dispatched_at IS NULL AND queue <> ALL($2::text[])

@@ -4,7 +4,9 @@
 //! no-op handler), on a single Redis and on a cluster. Reported per second of
 //! wall time, with the backlog left at the end and its trend, and the
 //! commit-to-handler latency: the figure to set beside a Postgres-only
-//! queue's sustained rate.
+//! queue's sustained rate. Once more with bulk writers, each transaction
+//! 500 outbox rows (a bulk send): the figure to set beside a job queue that
+//! inserts in batches.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -32,6 +34,8 @@ use super::{Bench, PREFIX, Row, ms, per_s, sign_up, stop};
 
 /// The task kind the bench's workers run (a no-op).
 const KIND: &str = "bench:sustained";
+/// Outbox rows per transaction of a bulk writer.
+const BULK_ROWS: i64 = 500;
 /// How often the backlog is sampled for its trend.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
@@ -116,7 +120,7 @@ impl Bench {
             for &workers in &self.args.sustained_workers {
                 self.reset().await?;
                 flush(&target.url).await?;
-                let m = self.sustained_run(target, workers).await?;
+                let m = self.sustained_run(target, workers, false).await?;
                 println!(
                     "  {} Redis, {workers} worker process(es): committed {}/s, handled {}/s, backlog {} at the end ({:+.0} rows/s), commit-to-handler p50 {} p99 {}",
                     target.name,
@@ -152,11 +156,57 @@ impl Bench {
                 );
             }
         }
+        rows.push(self.sustained_bulk(&targets[0]).await?);
         flush_all(targets).await?;
         Ok(rows)
     }
 
-    async fn sustained_run(&self, target: &Target, workers: usize) -> anyhow::Result<Measured> {
+    /// The bulk run: on the first target, with the most worker processes.
+    async fn sustained_bulk(&self, target: &Target) -> anyhow::Result<Row> {
+        let workers = self
+            .args
+            .sustained_workers
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(1);
+        self.reset().await?;
+        flush(&target.url).await?;
+        let m = self.sustained_run(target, workers, true).await?;
+        println!(
+            "  bulk writers ({BULK_ROWS} rows a transaction), {} Redis, {workers} worker process(es): committed {} rows/s, handled {}/s, backlog {} at the end ({:+.0} rows/s), p50 {} p99 {}",
+            target.name,
+            per_s(m.committed_per_s),
+            per_s(m.handled_per_s),
+            m.backlog_end,
+            m.trend,
+            ms(m.p50),
+            ms(m.p99)
+        );
+        Ok(Row::new(
+            format!("sustained pipeline, bulk writers ({BULK_ROWS} rows a transaction), {} Redis, {workers} worker process(es): handled/s (committed rows/s; backlog at end, trend; transaction start to handler p50/p99)", target.name),
+            format!(
+                "{} ({}; {}, {:+.0}/s; {} / {})",
+                per_s(m.handled_per_s),
+                per_s(m.committed_per_s),
+                m.backlog_end,
+                m.trend,
+                ms(m.p50),
+                ms(m.p99)
+            ),
+        )
+        .limit(
+            format!("{} committed rows/s", per_s(m.committed_per_s)),
+            m.handled_per_s / m.committed_per_s.max(1e-9),
+        ))
+    }
+
+    async fn sustained_run(
+        &self,
+        target: &Target,
+        workers: usize,
+        bulk: bool,
+    ) -> anyhow::Result<Measured> {
         let mut cfg = self.cfg.clone();
         cfg.redis.url = target.url.clone();
         cfg.redis.wait_replicas = target.wait_replicas;
@@ -184,7 +234,7 @@ impl Bench {
         let started_ms = Utc::now().timestamp_millis();
         let deadline = started + window;
         let committed = Arc::new(AtomicU64::new(0));
-        let mut writers = self.spawn_writers(&waker, deadline, &committed);
+        let mut writers = self.spawn_writers(&waker, deadline, &committed, bulk);
         // The backlog (outbox rows not yet forwarded plus tasks waiting in
         // Redis), sampled along the way.
         let mut samples = Vec::new();
@@ -265,25 +315,35 @@ impl Bench {
     }
 
     /// The sign-up writers, committing until `deadline` and counting their
-    /// commits in `committed`.
+    /// commits in `committed`; with `bulk`, writers of [`BULK_ROWS`] outbox
+    /// rows a transaction instead (one multi-row insert), counting rows.
     fn spawn_writers(
         &self,
         waker: &RelayWaker,
         deadline: Instant,
         committed: &Arc<AtomicU64>,
+        bulk: bool,
     ) -> tokio::task::JoinSet<anyhow::Result<()>> {
         let mut writers = tokio::task::JoinSet::new();
         for w in 0..self.args.sustained_writers {
-            let (outbox, committed) = (
+            let (outbox, waker, committed) = (
                 Outbox::new(self.pool.clone(), waker.clone()),
+                waker.clone(),
                 committed.clone(),
             );
             writers.spawn(async move {
                 let mut i = 0u64;
                 while Instant::now() < deadline {
-                    let name = format!("s{w}_{i}");
-                    sign_up(&outbox, &name, KIND).await?;
-                    committed.fetch_add(1, Ordering::Relaxed);
+                    match bulk {
+                        false => {
+                            sign_up(&outbox, &format!("s{w}_{i}"), KIND).await?;
+                            committed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        true => {
+                            bulk_send(&outbox, &waker, KIND, BULK_ROWS).await?;
+                            committed.fetch_add(BULK_ROWS as u64, Ordering::Relaxed);
+                        }
+                    }
                     i += 1;
                 }
                 anyhow::Ok(())
@@ -291,6 +351,30 @@ impl Bench {
         }
         writers
     }
+}
+
+/// One transaction of `rows` outbox rows of `kind` (the columns of
+/// sql/outbox/insert.sql, in one multi-row insert), then the relay's
+/// wake-up.
+async fn bulk_send(
+    outbox: &Outbox,
+    waker: &RelayWaker,
+    kind: &str,
+    rows: i64,
+) -> anyhow::Result<()> {
+    let mut tx = outbox.begin().await?;
+    sqlx::query(
+        "INSERT INTO outbox (kind, queue, payload, max_retry, timeout_ms, process_at)
+         SELECT $1, 'critical', jsonb_build_object('n', g), 3, 30000, now()
+         FROM generate_series(1, $2) g",
+    )
+    .bind(kind)
+    .bind(rows)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    waker.wake();
+    Ok(())
 }
 
 /// A worker process, stopped by its PID (SIGTERM, then its notes are

@@ -160,7 +160,8 @@ pub(crate) fn table(rows: &[Row]) -> String {
 }
 
 /// A hash in argon2's format, for bench users nobody logs in as.
-const BENCH_HASH: &str = "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+pub(crate) const BENCH_HASH: &str =
+    "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
 
 /// A create_user without the HTTP and the hashing: the same transaction
 /// (the user row, then a task of `kind` on the critical queue, through the
