@@ -282,22 +282,38 @@ impl Relay {
         }
     }
 
-    /// Forwards one batch of `queue`: reads beyond its position, enqueues
-    /// the rows and moves the cursor, both in one script call.
-    async fn forward_queue(&self, queue: &str, state: &QueueState) -> Result<Batch, RelayError> {
+    /// Forwards `queue`'s rows beyond its position: reads a batch, then
+    /// enqueues its rows and moves the cursor in one script call. One batch,
+    /// or with `drain` batches until one comes back short (or `drain` is
+    /// cancelled). While a batch is being enqueued, the read of the next
+    /// one, from where this one leaves the position, goes on beside it:
+    /// Redis and Postgres work at once, and a read whose batch before it did
+    /// not go through is dropped.
+    async fn forward_queue(
+        &self,
+        queue: &str,
+        state: &QueueState,
+        drain: Option<&CancellationToken>,
+    ) -> Result<Batch, RelayError> {
         let mut known = state.known.lock().await;
         let verified =
             |at: Option<Instant>| *state.verified.lock().unwrap_or_else(|p| p.into_inner()) = at;
-        for _ in 0..MOVED_RETRIES {
+        let mut total = Batch::default();
+        let mut moved = 0;
+        let mut read_ahead: Option<(Position, Result<ReadBatch, RelayError>)> = None;
+        while moved < MOVED_RETRIES {
             let k = match known.as_ref() {
-                Some(k) => k,
+                Some(k) => k.clone(),
                 None => {
                     let loaded = positions::load(&self.broker, &self.pool, queue).await?;
                     verified(Some(Instant::now()));
-                    known.insert(loaded)
+                    known.insert(loaded).clone()
                 }
             };
-            let batch = self.read(queue, &k.position).await?;
+            let batch = match read_ahead.take() {
+                Some((from, read)) if from == k.position => read?,
+                _ => self.read(queue, &k.position).await?,
+            };
             if batch.rows.is_empty() {
                 let last = *state.verified.lock().unwrap_or_else(|p| p.into_inner());
                 if last.is_none_or(|at| at.elapsed() >= VERIFY_EVERY) {
@@ -307,11 +323,13 @@ impl Relay {
                         // Moved elsewhere (another relay, or a failover):
                         // read again from there.
                         *known = None;
+                        moved += 1;
                         continue;
                     }
                     let next_xid = positions::next_xid(&self.pool).await?;
                     if next_xid < k.position.xmax {
-                        *known = self.rewind(queue, k, next_xid).await?;
+                        *known = self.rewind(queue, &k, next_xid).await?;
+                        moved += 1;
                         continue;
                     }
                 }
@@ -319,41 +337,46 @@ impl Relay {
                     self.checkpoint_if_due(queue, state, &k.position, true)
                         .await;
                 }
-                return Ok(Batch::default());
+                return Ok(total);
             }
             let next = batch.next(&k.position);
             let next_text = positions::cursor_text(&next);
+            let more = batch.full && drain.is_some_and(|d| !d.is_cancelled());
             let tasks: Vec<TaskMessage> = batch.rows.into_iter().map(Into::into).collect();
             let cursor = Cursor {
                 name: CURSOR,
                 expected: k.stored.as_deref(),
                 next: &next_text,
             };
-            let enqueued = self
+            let enqueue = self
                 .broker
                 .enqueue_at(queue, &tasks, cursor)
-                .instrument(batch_span(&tasks))
-                .await?;
+                .instrument(batch_span(&tasks));
+            let enqueued = match more {
+                true => {
+                    let (enqueued, ahead) = tokio::join!(enqueue, self.read(queue, &next));
+                    read_ahead = Some((next.clone(), ahead));
+                    enqueued?
+                }
+                false => enqueue.await?,
+            };
             match enqueued {
                 CursorEnqueue::Enqueued(_) => {
                     verified(Some(Instant::now()));
-                    *known = Some(Known {
-                        position: next,
-                        stored: Some(next_text),
-                    });
                     self.forwarded
                         .fetch_add(tasks.len() as u64, Ordering::Relaxed);
                     events::announce(Event::Forwarded { rows: tasks.len() });
                     metrics::relay_batch(tasks.iter().map(|t| (t.queue.as_str(), t.created_at)));
-                    if let Some(k) = known.as_ref() {
-                        self.checkpoint_if_due(queue, state, &k.position, false)
-                            .await;
-                    }
-                    return Ok(Batch {
-                        claimed: tasks.len(),
-                        forwarded: tasks.len(),
-                        failed: None,
+                    self.checkpoint_if_due(queue, state, &next, false).await;
+                    *known = Some(Known {
+                        position: next,
+                        stored: Some(next_text),
                     });
+                    total.claimed += tasks.len();
+                    total.forwarded += tasks.len();
+                    if !more {
+                        return Ok(total);
+                    }
                 }
                 // Another relay moved it: read on from there.
                 CursorEnqueue::Moved(Some(text)) => {
@@ -361,6 +384,7 @@ impl Relay {
                         position: positions::parse(queue, &text)?,
                         stored: Some(text),
                     });
+                    moved += 1;
                 }
                 // Redis lost it: from the checkpoint, forwarding again what
                 // came after (a no-op for tasks Redis still has).
@@ -370,10 +394,11 @@ impl Relay {
                         "the queue's outbox cursor is gone from Redis; reading again from its last checkpoint"
                     );
                     *known = None;
+                    moved += 1;
                 }
             }
         }
-        Ok(Batch::default())
+        Ok(total)
     }
 
     /// The database hands out transaction ids below the queue's position:
@@ -466,8 +491,13 @@ impl Relay {
     /// One batch of `queue`, its failures sorted: a queue Redis refused is
     /// held back and its error returned in the batch; Postgres failing is
     /// an error.
-    async fn queue_batch(&self, queue: &str, state: &QueueState) -> Result<Batch, RelayError> {
-        match self.forward_queue(queue, state).await {
+    async fn queue_batch(
+        &self,
+        queue: &str,
+        state: &QueueState,
+        drain: Option<&CancellationToken>,
+    ) -> Result<Batch, RelayError> {
+        match self.forward_queue(queue, state, drain).await {
             Ok(batch) => {
                 if batch.forwarded > 0 && self.held.recovered(queue) == Some(true) {
                     tracing::info!(queue = %queue, "queue takes tasks again");
@@ -500,7 +530,7 @@ impl Relay {
     pub async fn forward_batch(&self) -> Result<Batch, RelayError> {
         let mut total = Batch::default();
         for (queue, state) in self.queues_to_read().await? {
-            let batch = self.queue_batch(&queue, &state).await?;
+            let batch = self.queue_batch(&queue, &state, None).await?;
             total.claimed += batch.claimed;
             total.forwarded += batch.forwarded;
             total.failed = batch.failed.or(total.failed);
@@ -577,29 +607,23 @@ impl Relay {
         Ok(total)
     }
 
-    /// `queue`'s batches until one comes back short. Returns what it did, and
-    /// the queue when it refused for the first time.
+    /// `queue`'s batches until one comes back short (or `shutdown`).
+    /// Returns what it did, and the queue when it refused for the first
+    /// time.
     async fn drain_queue(
         &self,
         queue: &str,
         state: &QueueState,
         shutdown: &CancellationToken,
     ) -> Result<(Drained, Option<String>), RelayError> {
-        let mut drained = Drained::default();
         let was_held = self.held.is_held(queue);
-        while !shutdown.is_cancelled() {
-            let batch = self.queue_batch(queue, state).await?;
-            let full = batch.claimed == self.cfg.batch_size as usize;
-            drained.forwarded += batch.forwarded as u64;
-            if batch.failed.is_some() {
-                drained.failed = batch.failed;
-                return Ok((drained, (!was_held).then(|| queue.to_owned())));
-            }
-            if !full {
-                break;
-            }
-        }
-        Ok((drained, None))
+        let batch = self.queue_batch(queue, state, Some(shutdown)).await?;
+        let drained = Drained {
+            forwarded: batch.forwarded as u64,
+            failed: batch.failed,
+        };
+        let newly_refused = drained.failed.is_some() && !was_held;
+        Ok((drained, newly_refused.then(|| queue.to_owned())))
     }
 
     /// Enqueues again every row forwarded in the last `window` (from each
