@@ -140,6 +140,10 @@ struct Args {
     /// Concurrent sign-up writers in the sustained pipeline.
     #[arg(long, default_value_t = 32)]
     sustained_writers: u32,
+    /// Bulk writers (500 outbox rows a transaction) in the sustained
+    /// pipeline's bulk run: a few saturate the machine.
+    #[arg(long, default_value_t = 2)]
+    sustained_bulk_writers: u32,
     /// Worker processes to try in the sustained pipeline.
     #[arg(long, value_delimiter = ',', default_value = "1,3")]
     sustained_workers: Vec<usize>,

@@ -186,6 +186,15 @@ impl Bench {
         let mut offered_before = 0;
         for m in 1..=minutes {
             tokio::time::sleep_until((started + MINUTE * m as u32).into()).await;
+            // A failing writer or relay ends the run now, not at its end.
+            if offers.is_finished() && m < minutes {
+                stop(&mut relay);
+                offers.await??;
+                anyhow::bail!("the sign-ups stopped before the end");
+            }
+            if let Some(status) = relay.try_wait()? {
+                anyhow::bail!("the relay exited: {status}");
+            }
             let cpu = cpu_seconds(relay_pid)?;
             let dead: i64 = sqlx::query_scalar(&format!(
                 "SELECT coalesce(sum(n_dead_tup), 0)::int8 FROM pg_stat_user_tables WHERE {}",
@@ -299,7 +308,7 @@ async fn offer(
             };
             let (outbox, waker, commits) = (outbox.clone(), waker.clone(), commits.clone());
             running.spawn(async move {
-                let name = format!("h{made}");
+                let name = format!("horizon{made}");
                 let id = match design {
                     Design::Snapshots => sign_up(&outbox, &name, KIND).await?.get(),
                     Design::ClaimMark => sign_up_claim_mark(&outbox, &waker, &name).await?,

@@ -174,7 +174,8 @@ impl Bench {
         flush(&target.url).await?;
         let m = self.sustained_run(target, workers, true).await?;
         println!(
-            "  bulk writers ({BULK_ROWS} rows a transaction), {} Redis, {workers} worker process(es): committed {} rows/s, handled {}/s, backlog {} at the end ({:+.0} rows/s), p50 {} p99 {}",
+            "  {} bulk writers ({BULK_ROWS} rows a transaction), {} Redis, {workers} worker process(es): committed {} rows/s, handled {}/s, backlog {} at the end ({:+.0} rows/s), p50 {} p99 {}",
+            self.args.sustained_bulk_writers,
             target.name,
             per_s(m.committed_per_s),
             per_s(m.handled_per_s),
@@ -184,7 +185,7 @@ impl Bench {
             ms(m.p99)
         );
         Ok(Row::new(
-            format!("sustained pipeline, bulk writers ({BULK_ROWS} rows a transaction), {} Redis, {workers} worker process(es): handled/s (committed rows/s; backlog at end, trend; transaction start to handler p50/p99)", target.name),
+            format!("sustained pipeline, {} bulk writers ({BULK_ROWS} rows a transaction), {} Redis, {workers} worker process(es): handled/s (committed rows/s; backlog at end, trend; transaction start to handler p50/p99)", self.args.sustained_bulk_writers, target.name),
             format!(
                 "{} ({}; {}, {:+.0}/s; {} / {})",
                 per_s(m.handled_per_s),
@@ -325,7 +326,11 @@ impl Bench {
         bulk: bool,
     ) -> tokio::task::JoinSet<anyhow::Result<()>> {
         let mut writers = tokio::task::JoinSet::new();
-        for w in 0..self.args.sustained_writers {
+        let count = match bulk {
+            false => self.args.sustained_writers,
+            true => self.args.sustained_bulk_writers,
+        };
+        for w in 0..count {
             let (outbox, waker, committed) = (
                 Outbox::new(self.pool.clone(), waker.clone()),
                 waker.clone(),

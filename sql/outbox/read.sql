@@ -1,15 +1,15 @@
 -- One batch of queue $1's rows beyond its position, in transaction order:
 -- the rows of the position's open transactions ($3), the rest of its partial
 -- transactions ($4, each after its id in $5), and everything from $2 on.
--- The statement's snapshot sees only committed rows, and it is returned, for
--- the next position (src/outbox/position.rs). Each part is a range of outbox_by_queue
+-- The statement's snapshot sees only committed rows, and it is returned
+-- (once, beside each row), for the next position (src/outbox/position.rs). Each part is a range of outbox_by_queue
 -- bounded by the batch size $6, and the ranges on txid prune the older
 -- partitions: the cost is the batch, however many rows other queues hold.
 SELECT b.id AS "id!", b.txid::text AS "txid!", b.kind AS "kind!", b.queue AS "queue!",
        b.payload::text AS "payload!", b.max_retry AS "max_retry!", b.timeout_ms AS "timeout_ms!",
        b.process_at AS "process_at!", b.request_id, b.created_at AS "created_at!", b.trace_context,
-       pg_current_snapshot()::text AS "snapshot!"
-FROM (
+       s.snapshot AS "snapshot!"
+FROM (SELECT pg_current_snapshot()::text AS snapshot) AS s, (
     (SELECT * FROM outbox WHERE queue = $1 AND txid = ANY($3::text[]::xid8[])
      ORDER BY txid, id LIMIT $6)
     UNION ALL

@@ -435,11 +435,12 @@ impl Relay {
     }
 
     /// Copies the queue's position to Postgres if it moved since the last
-    /// copy and, unless `idle`, that copy is older than
-    /// [`CHECKPOINT_EVERY`]. Idle (a read found nothing), a moved position
-    /// is copied at once: the last batches before a quiet spell would
-    /// otherwise stay uncheckpointed, holding retention back. A failure only
-    /// makes the copy older.
+    /// copy and that copy is older than [`CHECKPOINT_EVERY`], or, when
+    /// `idle` (a read found nothing), older than [`VERIFY_EVERY`]: the last
+    /// batches before a quiet spell would otherwise stay uncheckpointed,
+    /// holding retention back. Not at every empty read: under load most
+    /// wake-ups find their row taken already, and a commit each would slow
+    /// the relay down. A failure only makes the copy older.
     async fn checkpoint_if_due(
         &self,
         queue: &str,
@@ -450,7 +451,10 @@ impl Relay {
         let due = match &*state.checkpointed.lock().unwrap_or_else(|p| p.into_inner()) {
             None => true,
             Some((_, copied)) if copied == position => false,
-            Some((at, _)) => idle || at.elapsed() >= CHECKPOINT_EVERY,
+            Some((at, _)) => match idle {
+                true => at.elapsed() >= VERIFY_EVERY,
+                false => at.elapsed() >= CHECKPOINT_EVERY,
+            },
         };
         if due {
             self.write_checkpoint(queue, state, position).await;
