@@ -54,6 +54,9 @@ use crate::{
 /// retention.
 const MAINTAIN_EVERY: Duration = Duration::from_secs(60);
 
+/// How often the running relay looks for queues it has not seen rows of.
+const DISCOVER_EVERY: Duration = Duration::from_millis(200);
+
 /// How often a relay with nothing to forward on a queue checks the queue's
 /// cursor in Redis: a failover to a replica that had not received the last
 /// batches brings back an older cursor (and loses those tasks with it), and
@@ -173,6 +176,8 @@ struct QueueState {
 #[derive(Default)]
 struct Queues {
     states: HashMap<String, Arc<QueueState>>,
+    /// When the relay last looked for queues.
+    discovered: Option<Instant>,
 }
 
 /// Forwards outbox rows; see the module doc.
@@ -214,21 +219,34 @@ impl Relay {
         self.queues.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The queues to read now: every queue with rows (a few index
-    /// descents, looked up on every drain so that a new queue's first row
-    /// waits for nothing), less those held back.
-    async fn queues_to_read(&self) -> Result<Vec<(String, Arc<QueueState>)>, RelayError> {
-        let mut conn = self.pool.acquire().await?;
-        let found = tokio::time::timeout(self.bound(), async {
-            Ok(positions::queues_on(&mut conn).await?)
-        })
-        .await;
-        let found = self.within_bound(conn, found)?;
-        {
+    /// The queues to read now, less those held back: every queue with rows
+    /// (a few index descents), looked up afresh when `fresh`, and otherwise
+    /// at most every [`DISCOVER_EVERY`]: a wake-up of the running relay
+    /// (one per commit, under load) saves the round trip. A wake-up that
+    /// finds nothing in the known queues looks again at once (see
+    /// [`Relay::run`]), so a new queue's first row waits for the next
+    /// wake-up or poll at most.
+    async fn queues_to_read(
+        &self,
+        fresh: bool,
+    ) -> Result<Vec<(String, Arc<QueueState>)>, RelayError> {
+        let due = fresh
+            || self
+                .queues_lock()
+                .discovered
+                .is_none_or(|at| at.elapsed() >= DISCOVER_EVERY);
+        if due {
+            let mut conn = self.pool.acquire().await?;
+            let found = tokio::time::timeout(self.bound(), async {
+                Ok(positions::queues_on(&mut conn).await?)
+            })
+            .await;
+            let found = self.within_bound(conn, found)?;
             let mut queues = self.queues_lock();
             for queue in found {
                 queues.states.entry(queue).or_default();
             }
+            queues.discovered = Some(Instant::now());
         }
         let (skipped, _) = self.held.split(Instant::now());
         let mut list: Vec<(String, Arc<QueueState>)> = self
@@ -533,7 +551,7 @@ impl Relay {
     /// One batch of each queue with rows.
     pub async fn forward_batch(&self) -> Result<Batch, RelayError> {
         let mut total = Batch::default();
-        for (queue, state) in self.queues_to_read().await? {
+        for (queue, state) in self.queues_to_read(true).await? {
             let batch = self.queue_batch(&queue, &state, None).await?;
             total.claimed += batch.claimed;
             total.forwarded += batch.forwarded;
@@ -547,6 +565,15 @@ impl Relay {
     /// ([`Legacy`]), then each queue to its end, up to
     /// `RELAY_PARALLEL_BATCHES` queues at once.
     pub async fn drain(&self, shutdown: &CancellationToken) -> Result<Drained, RelayError> {
+        self.drain_queues(shutdown, true).await
+    }
+
+    /// [`Relay::drain`], looking for new queues only when `fresh` or due.
+    async fn drain_queues(
+        &self,
+        shutdown: &CancellationToken,
+        fresh: bool,
+    ) -> Result<Drained, RelayError> {
         let mut drained = Drained::default();
         match self.drain_legacy(shutdown).await {
             Ok(n) => drained.forwarded += n,
@@ -554,7 +581,7 @@ impl Relay {
             Err(RelayError::Redis(e)) => drained.failed = Some(e),
             Err(e) => return Err(e),
         }
-        let queues = self.queues_to_read().await?;
+        let queues = self.queues_to_read(fresh).await?;
         let tried = queues.len();
         let lanes = futures::stream::iter(queues)
             .map(|(queue, state)| async move { self.drain_queue(&queue, &state, shutdown).await })
@@ -695,7 +722,15 @@ impl Relay {
             self.cfg.max_backoff,
         );
         loop {
-            match self.drain(&shutdown).await {
+            // A wake-up that found nothing in the queues known looks for
+            // new ones at once: its row may be a new queue's.
+            let drained = match self.drain_queues(&shutdown, false).await {
+                Ok(d) if d.forwarded == 0 && d.failed.is_none() => {
+                    self.drain_queues(&shutdown, true).await
+                }
+                other => other,
+            };
+            match drained {
                 Ok(drained) => {
                     // A queue still held back is still failing: no "recovered"
                     // line just because the others went through.
