@@ -27,10 +27,10 @@ use fred::prelude::*;
 use simplebank::{
     app::Clients,
     config::{Config, RedisConfig},
-    outbox::{self, NewTask, Outbox, position::Position, relay, wake::RelayWaker},
+    outbox::{self, NewTask, Outbox, position::Position, positions, relay, wake::RelayWaker},
     queue::{
-        Broker, HandlerRegistry, Processed, QueueWeight, TaskId, TaskMessage, WorkerServer,
-        WorkerSettings, handler_fn,
+        Broker, Cursor, CursorEnqueue, HandlerRegistry, Processed, QueueWeight, TaskId,
+        TaskMessage, WorkerServer, WorkerSettings, handler_fn,
     },
     users::{password::PasswordHasher, repo, validation::SignUp},
 };

@@ -1,7 +1,9 @@
 //! Part 1, the relay: `relay --once` over a backlog of outbox rows, beside
 //! two limits with no Redis in between: the relay's own read loop, and the
 //! claim-and-mark SQL of the outbox before it was read by snapshots (the
-//! reference, on a table of that layout the harness makes).
+//! reference, on a table of that layout the harness makes); and beside the
+//! limit of the Redis side alone: the same batches' enqueue calls, one after
+//! another as one queue's are, timed without the reads.
 
 use super::*;
 
@@ -35,6 +37,16 @@ impl Bench {
         ensure!(read == n, "read loop read {read} of {n} rows");
         let raw_read = n as f64 / started.elapsed().as_secs_f64();
 
+        let (enqueued, enqueue_time) = self.enqueue_all(batch).await?;
+        ensure!(
+            enqueued == n,
+            "enqueue loop enqueued {enqueued} of {n} rows"
+        );
+        let enqueue_alone = n as f64 / enqueue_time.as_secs_f64();
+        // The relay below starts from an empty Redis, as the others did.
+        self.flush_redis().await?;
+        self.settle().await?;
+
         let ours = self.relay_once(n, None).await?;
         Ok(vec![
             Row::new("1. relay drain, 1M backlog (rows/s)", per_s(ours))
@@ -48,7 +60,46 @@ impl Bench {
                 .target(">= 1.0 of claim+mark", ours / claim_mark >= 1.0),
             Row::new("   its own read loop, no Redis (rows/s)", per_s(raw_read))
                 .limit(format!("{} relay", per_s(ours)), ours / raw_read),
+            Row::new(
+                "   its enqueue calls alone, one at a time, no Postgres (rows/s)",
+                per_s(enqueue_alone),
+            )
+            .limit(format!("{} relay", per_s(ours)), ours / enqueue_alone),
         ])
+    }
+
+    /// The relay's enqueue calls for the backlog, each batch with its
+    /// cursor as the relay writes them, one after another; the rows
+    /// enqueued and the time spent in those calls only (the reads between
+    /// them are not counted).
+    async fn enqueue_all(&self, batch: u32) -> anyhow::Result<(i64, Duration)> {
+        let mut conn = self.pool.acquire().await?;
+        let (mut position, mut total, mut stored) = (Position::START, 0i64, None::<String>);
+        let (started, mut spent) = (Instant::now(), Duration::ZERO);
+        while started.elapsed() < PART_LIMIT {
+            let read = read_batch(&mut conn, &position, batch).await?;
+            if read.rows.is_empty() {
+                break;
+            }
+            let next = read.next(&position);
+            let next_text = positions::cursor_text(&next);
+            let tasks: Vec<TaskMessage> = read.rows.into_iter().map(Into::into).collect();
+            let cursor = Cursor {
+                name: positions::CURSOR,
+                expected: stored.as_deref(),
+                next: &next_text,
+            };
+            let call = Instant::now();
+            let outcome = self.queue.enqueue_at("critical", &tasks, cursor).await?;
+            spent += call.elapsed();
+            ensure!(
+                matches!(outcome, CursorEnqueue::Enqueued(_)),
+                "the bench's own cursor moved: {outcome:?}"
+            );
+            total += tasks.len() as i64;
+            (position, stored) = (next, Some(next_text));
+        }
+        Ok((total, spent))
     }
 
     /// The relay's reads of the backlog, batch after batch from the start,
@@ -58,11 +109,7 @@ impl Bench {
         let (mut position, mut total) = (Position::START, 0i64);
         let started = Instant::now();
         while started.elapsed() < PART_LIMIT {
-            let mut tx = conn
-                .begin_with(relay::begin_batch(Duration::from_secs(30)))
-                .await?;
-            let read = outbox::read::read(&mut tx, "critical", &position, batch).await?;
-            tx.commit().await?;
+            let read = read_batch(&mut conn, &position, batch).await?;
             if read.rows.is_empty() {
                 break;
             }
@@ -150,6 +197,21 @@ impl Bench {
         }
         Ok(marked)
     }
+}
+
+/// One batch of the critical queue beyond `position`, read as the relay
+/// reads it.
+async fn read_batch(
+    conn: &mut PgConnection,
+    position: &Position,
+    batch: u32,
+) -> anyhow::Result<outbox::read::ReadBatch> {
+    let mut tx = conn
+        .begin_with(relay::begin_batch(Duration::from_secs(30)))
+        .await?;
+    let read = outbox::read::read(&mut tx, "critical", position, batch).await?;
+    tx.commit().await?;
+    Ok(read)
 }
 
 /// A table of the outbox's layout before it was read by snapshots (made
