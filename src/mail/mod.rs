@@ -194,6 +194,15 @@ impl Mailer {
         })
     }
 
+    /// The SMTP server's host and port (`None`: files, no server), for the
+    /// send's client span.
+    pub fn server(&self) -> Option<(&str, u16)> {
+        match &self.transport {
+            Transport::Smtp(smtp) => Some(smtp.address()),
+            Transport::File(_) => None,
+        }
+    }
+
     /// The Message-ID of `email`: `<{message_key}@{the sender's domain}>`.
     pub fn message_id(&self, email: &Email) -> String {
         format!("<{}@{}>", email.message_key, self.from.email.domain())

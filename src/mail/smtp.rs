@@ -199,6 +199,11 @@ pub struct SmtpServer {
 pub struct BadSmtpUrl(&'static str);
 
 impl SmtpServer {
+    /// Where it connects: host and port.
+    pub fn address(&self) -> (&str, u16) {
+        (&self.host, self.port)
+    }
+
     pub fn from_url(url: &str) -> Result<Self, BadSmtpUrl> {
         let url = url::Url::parse(url).map_err(|_| BadSmtpUrl("is not a URL"))?;
         let host = url.host_str().ok_or(BadSmtpUrl("has no host"))?.to_owned();

@@ -139,12 +139,15 @@ impl SendVerifyEmail {
         let started = Utc::now();
         // The send as a client span, from the connection to the outcome.
         let send = telemetry::span_if_traced(|| {
+            let server = self.mailer.server();
             tracing::info_span!(
                 "send email",
                 otel.name = "send email",
                 otel.kind = "client",
                 otel.status_code = tracing::field::Empty,
-                network.protocol.name = "smtp",
+                network.protocol.name = server.map(|_| "smtp"),
+                server.address = server.map(|(host, _)| host),
+                server.port = server.map(|(_, port)| port),
                 simplebank.mail.outcome = tracing::field::Empty,
             )
         });

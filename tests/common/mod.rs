@@ -5,7 +5,8 @@
 //! - [`wait`]: bounded waits for what the app does;
 //! - [`process`]: servers started as child processes (redis-server, SMTP);
 //! - [`ports`]: the ports those children listen on;
-//! - [`link`]: links a test can cut or make lose replies.
+//! - [`link`]: links a test can cut or make lose replies;
+//! - [`metrics`]: a process's /metrics, read and summed.
 
 // Each test binary uses a part of it.
 #![allow(dead_code, unused_imports)]
@@ -18,12 +19,14 @@ pub mod queue_support;
 
 pub mod env;
 pub mod link;
+pub mod metrics;
 pub mod ports;
 pub mod process;
 pub mod wait;
 
 pub use env::*;
 pub use link::*;
+pub use metrics::*;
 pub use ports::next_port;
 pub use process::*;
 pub use queue_support::{RunningWorker, init_logs, redis_client, stop_worker};

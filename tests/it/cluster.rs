@@ -157,22 +157,6 @@ async fn every_user_emailed_none_after_its_run(env: &TestEnv, users: usize) {
     }
 }
 
-/// The sum of `name`'s samples whose labels include `with`, in a metrics text.
-fn metric_sum(text: &str, name: &str, with: Option<(&str, &str)>) -> f64 {
-    let lines = text.lines().map(|l| Ok(l.to_owned()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("metrics parse");
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .filter(|s| with.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
-            _ => 0.0,
-        })
-        .sum()
-}
-
 /// Three `serve` processes against one Postgres and the cluster: every row
 /// forwarded by exactly one relay, every task run by exactly one worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,14 +269,7 @@ async fn sign_up_across(
 async fn forwarded_and_processed(http: &reqwest::Client, ports: &[u16]) -> Option<(f64, f64)> {
     let (mut forwarded, mut processed) = (0.0, 0.0);
     for port in ports {
-        let text = http
-            .get(format!("http://127.0.0.1:{port}/metrics"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let text = metrics_text(http, &format!("http://127.0.0.1:{port}")).await?;
         forwarded += metric_sum(&text, "simplebank_relay_rows_total", None);
         processed += metric_sum(
             &text,

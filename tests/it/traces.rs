@@ -122,8 +122,9 @@ async fn span_where(received: &Received, name: &str, key: &str, value: &str) -> 
     .await
 }
 
-/// `serve` exporting to the collector on `port`, its log on a thread.
-fn spawn_traced_serve(env: &TestEnv, otlp_port: u16) -> (Child, u16) {
+/// `serve` exporting to the collector on `port`, its log on a thread;
+/// sending by SMTP to `smtp` when given, into files otherwise.
+fn spawn_traced_serve(env: &TestEnv, otlp_port: u16, smtp: Option<&str>) -> (Child, u16) {
     spawn_listening(
         "serve",
         Duration::from_secs(30),
@@ -147,6 +148,9 @@ fn spawn_traced_serve(env: &TestEnv, otlp_port: u16) -> (Child, u16) {
                 .env("LOG_FORMAT", "json")
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null());
+            if let Some(url) = smtp {
+                cmd.env("SMTP_URL", url);
+            }
             cmd
         },
         |_, _| true,
@@ -166,6 +170,36 @@ fn log_lines(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
     lines
 }
 
+/// A traced `serve`, ready, with its log lines read (a full pipe would stop
+/// it at its next line) and a client for it.
+struct Traced {
+    serve: Guarded,
+    logs: Arc<Mutex<Vec<String>>>,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Traced {
+    async fn start(env: &TestEnv, otlp_port: u16, smtp: Option<&str>) -> Self {
+        let (child, port) = spawn_traced_serve(env, otlp_port, smtp);
+        let mut serve = Guarded(Some(child));
+        let logs = log_lines(serve.0.as_mut().unwrap());
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        eventually(Duration::from_secs(30), "serve ready", || {
+            let req = http.get(format!("{base}/readyz")).send();
+            async move { req.await.ok().filter(|r| r.status() == 200) }
+        })
+        .await;
+        Self {
+            serve,
+            logs,
+            base,
+            http,
+        }
+    }
+}
+
 fn emails_in(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir)
         .map(|d| {
@@ -182,22 +216,18 @@ fn emails_in(dir: &std::path::Path) -> usize {
 /// links to the "create" span. A task whose first run fails runs again in
 /// a trace of its own that links back to its "create" span. With the
 /// collector gone, sign-ups and emails go on and the drop counter moves.
-/// Log lines inside the spans carry their trace and span ids.
+/// (A collector that never answers: the next test.) Log lines inside the spans carry their trace and span ids.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sign_up_and_its_email_are_one_trace() {
     let env = TestEnv::new().await;
     let collector = Collector::start().await;
     let received = collector.received.clone();
-    let (child, port) = spawn_traced_serve(&env, collector.port);
-    let mut serve = Guarded(Some(child));
-    let logs = log_lines(serve.0.as_mut().unwrap());
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    eventually(Duration::from_secs(30), "serve ready", || {
-        let req = http.get(format!("{base}/readyz")).send();
-        async move { req.await.ok().filter(|r| r.status() == 200) }
-    })
-    .await;
+    let Traced {
+        serve,
+        logs,
+        base,
+        http,
+    } = Traced::start(&env, collector.port, None).await;
 
     // 1. The client's trace, through the outbox, to the email.
     let (trace, client_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
@@ -383,21 +413,89 @@ async fn a_sign_up_and_its_email_are_one_trace() {
         || async { (emails_in(&mail_dir) >= before + 20).then_some(()) },
     )
     .await;
-    eventually(Duration::from_secs(30), "dropped spans counted", || async {
-        let text = http
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        text.lines()
-            .filter(|l| l.starts_with("simplebank_trace_spans_dropped_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .any(|v| v > 0.0)
-            .then_some(())
+    eventually(Duration::from_secs(30), "dropped spans counted", || {
+        dropped_spans(&http, &base, None)
     })
     .await;
     assert!(serve.terminate().success(), "serve exits 0 on SIGTERM");
+}
+
+/// Spans counted as dropped (for `reason`, or any), once there are some.
+async fn dropped_spans(http: &reqwest::Client, base: &str, reason: Option<&str>) -> Option<()> {
+    let text = metrics_text(http, base).await?;
+    let with = reason.map(|r| ("reason", r));
+    (metric_sum(&text, "simplebank_trace_spans_dropped_total", with) > 0.0).then_some(())
+}
+
+/// A collector that takes the connection and never answers (a host gone
+/// without a FIN, a hung proxy): each export gives up at its timeout, its
+/// spans are counted as dropped, and sign-ups and emails go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_never_answers_holds_up_no_sign_up_or_email() {
+    let env = TestEnv::new().await;
+    // Never accepted: the kernel completes the handshake and buffers what
+    // the exporter sends, and no answer ever comes.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let Traced {
+        serve, base, http, ..
+    } = Traced::start(&env, silent.local_addr().unwrap().port(), None).await;
+    let mail_dir = env.cfg.mail.dir.clone();
+    for i in 0..20 {
+        let res = http
+            .post(format!("{base}/v1/create_user"))
+            .json(&user_json(&format!("silent{i:02}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    eventually(
+        Duration::from_secs(30),
+        "every email beside a silent collector",
+        || async { (emails_in(&mail_dir) >= 20).then_some(()) },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "the timed-out exports' spans counted",
+        || dropped_spans(&http, &base, Some("export_timed_out")),
+    )
+    .await;
+    assert!(serve.terminate().success(), "serve exits 0 on SIGTERM");
+    drop(silent);
+}
+
+/// An email sent by SMTP: its send is a client span that names the server
+/// (OpenTelemetry's `server.address` and `server.port`) and its outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_smtp_send_is_a_client_span_naming_its_server() {
+    let env = TestEnv::new().await;
+    let smtp = SmtpProcess::start();
+    let collector = Collector::start().await;
+    let received = collector.received.clone();
+    let Traced {
+        serve, base, http, ..
+    } = Traced::start(&env, collector.port, Some(&smtp.url())).await;
+    let res = http
+        .post(format!("{base}/v1/create_user"))
+        .json(&user_json("posted"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let send = span_where(&received, "send email", "simplebank.mail.outcome", "sent").await;
+    assert_eq!(send.kind, SpanKind::Client as i32);
+    assert_eq!(attr(&send, "server.address").as_deref(), Some("127.0.0.1"));
+    assert_eq!(
+        attr(&send, "server.port"),
+        Some(smtp.port.to_string()),
+        "the SMTP server's port"
+    );
+    assert_eq!(
+        attr(&send, "network.protocol.name").as_deref(),
+        Some("smtp")
+    );
+    assert_eq!(smtp.messages().len(), 1, "the email went by SMTP");
+    assert!(serve.terminate().success(), "serve exits 0 on SIGTERM");
+    collector.stop().await;
 }
