@@ -37,12 +37,22 @@ impl Bench {
         ensure!(read == n, "read loop read {read} of {n} rows");
         let raw_read = n as f64 / started.elapsed().as_secs_f64();
 
+        let cpu_before = self.redis_main_thread_cpu().await?;
         let (enqueued, enqueue_time) = self.enqueue_all(batch).await?;
         ensure!(
             enqueued == n,
             "enqueue loop enqueued {enqueued} of {n} rows"
         );
         let enqueue_alone = n as f64 / enqueue_time.as_secs_f64();
+        // Redis's main thread runs every command: its CPU per row is the
+        // most one Redis can forward, with every other cost overlapped.
+        let redis_cpu = (self.redis_main_thread_cpu().await? - cpu_before) / n as f64;
+        let redis_ceiling = 1.0 / redis_cpu;
+        println!(
+            "  Redis main thread: {:.1} us of CPU per row enqueued, at most {} rows/s",
+            redis_cpu * 1e6,
+            per_s(redis_ceiling)
+        );
         // The relay below starts from an empty Redis, as the others did.
         self.flush_redis().await?;
         self.settle().await?;
@@ -65,7 +75,29 @@ impl Bench {
                 per_s(enqueue_alone),
             )
             .limit(format!("{} relay", per_s(ours)), ours / enqueue_alone),
+            Row::new(
+                "   one Redis's ceiling: a core over its CPU per row enqueued (rows/s)",
+                per_s(redis_ceiling),
+            )
+            .limit(format!("{} relay", per_s(ours)), ours / redis_ceiling),
         ])
+    }
+
+    /// Seconds of CPU Redis's main thread has used (INFO cpu).
+    async fn redis_main_thread_cpu(&self) -> anyhow::Result<f64> {
+        let info: String = self.redis.custom(fred::cmd!("INFO"), vec!["cpu"]).await?;
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| {
+                    l.strip_prefix(name)?
+                        .strip_prefix(':')?
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                })
+                .with_context(|| format!("no {name} in Redis's INFO cpu"))
+        };
+        Ok(field("used_cpu_user_main_thread")? + field("used_cpu_sys_main_thread")?)
     }
 
     /// The relay's enqueue calls for the backlog, each batch with its
