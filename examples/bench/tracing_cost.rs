@@ -73,19 +73,26 @@ impl Bench {
                     stop_collector.clone().cancelled_owned(),
                 ),
         );
+        // A collector that never answers: bound and never accepted, so the
+        // kernel takes the connection and what is sent, and no reply comes.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let silent_endpoint = format!("http://{}", silent.local_addr()?);
         let lua = std::env::temp_dir().join("simplebank-bench-create-user.lua");
         std::fs::write(&lua, http_load::WRK_CREATE_USER)?;
         let n = self.args.tracing_rows;
-        let (mut http, mut drain) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+        let (mut http, mut drain) = (<[Vec<f64>; 3]>::default(), <[Vec<f64>; 3]>::default());
         let mut spans = 0;
+        const SIDES: [&str; 3] = ["off", "on", "on, collector not answering"];
         for round in 1..=self.args.http_rounds.max(1) {
-            // Off first in odd rounds, on first in even ones: the second run
-            // of a pair meets the first's leftovers (WAL to checkpoint, dead
-            // rows to vacuum), which must not always fall on one side.
-            let mut order = [(0, None), (1, Some(endpoint.as_str()))];
-            if round % 2 == 0 {
-                order.reverse();
-            }
+            // Each round starts with the next side: a later run meets the
+            // earlier ones' leftovers (WAL to checkpoint, dead rows to
+            // vacuum), which must not always fall on one side.
+            let mut order = [
+                (0, None),
+                (1, Some(endpoint.as_str())),
+                (2, Some(silent_endpoint.as_str())),
+            ];
+            order.rotate_left((round as usize - 1) % 3);
             for (i, otlp) in order {
                 self.reset().await?;
                 let before = received.0.load(Ordering::Relaxed);
@@ -97,9 +104,7 @@ impl Bench {
                 spans += got;
                 println!(
                     "tracing round {round}, {}: create_user {:.0} req/s (p99 {}), relay drain {rate:.0} rows/s, {got} spans received",
-                    if otlp.is_some() { "on" } else { "off" },
-                    run.rps,
-                    run.p99
+                    SIDES[i], run.rps, run.p99
                 );
                 http[i].push(run.rps);
                 drain[i].push(rate);
@@ -107,8 +112,10 @@ impl Bench {
         }
         stop_collector.cancel();
         let _ = collector.await;
-        let (http_off, http_on) = (median(&mut http[0]), median(&mut http[1]));
-        let (drain_off, drain_on) = (median(&mut drain[0]), median(&mut drain[1]));
+        drop(silent);
+        let [http_off, http_on, http_silent] = http.each_mut().map(|v| median(v.as_mut_slice()));
+        let [drain_off, drain_on, drain_silent] =
+            drain.each_mut().map(|v| median(v.as_mut_slice()));
         let rounds = self.args.http_rounds.max(1);
         Ok(vec![
             Row::new(
@@ -129,6 +136,25 @@ impl Bench {
                 drain_on / drain_off,
             )
             .target("<= 10 % slower", drain_on / drain_off >= 0.9),
+            Row::new(
+                "7. POST /v1/create_user, tracing on, collector not answering (req/s)",
+                per_s(http_silent),
+            )
+            .limit(
+                format!("{} tracing off (medians of {rounds})", per_s(http_off)),
+                http_silent / http_off,
+            )
+            .target("<= 10 % slower", http_silent / http_off >= 0.9),
+            Row::new(
+                format!(
+                    "7. relay drain, {n} rows, tracing on, collector not answering (rows/s; the exit waits up to 5 s for the last export)"
+                ),
+                per_s(drain_silent),
+            )
+            .limit(
+                format!("{} tracing off (medians of {rounds})", per_s(drain_off)),
+                drain_silent / drain_off,
+            ),
         ])
     }
 }
