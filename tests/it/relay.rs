@@ -45,10 +45,13 @@ pub(crate) async fn ids(env: &TestEnv) -> Vec<i64> {
 /// latencies is what is checked, so one scheduling hiccup on a busy machine
 /// does not decide the outcome.
 const WAKE_SAMPLES: usize = 5;
-/// The happy path's bound from commit to task in Redis. The relay's poll is an
-/// hour away in that test, so only a wake-up can meet it; the benchmark
-/// harness measures the actual figure (milliseconds).
-const WAKE_BOUND: Duration = Duration::from_millis(100);
+/// The bound from commit to task in Redis that proves a wake-up: the relay's
+/// poll is an hour away in that test, and nothing else starts a drain, so
+/// without one nothing would arrive at all. How fast a wake-up is belongs to
+/// the benchmark harness (part 3: a millisecond or two); here, with the
+/// suite's other tests on the same two cores, one fresh-clone run saw
+/// 52-259 ms (median 145 ms) and failed the 100 ms bound this had before.
+const WAKE_BOUND: Duration = Duration::from_secs(1);
 
 /// Signs `name` up through `api` and returns how long after the commit (the
 /// 200 answer) the task appeared in Redis, watched every millisecond.
