@@ -207,6 +207,9 @@ impl FromStr for Position {
         };
         let mut open = ids(open, what, s)?;
         open.sort_unstable();
+        // A transaction listed twice would be read twice: the read takes
+        // one index range per listed transaction.
+        open.dedup();
         let mut partial = Vec::new();
         for entry in partial_text.split(',').filter(|e| !e.is_empty()) {
             let (txid, id) = entry.split_once('.').ok_or_else(|| parse_error(what, s))?;
@@ -241,6 +244,11 @@ mod tests {
         assert_eq!(p.to_string().parse::<Position>().unwrap(), p);
         assert_eq!(Position::START.to_string(), "0;;");
         assert_eq!("0;;".parse::<Position>().unwrap(), Position::START);
+        // A transaction listed twice (a hand-edited cursor) is read once.
+        assert_eq!(
+            "120;117,100,117;110.42,115.7".parse::<Position>().unwrap(),
+            p
+        );
         assert_eq!(p.horizon(), 100);
         assert_eq!(
             "95:120:95,117".parse::<Snapshot>().unwrap(),

@@ -37,7 +37,9 @@ impl ReadBatch {
 }
 
 /// Up to `limit` rows of `queue` that `position` does not cover, in
-/// transaction order.
+/// transaction order. Run it in a transaction begun with
+/// [`super::session::begin_batch`]: its settings keep the plan to index
+/// ranges, which statistics lagging behind the newest rows would not.
 pub async fn read(
     conn: &mut PgConnection,
     queue: &str,

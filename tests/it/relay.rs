@@ -462,7 +462,9 @@ async fn relay_once_shows_progress_on_a_terminal_only() {
 }
 
 /// Blocks (shared buffers hit or read) and rows of one relay read of
-/// `queue` from the start, as `EXPLAIN (ANALYZE, BUFFERS)` reports them.
+/// `queue` from the position `xmax` with `open` transactions (no partial
+/// one), in the relay's own transaction, as `EXPLAIN (ANALYZE, BUFFERS)`
+/// reports them.
 async fn read_cost(env: &TestEnv, queue: &str, xmax: &str, open: &[String]) -> (i64, i64) {
     let mut conn = env.pool.acquire().await.unwrap();
     let mut tx = conn
@@ -579,11 +581,12 @@ async fn a_backlog_the_statistics_have_not_seen_costs_a_read_its_batch() {
     // (`txid = ANY(open)` read as a filter walked the queue's whole index).
     insert_rows(&env, 5).await;
     insert_rows(&env, 5).await;
-    let open: Vec<String> =
-        sqlx::query_scalar("SELECT DISTINCT txid::text FROM outbox ORDER BY 1 DESC LIMIT 2")
-            .fetch_all(&env.pool)
-            .await
-            .unwrap();
+    let open: Vec<String> = sqlx::query_scalar(
+        "SELECT txid::text FROM (SELECT DISTINCT txid FROM outbox) AS t ORDER BY txid DESC LIMIT 2",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
     let after = (open[0].parse::<u64>().unwrap() + 1).to_string();
     let (blocks, rows) = read_cost(&env, "default", &after, &open).await;
     println!("a read of two open transactions' 10 rows: {blocks} blocks");

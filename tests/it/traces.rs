@@ -122,8 +122,8 @@ async fn span_where(received: &Received, name: &str, key: &str, value: &str) -> 
     .await
 }
 
-/// `serve` exporting to the collector on `port`, its log on a thread;
-/// sending by SMTP to `smtp` when given, into files otherwise.
+/// `serve` exporting to the collector on `otlp_port`, logging JSON to a
+/// pipe, and sending by SMTP to `smtp` when given, into files otherwise.
 fn spawn_traced_serve(env: &TestEnv, otlp_port: u16, smtp: Option<&str>) -> (Child, u16) {
     spawn_listening(
         "serve",
@@ -215,8 +215,9 @@ fn emails_in(dir: &std::path::Path) -> usize {
 /// "create" span -> the worker's first run -> its send; the relay's batch
 /// links to the "create" span. A task whose first run fails runs again in
 /// a trace of its own that links back to its "create" span. With the
-/// collector gone, sign-ups and emails go on and the drop counter moves.
-/// (A collector that never answers: the next test.) Log lines inside the spans carry their trace and span ids.
+/// collector gone, sign-ups and emails go on and the drop counter moves (a
+/// collector that never answers: the next test). Log lines inside the spans
+/// carry their trace and span ids.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sign_up_and_its_email_are_one_trace() {
     let env = TestEnv::new().await;
