@@ -33,23 +33,34 @@ async fn a_sign_up_whose_reply_was_lost_is_retried_with_its_key() {
     let link = CuttableLink::to(addr).await;
     let base = format!("http://127.0.0.1:{}", link.port);
     let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
     let body = user_json("lia");
-    // The sign-up commits; its reply is lost on the way back.
+    // The sign-up commits; its reply is lost on the way back. The client
+    // waits until the commit is seen: one that gave up first would close
+    // its connection while a loaded machine still works on the request,
+    // and the request would end with it.
     link.swallow_replies();
-    assert!(
-        sign_up(&http, &base, "k-1", &body).await.is_err(),
-        "no reply"
-    );
-    eventually(Duration::from_secs(10), "the sign-up committed", || async {
+    let first = tokio::spawn({
+        let (base, body) = (base.clone(), body.clone());
+        async move {
+            let patient = reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap();
+            sign_up(&patient, &base, "k-1", &body).await
+        }
+    });
+    eventually(Duration::from_secs(30), "the sign-up committed", || async {
         (env.count("SELECT count(*) FROM users").await == 1).then_some(())
     })
     .await;
-    // The client's connection ends; a new one carries the retry.
+    // The client's connection ends without a reply; a new one carries the
+    // retry.
     let mut link = link;
     link.cut().await;
+    assert!(first.await.unwrap().is_err(), "no reply");
     link.restore().await;
     // The retry with its key: the first answer, nothing done again.
     let (status, replayed, answer) = sign_up(&http, &base, "k-1", &body).await.unwrap();
