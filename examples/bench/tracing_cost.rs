@@ -1,8 +1,8 @@
 //! Part 7, what tracing costs: POST /v1/create_user under wrk and a
-//! `relay --once` drain, each with tracing off and on (OTEL_TRACES_SAMPLER
+//! `relay --once` drain, each with tracing off, on (OTEL_TRACES_SAMPLER
 //! always_on, every span exported over OTLP to a collector this harness runs
-//! on loopback), in rounds of one run that alternate which goes first,
-//! medians compared.
+//! on loopback), and on with a collector that never answers, in rounds of
+//! one run each that start with the next side in turn, medians compared.
 
 use std::sync::{
     Arc,
