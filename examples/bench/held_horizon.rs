@@ -30,7 +30,7 @@ use simplebank::{
 use sqlx::{Connection, PgPool, postgres::PgListener};
 use tokio_util::sync::CancellationToken;
 
-use super::{Bench, Row, relay_drain::CLAIM, sign_up, stop, util::BENCH_HASH};
+use super::{Bench, Row, cpu_seconds, relay_drain::CLAIM, sign_up, stop, util::BENCH_HASH};
 
 const KIND: &str = "bench:horizon";
 const MINUTE: Duration = Duration::from_secs(60);
@@ -376,22 +376,6 @@ async fn hold_snapshot(db_url: String, from: Instant, to: Instant) -> anyhow::Re
     tx.rollback().await?;
     conn.close().await?;
     Ok(())
-}
-
-/// The CPU time (user + system, seconds) process `pid` has used.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The fields after the command name, which is in parentheses.
-    let rest = stat.rsplit_once(')').context("/proc stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are the 14th and 15th fields, 12th and 13th after ")".
-    Ok((ticks(11) + ticks(12)) / 100.0)
 }
 
 /// The `--claim-mark-child` process: the relay loop from before the snapshot

@@ -9,6 +9,8 @@ pub(crate) struct WrkRun {
     pub p99: String,
     pub users: i64,
     pub rss_kib: u64,
+    /// `serve`'s CPU time (user + system) per request answered.
+    pub serve_cpu_us: f64,
 }
 
 impl Bench {
@@ -109,6 +111,7 @@ impl Bench {
         let result = async {
             let addr = http_addr_from_log(&mut serve)?;
             wait_ready(&addr).await?;
+            let cpu_before = cpu_seconds(serve.id())?;
             let out = Command::new("wrk")
                 .args(["-t", "2", "-c", &clients])
                 .args(["-d", &format!("{}s", self.args.load_for.as_secs())])
@@ -121,13 +124,14 @@ impl Bench {
             let out = wait_bounded(out, self.args.load_for + TOOL_SLACK)?;
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
             ensure!(out.status.success(), "wrk failed: {text}");
+            let cpu = cpu_seconds(serve.id())? - cpu_before;
             let rss = peak_rss_kib(serve.id())?;
-            anyhow::Ok((text, rss))
+            anyhow::Ok((text, rss, cpu))
         }
         .await;
         stop(&mut serve);
         let _ = std::fs::remove_dir_all(&mail_dir);
-        let (text, rss_kib) = result?;
+        let (text, rss_kib, cpu) = result?;
         if let Some(bad) = find_number(&text, "Non-2xx or 3xx responses:") {
             bail!("wrk saw {bad} non-2xx responses: the run is not valid");
         }
@@ -143,6 +147,7 @@ impl Bench {
                 .fetch_one(&self.pool)
                 .await?,
             rss_kib,
+            serve_cpu_us: cpu * 1e6 / requests(&text).context("wrk's request count")?,
         })
     }
 
@@ -188,3 +193,9 @@ function request()
   return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, body)
 end
 "#;
+
+/// The requests wrk made: the number before "requests in".
+fn requests(wrk_output: &str) -> Option<f64> {
+    let line = wrk_output.lines().find(|l| l.contains(" requests in "))?;
+    line.split_whitespace().next()?.parse().ok()
+}

@@ -81,6 +81,9 @@ impl Bench {
         std::fs::write(&lua, http_load::WRK_CREATE_USER)?;
         let n = self.args.tracing_rows;
         let (mut http, mut drain) = (<[Vec<f64>; 3]>::default(), <[Vec<f64>; 3]>::default());
+        // `serve`'s CPU per sign-up: the steadier view of the same cost (the
+        // rate moves with whatever else the two cores run).
+        let mut cpu = <[Vec<f64>; 3]>::default();
         let mut spans = 0;
         const SIDES: [&str; 3] = ["off", "on", "on, collector not answering"];
         for round in 1..=self.args.http_rounds.max(1) {
@@ -103,10 +106,11 @@ impl Bench {
                 let got = received.0.load(Ordering::Relaxed) - before;
                 spans += got;
                 println!(
-                    "tracing round {round}, {}: create_user {:.0} req/s (p99 {}), relay drain {rate:.0} rows/s, {got} spans received",
-                    SIDES[i], run.rps, run.p99
+                    "tracing round {round}, {}: create_user {:.0} req/s (p99 {}, serve {:.0} us CPU a request), relay drain {rate:.0} rows/s, {got} spans received",
+                    SIDES[i], run.rps, run.p99, run.serve_cpu_us
                 );
                 http[i].push(run.rps);
+                cpu[i].push(run.serve_cpu_us);
                 drain[i].push(rate);
             }
         }
@@ -116,6 +120,15 @@ impl Bench {
         let [http_off, http_on, http_silent] = http.each_mut().map(|v| median(v.as_mut_slice()));
         let [drain_off, drain_on, drain_silent] =
             drain.each_mut().map(|v| median(v.as_mut_slice()));
+        let [cpu_off, cpu_on, cpu_silent] = cpu.each_mut().map(|v| median(v.as_mut_slice()));
+        // A create_user side's rate, and serve's CPU a sign-up beside off's.
+        let with_cpu = |rate: f64, cpu: f64| {
+            format!(
+                "{} (serve {cpu:.0} us CPU a sign-up, {cpu_off:.0} off: {:+.0} %)",
+                per_s(rate),
+                (cpu / cpu_off - 1.0) * 100.0
+            )
+        };
         let rounds = self.args.http_rounds.max(1);
         // Each side's median beside tracing off's.
         let vs_off = |row: Row, side: f64, off: f64| {
@@ -128,7 +141,7 @@ impl Bench {
             vs_off(
                 Row::new(
                     "7. POST /v1/create_user, tracing on, always_on (req/s)",
-                    per_s(http_on),
+                    with_cpu(http_on, cpu_on),
                 ),
                 http_on,
                 http_off,
@@ -146,7 +159,7 @@ impl Bench {
             vs_off(
                 Row::new(
                     "7. POST /v1/create_user, tracing on, collector not answering (req/s)",
-                    per_s(http_silent),
+                    with_cpu(http_silent, cpu_silent),
                 ),
                 http_silent,
                 http_off,

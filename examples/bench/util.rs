@@ -193,3 +193,19 @@ pub(crate) async fn sign_up(
     tx.commit().await?;
     Ok(id)
 }
+
+/// The CPU time (user + system, seconds) process `pid` has used.
+pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').context("/proc stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are the 14th and 15th fields, 12th and 13th after ")".
+    Ok((ticks(11) + ticks(12)) / 100.0)
+}

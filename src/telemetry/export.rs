@@ -4,6 +4,10 @@
 //! timeout (a batch that fails or times out is dropped and counted too).
 //! A collector that is slow, away or black-holed therefore costs a request
 //! or a task nothing but the push onto the queue.
+//!
+//! The thread wakes when a batch is due (OTEL_BSP_SCHEDULE_DELAY) or when a
+//! full batch waits (OTEL_BSP_MAX_EXPORT_BATCH_SIZE), not for each span: a
+//! wake-up per span cost the service more than building the span did.
 
 use std::{
     sync::{
@@ -19,7 +23,13 @@ use opentelemetry_sdk::{
     error::{OTelSdkError, OTelSdkResult},
     trace::{Span, SpanData, SpanExporter, SpanProcessor},
 };
-use tokio::sync::mpsc::{self, Receiver, Sender, error::TrySendError};
+use tokio::sync::{
+    Notify,
+    mpsc::{
+        self, Receiver, Sender,
+        error::{TryRecvError, TrySendError},
+    },
+};
 
 use crate::metrics;
 
@@ -44,7 +54,12 @@ pub struct Limits {
 /// A [`SpanProcessor`] that never blocks the span's thread; see the module doc.
 #[derive(Debug)]
 pub struct BoundedExport {
-    queue: Sender<Message>,
+    /// `None` once dropped (see `Drop`).
+    queue: Option<Sender<Message>>,
+    /// Wakes the thread before its next batch is due.
+    wake: Arc<Notify>,
+    /// A full batch's weight: queued, it wakes the thread.
+    batch_weight: usize,
     /// The weight ([`weight`]) of the spans queued now: bounded too, so a
     /// queue of relay batch spans, a link per row each, stays small while
     /// the collector is away.
@@ -63,6 +78,8 @@ impl BoundedExport {
         let (queue, spans) = mpsc::channel(limits.max_queue);
         let queued = Arc::new(AtomicUsize::new(0));
         let taken = queued.clone();
+        let wake = Arc::new(Notify::new());
+        let woken = wake.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -74,7 +91,7 @@ impl BoundedExport {
             .name("trace-export".into())
             .spawn(move || {
                 let run = std::panic::AssertUnwindSafe(|| {
-                    runtime.block_on(export_loop(exporter, spans, taken, limits))
+                    runtime.block_on(export_loop(exporter, spans, taken, &woken, limits))
                 });
                 // The queue closes with the thread: later spans are counted
                 // as dropped ("shut_down"), and this says why.
@@ -85,7 +102,9 @@ impl BoundedExport {
                 }
             })?;
         Ok(Self {
-            queue,
+            queue: Some(queue),
+            wake,
+            batch_weight: limits.max_batch,
             queued,
             // A full queue of spans with a few links each.
             max_weight: limits.max_queue.saturating_mul(QUEUED_WEIGHT_PER_SPAN),
@@ -102,10 +121,14 @@ impl BoundedExport {
     ) -> OTelSdkResult {
         let until = Instant::now() + timeout;
         let (done, answered) = std_mpsc::sync_channel(1);
+        let queue = self.queue.as_ref().ok_or(OTelSdkError::AlreadyShutdown)?;
         // A full queue makes room within a batch's export.
         loop {
-            match self.queue.try_send(message(done.clone())) {
-                Ok(()) => break,
+            match queue.try_send(message(done.clone())) {
+                Ok(()) => {
+                    self.wake.notify_one();
+                    break;
+                }
                 Err(TrySendError::Closed(_)) => return Err(OTelSdkError::AlreadyShutdown),
                 Err(TrySendError::Full(_)) if Instant::now() < until => {
                     std::thread::sleep(Duration::from_millis(5))
@@ -126,14 +149,22 @@ impl SpanProcessor for BoundedExport {
         if !span.span_context.is_sampled() {
             return;
         }
+        let Some(queue) = &self.queue else { return };
         let w = weight(&span);
-        if self.queued.fetch_add(w, Ordering::Relaxed) + w > self.max_weight {
+        let before = self.queued.fetch_add(w, Ordering::Relaxed);
+        if before + w > self.max_weight {
             self.queued.fetch_sub(w, Ordering::Relaxed);
             metrics::trace_spans_dropped("queue_full", 1);
             return;
         }
-        let dropped = match self.queue.try_send(Message::Span(Box::new(span))) {
-            Ok(()) => return,
+        let dropped = match queue.try_send(Message::Span(Box::new(span))) {
+            Ok(()) => {
+                // Once per full batch, on the span that fills it.
+                if before < self.batch_weight && before + w >= self.batch_weight {
+                    self.wake.notify_one();
+                }
+                return;
+            }
             Err(TrySendError::Full(_)) => "queue_full",
             Err(TrySendError::Closed(_)) => "shut_down",
         };
@@ -150,10 +181,20 @@ impl SpanProcessor for BoundedExport {
     }
 }
 
+impl Drop for BoundedExport {
+    /// Without a shutdown (a provider dropped): the queue closes, and the
+    /// thread sends what it holds and ends.
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        self.wake.notify_one();
+    }
+}
+
 async fn export_loop<E: SpanExporter>(
     exporter: E,
     mut spans: Receiver<Message>,
     queued: Arc<AtomicUsize>,
+    wake: &Notify,
     limits: Limits,
 ) {
     // A span taken off the queue no longer weighs on it.
@@ -163,33 +204,36 @@ async fn export_loop<E: SpanExporter>(
     };
     let mut batch: Vec<SpanData> = Vec::with_capacity(limits.max_batch);
     let mut deadline = tokio::time::Instant::now() + limits.delay;
+    // Whether the last round left messages queued.
+    let mut more = false;
     loop {
-        let message = tokio::time::timeout_at(deadline, spans.recv()).await;
+        if !more {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {}
+                () = wake.notified() => {}
+            }
+        }
         // Who waits for this round's export, and whether it is the last.
         let (mut answers, mut end) = (Vec::new(), false);
-        match message {
-            Ok(Some(Message::Span(span))) => {
-                batch.push(take(span));
-                if batch.len() < limits.max_batch {
-                    continue;
+        // What is queued now, at most a queue's worth: spans that keep
+        // coming wait for the next round, which starts at once.
+        more = true;
+        for _ in 0..limits.max_queue.max(1) {
+            match spans.try_recv() {
+                Ok(Message::Span(span)) => batch.push(take(span)),
+                Ok(Message::Flush(done)) => answers.push(done),
+                Ok(Message::Shutdown(done)) => {
+                    answers.push(done);
+                    end = true;
                 }
-            }
-            Ok(Some(Message::Flush(done))) => answers.push(done),
-            Ok(Some(Message::Shutdown(done))) => (answers, end) = (vec![done], true),
-            // Every sender is gone: the provider was dropped.
-            Ok(None) => end = true,
-            Err(_) => {}
-        }
-        // Spans queued before a flush or the shutdown belong to it.
-        if !answers.is_empty() || end {
-            while let Ok(message) = spans.try_recv() {
-                match message {
-                    Message::Span(span) => batch.push(take(span)),
-                    Message::Flush(done) => answers.push(done),
-                    Message::Shutdown(done) => {
-                        answers.push(done);
-                        end = true;
-                    }
+                Err(TryRecvError::Empty) => {
+                    more = false;
+                    break;
+                }
+                // Every sender is gone: the provider was dropped.
+                Err(TryRecvError::Disconnected) => {
+                    end = true;
+                    break;
                 }
             }
         }
@@ -276,7 +320,76 @@ async fn send<E: SpanExporter>(exporter: &E, chunk: Vec<SpanData>, timeout: Dura
 
 #[cfg(test)]
 mod tests {
-    use super::split;
+    use std::{
+        sync::{Arc, Mutex},
+        time::{Duration, Instant},
+    };
+
+    use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
+    use opentelemetry_sdk::{
+        error::OTelSdkResult,
+        trace::{SdkTracerProvider, SpanData, SpanExporter},
+    };
+
+    use super::{BoundedExport, Limits, split};
+
+    /// An exporter that keeps the size of each batch it is given.
+    #[derive(Debug, Clone, Default)]
+    struct Sizes(Arc<Mutex<Vec<usize>>>);
+
+    impl SpanExporter for Sizes {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            self.0.lock().unwrap().push(batch.len());
+            Ok(())
+        }
+    }
+
+    impl Sizes {
+        /// The sizes once there are `n` batches (within 10 s).
+        fn when(&self, n: usize) -> Vec<usize> {
+            let until = Instant::now() + Duration::from_secs(10);
+            while self.0.lock().unwrap().len() < n && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    #[test]
+    fn a_full_batch_goes_at_once_and_the_rest_when_due_or_flushed() {
+        let sizes = Sizes::default();
+        let exporter = sizes.clone();
+        let processor = BoundedExport::start(
+            move || Ok(exporter),
+            Limits {
+                max_queue: 64,
+                max_batch: 4,
+                // Never due in this test: only a full batch or a flush sends.
+                delay: Duration::from_secs(3600),
+                timeout: Duration::from_secs(5),
+            },
+        )
+        .unwrap();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(processor)
+            .build();
+        let tracer = provider.tracer("test");
+        for _ in 0..4 {
+            tracer.start("span").end();
+        }
+        assert_eq!(sizes.when(1), [4], "a full batch is sent at once");
+        for _ in 0..3 {
+            tracer.start("span").end();
+        }
+        // Three wait for their batch to be due; nothing wakes the thread.
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(*sizes.0.lock().unwrap(), [4]);
+        provider.force_flush().unwrap();
+        assert_eq!(*sizes.0.lock().unwrap(), [4, 3], "a flush sends the rest");
+        tracer.start("span").end();
+        provider.shutdown().unwrap();
+        assert_eq!(*sizes.0.lock().unwrap(), [4, 3, 1], "so does the shutdown");
+    }
 
     #[test]
     fn exports_are_bounded_in_count_and_weight() {

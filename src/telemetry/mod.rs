@@ -8,25 +8,17 @@
 
 pub mod context;
 mod export;
+mod lines;
 mod otel;
 
-use std::{
-    fmt,
-    sync::atomic::{AtomicBool, Ordering},
-};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing::{Event, Subscriber};
 use tracing_subscriber::{
-    EnvFilter, Layer,
-    fmt::{FmtContext, FormatEvent, FormatFields, format::Writer, writer::BoxMakeWriter},
-    layer::SubscriberExt,
-    registry::LookupSpan,
-    util::SubscriberInitExt,
+    EnvFilter, fmt::writer::BoxMakeWriter, layer::SubscriberExt, util::SubscriberInitExt,
 };
 
-use crate::config::{LogConfig, LogFormat, TracingConfig};
+use crate::config::{LogConfig, TracingConfig};
 
 /// What a service logs when RUST_LOG does not say.
 const SERVICE_FILTER: &str = "info";
@@ -149,44 +141,26 @@ pub fn init(cfg: &LogConfig, tracing: &TracingConfig, tool: bool) -> anyhow::Res
     let (provider, otel_layer) = match pipeline {
         // Spans only, with their own fields: log events are not copied into
         // them as span events (the log lines carry the ids instead), and no
-        // code location, thread or busy/idle time is recorded per span. Each
-        // of those costs on every span, and a request has three.
+        // code location, thread, target or busy/idle time is recorded per
+        // span. Each of those costs on every span, and a request has three.
+        // Nor is a span's context made OpenTelemetry's current one each time
+        // the span is entered (every poll of an instrumented future): only
+        // `context` reads a span's context, and it asks the span.
         Some((provider, tracer)) => (
             Some(provider),
-            Some(
+            Some(otel::SpansOnly(
                 tracing_opentelemetry::layer()
                     .with_tracer(tracer)
                     .with_location(false)
                     .with_threads(false)
+                    .with_target(false)
                     .with_tracked_inactivity(false)
-                    .with_filter(tracing_subscriber::filter::filter_fn(|meta| meta.is_span())),
-            ),
+                    .with_context_activation(false),
+            )),
         ),
         None => (None, None),
     };
-    let lines = match cfg.format {
-        LogFormat::Pretty => tracing_subscriber::fmt::layer()
-            .compact()
-            .with_writer(writer)
-            .map_event_format(|f| WithTraceIds {
-                inner: f,
-                traced,
-                json: false,
-            })
-            .boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .with_writer(writer)
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .map_event_format(|f| WithTraceIds {
-                inner: f,
-                traced,
-                json: true,
-            })
-            .boxed(),
-    };
+    let lines = lines::layer(cfg.format, writer, traced);
     // RUST_LOG filters for both: a span it turns off is not traced either
     // (one global filter; a second per-layer filter beside the tracing
     // layer's made spans go missing at random).
@@ -196,60 +170,4 @@ pub fn init(cfg: &LogConfig, tracing: &TracingConfig, tool: bool) -> anyhow::Res
         .with(lines)
         .try_init()?;
     Ok(Telemetry { provider })
-}
-
-/// A log line format that puts the current span's trace and span ids in
-/// front of each line inside a traced span: first in the JSON object, or
-/// as `trace_id=... span_id=...` before a pretty line.
-struct WithTraceIds<F> {
-    inner: F,
-    traced: bool,
-    json: bool,
-}
-
-impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-    F: FormatEvent<S, N>,
-{
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
-        let ids = self
-            .traced
-            // The event's span: its explicit parent, or the current one.
-            .then(|| ctx.parent_span())
-            .flatten()
-            .and_then(|span| {
-                tracing::dispatcher::get_default(|d| {
-                    tracing_opentelemetry::get_otel_context(&span.id(), d)
-                })
-            })
-            .map(|cx| cx.span().span_context().clone())
-            .filter(|sc| sc.is_valid());
-        let Some(ids) = ids else {
-            return self.inner.format_event(ctx, writer, event);
-        };
-        let (trace_id, span_id) = (ids.trace_id(), ids.span_id());
-        if !self.json {
-            // Straight to the writer, which keeps a terminal's colours.
-            write!(writer, "trace_id={trace_id} span_id={span_id} ")?;
-            return self.inner.format_event(ctx, writer, event);
-        }
-        // The JSON formatter writes one object: the ids go first in it.
-        let mut line = String::new();
-        self.inner
-            .format_event(ctx, Writer::new(&mut line), event)?;
-        match line.strip_prefix('{') {
-            Some(rest) => write!(
-                writer,
-                "{{\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\",{rest}"
-            ),
-            None => writer.write_str(&line),
-        }
-    }
 }

@@ -367,15 +367,22 @@ async fn dequeues_and_lease_extensions_no_replica_holds_do_not_count() {
     let first = broker.dequeue(queue, 1, lease).await.unwrap().remove(0);
     assert_eq!(first.id.get(), 1);
     let first_run = [(first.id, first.delivery)];
+    // Each connection of the pool learns the slots on its own, and a WAIT
+    // is sent once, failing fast: before the replica stops, every one of
+    // them must have answered (round robin, twice around).
+    for _ in 0..2 * env.cfg.redis.pool_size {
+        eventually(Duration::from_secs(10), "an extension", || {
+            let broker = broker.clone();
+            async move { broker.extend(queue, lease, &first_run).await.ok() }
+        })
+        .await;
+    }
 
     cluster.signal(replica, "STOP");
-    let extended = broker.extend(queue, lease, &first_run);
+    let extended = broker.extend(queue, lease, &first_run).await;
     assert!(
-        matches!(
-            extended.await,
-            Err(QueueError::NotReplicated { got: 0, .. })
-        ),
-        "an extension no replica holds counts as none"
+        matches!(extended, Err(QueueError::NotReplicated { got: 0, .. })),
+        "an extension no replica holds counts as none: {extended:?}"
     );
     let dequeued = broker.dequeue(queue, 1, lease).await;
     assert!(
