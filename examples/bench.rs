@@ -55,8 +55,8 @@ mod util;
 mod worker_rate;
 
 use util::{
-    cpu_seconds, find_number, http_addr_from_log, machine, median, mib, ms, peak_rss_kib, per_s,
-    sign_up, stop, table, url_host_port, wait_bounded, wait_ready, with_path,
+    cpu_seconds, find_number, http_addr_from_log, machine, machine_busy_seconds, median, mib, ms,
+    peak_rss_kib, per_s, sign_up, stop, table, url_host_port, wait_bounded, wait_ready, with_path,
 };
 
 const BENCH_DB: &str = "simplebank_bench";

@@ -11,6 +11,9 @@ pub(crate) struct WrkRun {
     pub rss_kib: u64,
     /// `serve`'s CPU time (user + system) per request answered.
     pub serve_cpu_us: f64,
+    /// The whole machine's busy CPU time per request answered: `serve`,
+    /// Postgres, Redis, wrk and anything else running.
+    pub machine_cpu_us: f64,
 }
 
 impl Bench {
@@ -112,6 +115,7 @@ impl Bench {
             let addr = http_addr_from_log(&mut serve)?;
             wait_ready(&addr).await?;
             let cpu_before = cpu_seconds(serve.id())?;
+            let busy_before = machine_busy_seconds()?;
             let out = Command::new("wrk")
                 .args(["-t", "2", "-c", &clients])
                 .args(["-d", &format!("{}s", self.args.load_for.as_secs())])
@@ -125,13 +129,15 @@ impl Bench {
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
             ensure!(out.status.success(), "wrk failed: {text}");
             let cpu = cpu_seconds(serve.id())? - cpu_before;
+            let busy = machine_busy_seconds()? - busy_before;
             let rss = peak_rss_kib(serve.id())?;
-            anyhow::Ok((text, rss, cpu))
+            anyhow::Ok((text, rss, cpu, busy))
         }
         .await;
         stop(&mut serve);
         let _ = std::fs::remove_dir_all(&mail_dir);
-        let (text, rss_kib, cpu) = result?;
+        let (text, rss_kib, cpu, busy) = result?;
+        let requests = requests(&text).context("wrk's request count")?;
         if let Some(bad) = find_number(&text, "Non-2xx or 3xx responses:") {
             bail!("wrk saw {bad} non-2xx responses: the run is not valid");
         }
@@ -147,7 +153,8 @@ impl Bench {
                 .fetch_one(&self.pool)
                 .await?,
             rss_kib,
-            serve_cpu_us: cpu * 1e6 / requests(&text).context("wrk's request count")?,
+            serve_cpu_us: cpu * 1e6 / requests,
+            machine_cpu_us: busy * 1e6 / requests,
         })
     }
 

@@ -81,9 +81,12 @@ impl Bench {
         std::fs::write(&lua, http_load::WRK_CREATE_USER)?;
         let n = self.args.tracing_rows;
         let (mut http, mut drain) = (<[Vec<f64>; 3]>::default(), <[Vec<f64>; 3]>::default());
-        // `serve`'s CPU per sign-up: the steadier view of the same cost (the
-        // rate moves with whatever else the two cores run).
-        let mut cpu = <[Vec<f64>; 3]>::default();
+        // CPU per sign-up, `serve`'s and the whole machine's: steadier views
+        // of the same cost (the rate moves with whatever else the two cores
+        // run). And each round's rates on against off, taken minutes apart
+        // at most, so slow drift of the machine falls on both.
+        let (mut cpu, mut machine) = (<[Vec<f64>; 3]>::default(), <[Vec<f64>; 3]>::default());
+        let mut paired = <[Vec<f64>; 2]>::default();
         let mut spans = 0;
         const SIDES: [&str; 3] = ["off", "on", "on, collector not answering"];
         for round in 1..=self.args.http_rounds.max(1) {
@@ -106,13 +109,17 @@ impl Bench {
                 let got = received.0.load(Ordering::Relaxed) - before;
                 spans += got;
                 println!(
-                    "tracing round {round}, {}: create_user {:.0} req/s (p99 {}, serve {:.0} us CPU a request), relay drain {rate:.0} rows/s, {got} spans received",
-                    SIDES[i], run.rps, run.p99, run.serve_cpu_us
+                    "tracing round {round}, {}: create_user {:.0} req/s (p99 {}, CPU a request: serve {:.0} us, machine {:.0} us), relay drain {rate:.0} rows/s, {got} spans received",
+                    SIDES[i], run.rps, run.p99, run.serve_cpu_us, run.machine_cpu_us
                 );
                 http[i].push(run.rps);
                 cpu[i].push(run.serve_cpu_us);
+                machine[i].push(run.machine_cpu_us);
                 drain[i].push(rate);
             }
+            let last = |side: usize| http[side].last().copied().unwrap_or(f64::NAN);
+            paired[0].push(last(1) / last(0));
+            paired[1].push(last(2) / last(0));
         }
         stop_collector.cancel();
         let _ = collector.await;
@@ -121,12 +128,16 @@ impl Bench {
         let [drain_off, drain_on, drain_silent] =
             drain.each_mut().map(|v| median(v.as_mut_slice()));
         let [cpu_off, cpu_on, cpu_silent] = cpu.each_mut().map(|v| median(v.as_mut_slice()));
-        // A create_user side's rate, and serve's CPU a sign-up beside off's.
-        let with_cpu = |rate: f64, cpu: f64| {
+        let [machine_off, machine_on, machine_silent] =
+            machine.each_mut().map(|v| median(v.as_mut_slice()));
+        let [paired_on, paired_silent] = paired.each_mut().map(|v| median(v.as_mut_slice()));
+        // A create_user side's rate, with its CPU a sign-up beside off's and
+        // the median of its rounds' rates against off's.
+        let with_cpu = |rate: f64, cpu: f64, machine: f64, paired: f64| {
             format!(
-                "{} (serve {cpu:.0} us CPU a sign-up, {cpu_off:.0} off: {:+.0} %)",
+                "{} (CPU a sign-up, against off: serve {cpu:.0} us / {cpu_off:.0}, the machine {machine:.0} us / {machine_off:.0}, so {:.2}; the rounds' own ratios, median {paired:.2})",
                 per_s(rate),
-                (cpu / cpu_off - 1.0) * 100.0
+                machine_off / machine,
             )
         };
         let rounds = self.args.http_rounds.max(1);
@@ -141,7 +152,7 @@ impl Bench {
             vs_off(
                 Row::new(
                     "7. POST /v1/create_user, tracing on, always_on (req/s)",
-                    with_cpu(http_on, cpu_on),
+                    with_cpu(http_on, cpu_on, machine_on, paired_on),
                 ),
                 http_on,
                 http_off,
@@ -159,7 +170,7 @@ impl Bench {
             vs_off(
                 Row::new(
                     "7. POST /v1/create_user, tracing on, collector not answering (req/s)",
-                    with_cpu(http_silent, cpu_silent),
+                    with_cpu(http_silent, cpu_silent, machine_silent, paired_silent),
                 ),
                 http_silent,
                 http_off,

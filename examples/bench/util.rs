@@ -209,3 +209,21 @@ pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     // utime and stime are the 14th and 15th fields, 12th and 13th after ")".
     Ok((ticks(11) + ticks(12)) / 100.0)
 }
+
+/// The CPU time (seconds, all cores) the machine has spent busy: user,
+/// nice, system, irq and softirq, from /proc/stat.
+pub(crate) fn machine_busy_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("/proc/stat")?;
+    let ticks: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    // user nice system idle iowait irq softirq: all but idle and iowait.
+    let busy = [0, 1, 2, 5, 6]
+        .iter()
+        .filter_map(|&i| ticks.get(i))
+        .sum::<f64>();
+    Ok(busy / 100.0)
+}

@@ -240,6 +240,7 @@ async fn a_sign_up_and_its_email_are_one_trace() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
+    let request_id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
     let server = span_where(
         &received,
         "POST /v1/create_user",
@@ -315,19 +316,45 @@ async fn a_sign_up_and_its_email_are_one_trace() {
     })
     .await;
     assert_eq!(batch.kind, SpanKind::Producer as i32);
-    // A log line of the run carries its ids.
+    // A log line of the run carries its ids, and names its task.
     let run_span_id = hex(&run.span_id);
-    eventually(
+    let line_of = |span_id: String| {
+        let logs = logs.clone();
+        move || {
+            let line = logs.lock().unwrap().iter().find_map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).ok()?;
+                (v["trace_id"] == trace && v["span_id"] == span_id.as_str()).then_some(v)
+            });
+            async move { line }
+        }
+    };
+    let line = eventually(
         Duration::from_secs(10),
         "a log line with the run's ids",
-        || async {
-            logs.lock().unwrap().iter().find_map(|line| {
-                let v: serde_json::Value = serde_json::from_str(line).ok()?;
-                (v["trace_id"] == trace && v["span_id"] == run_span_id.as_str()).then_some(())
-            })
-        },
+        line_of(run_span_id),
     )
     .await;
+    assert_eq!(line["span"]["task_id"].to_string(), task_id, "{line}");
+    // The sign-up's line is logged inside the transaction's span, which has
+    // attributes only: the line's span is the request's, with its id, and
+    // shows no attribute.
+    let line = eventually(
+        Duration::from_secs(10),
+        "a log line with the transaction's ids",
+        line_of(hex(&transaction.span_id)),
+    )
+    .await;
+    assert_eq!(line["message"], "user created", "{line}");
+    assert_eq!(
+        line["span"],
+        serde_json::json!({
+            "name": "request",
+            "request_id": request_id,
+            "method": "POST",
+            "path": "/v1/create_user",
+        }),
+        "{line}"
+    );
 
     // 2. A first run that fails: the retry is a trace of its own, linked.
     let mail_dir = env.cfg.mail.dir.clone();
