@@ -6,7 +6,8 @@
 //! or a task nothing but the push onto the queue.
 //!
 //! The thread wakes when a batch is due (OTEL_BSP_SCHEDULE_DELAY) or when a
-//! full batch waits (OTEL_BSP_MAX_EXPORT_BATCH_SIZE), not for each span: a
+//! full batch's weight waits (OTEL_BSP_MAX_EXPORT_BATCH_SIZE spans of no
+//! links, or fewer with links: see [`weight`]), not for each span: a
 //! wake-up per span cost the service more than building the span did.
 
 use std::{
@@ -58,7 +59,8 @@ pub struct BoundedExport {
     queue: Option<Sender<Message>>,
     /// Wakes the thread before its next batch is due.
     wake: Arc<Notify>,
-    /// A full batch's weight: queued, it wakes the thread.
+    /// A full batch's weight (OTEL_BSP_MAX_EXPORT_BATCH_SIZE, as
+    /// [`weight`]s): queued, it wakes the thread.
     batch_weight: usize,
     /// The weight ([`weight`]) of the spans queued now: bounded too, so a
     /// queue of relay batch spans, a link per row each, stays small while
@@ -149,26 +151,37 @@ impl SpanProcessor for BoundedExport {
         if !span.span_context.is_sampled() {
             return;
         }
-        let Some(queue) = &self.queue else { return };
+        let Some(queue) = &self.queue else {
+            metrics::trace_spans_dropped("shut_down", 1);
+            return;
+        };
         let w = weight(&span);
         let before = self.queued.fetch_add(w, Ordering::Relaxed);
-        if before + w > self.max_weight {
-            self.queued.fetch_sub(w, Ordering::Relaxed);
-            metrics::trace_spans_dropped("queue_full", 1);
-            return;
-        }
-        let dropped = match queue.try_send(Message::Span(Box::new(span))) {
-            Ok(()) => {
-                // Once per full batch, on the span that fills it.
-                if before < self.batch_weight && before + w >= self.batch_weight {
-                    self.wake.notify_one();
+        let dropped = if before + w > self.max_weight {
+            "queue_full"
+        } else {
+            match queue.try_send(Message::Span(Box::new(span))) {
+                Ok(()) => {
+                    // Once per full batch, on the span that fills it.
+                    if before < self.batch_weight && before + w >= self.batch_weight {
+                        self.wake.notify_one();
+                    }
+                    return;
                 }
-                return;
+                Err(TrySendError::Full(_)) => "queue_full",
+                Err(TrySendError::Closed(_)) => "shut_down",
             }
-            Err(TrySendError::Full(_)) => "queue_full",
-            Err(TrySendError::Closed(_)) => "shut_down",
         };
-        self.queued.fetch_sub(w, Ordering::Relaxed);
+        // Spans that came while this one's weight counted may have found the
+        // batch full already and woken no one: wake the thread for them.
+        if self
+            .queued
+            .fetch_sub(w, Ordering::Relaxed)
+            .saturating_sub(w)
+            >= self.batch_weight
+        {
+            self.wake.notify_one();
+        }
         metrics::trace_spans_dropped(dropped, 1);
     }
 
@@ -345,6 +358,24 @@ mod tests {
     }
 
     impl Sizes {
+        /// A provider exporting through [`BoundedExport`] to a `Sizes`, in
+        /// batches of 4, due every `delay`.
+        fn provider(delay: Duration) -> (Self, SdkTracerProvider) {
+            let sizes = Self::default();
+            let exporter = sizes.clone();
+            let limits = Limits {
+                max_queue: 64,
+                max_batch: 4,
+                delay,
+                timeout: Duration::from_secs(5),
+            };
+            let processor = BoundedExport::start(move || Ok(exporter), limits).unwrap();
+            let provider = SdkTracerProvider::builder()
+                .with_span_processor(processor)
+                .build();
+            (sizes, provider)
+        }
+
         /// The sizes once there are `n` batches (within 10 s).
         fn when(&self, n: usize) -> Vec<usize> {
             let until = Instant::now() + Duration::from_secs(10);
@@ -356,23 +387,9 @@ mod tests {
     }
 
     #[test]
-    fn a_full_batch_goes_at_once_and_the_rest_when_due_or_flushed() {
-        let sizes = Sizes::default();
-        let exporter = sizes.clone();
-        let processor = BoundedExport::start(
-            move || Ok(exporter),
-            Limits {
-                max_queue: 64,
-                max_batch: 4,
-                // Never due in this test: only a full batch or a flush sends.
-                delay: Duration::from_secs(3600),
-                timeout: Duration::from_secs(5),
-            },
-        )
-        .unwrap();
-        let provider = SdkTracerProvider::builder()
-            .with_span_processor(processor)
-            .build();
+    fn a_full_batch_goes_at_once_and_the_rest_when_flushed_or_shut_down() {
+        // Never due in this test: only a full batch or a flush sends.
+        let (sizes, provider) = Sizes::provider(Duration::from_secs(3600));
         let tracer = provider.tracer("test");
         for _ in 0..4 {
             tracer.start("span").end();
@@ -389,6 +406,16 @@ mod tests {
         tracer.start("span").end();
         provider.shutdown().unwrap();
         assert_eq!(*sizes.0.lock().unwrap(), [4, 3, 1], "so does the shutdown");
+    }
+
+    #[test]
+    fn a_partial_batch_goes_when_due() {
+        let (sizes, provider) = Sizes::provider(Duration::from_millis(20));
+        provider.tracer("test").start("span").end();
+        // No flush, no full batch: only the schedule sends it.
+        assert_eq!(sizes.when(1), [1]);
+        // Dropped without a shutdown: the thread ends, and nothing is left.
+        drop(provider);
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! the trace; those have a dot in their name, the plain ones do not. So a
 //! line logged inside a span that only tracing has (a transaction, an SMTP
 //! send) still names its request or task, as it does with tracing off, and
-//! a traced line is no larger than an untraced one.
+//! its `span` is no larger than an untraced line's. (A plain field named
+//! `name` would be shadowed there by the span's name: none is.)
 //!
 //! The fmt layer formats a span's fields when the span starts and again on
 //! each `record`, whether or not a line is ever logged inside it; leaving
@@ -128,18 +129,21 @@ where
                 (!fields.is_empty()).then(|| (span.name(), fields.to_owned()))
             })
         });
-        writer.write_char('{')?;
+        // The members in order, comma-separated.
+        let mut parts = Vec::with_capacity(3);
         if let Some((trace_id, span_id)) = ids {
-            write!(
-                writer,
-                "\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\","
-            )?;
+            parts.push(format!(
+                "\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\""
+            ));
         }
-        writer.write_str(members)?;
+        if !members.is_empty() {
+            parts.push(members.to_owned());
+        }
         if let Some((name, fields)) = span {
-            // A span's name is an identifier in the code: nothing to escape.
-            write!(writer, ",\"span\":{{\"name\":\"{name}\",{fields}}}")?;
+            let name = serde_json::to_string(name).map_err(|_| fmt::Error)?;
+            parts.push(format!("\"span\":{{\"name\":{name},{fields}}}"));
         }
+        write!(writer, "{{{}", parts.join(","))?;
         writer.write_str("}\n")
     }
 }

@@ -144,8 +144,9 @@ pub fn init(cfg: &LogConfig, tracing: &TracingConfig, tool: bool) -> anyhow::Res
         // code location, thread, target or busy/idle time is recorded per
         // span. Each of those costs on every span, and a request has three.
         // Nor is a span's context made OpenTelemetry's current one each time
-        // the span is entered (every poll of an instrumented future): only
-        // `context` reads a span's context, and it asks the span.
+        // the span is entered (every poll of an instrumented future): what
+        // reads a span's context here (`context`, the log lines' ids) asks
+        // the span for it.
         Some((provider, tracer)) => (
             Some(provider),
             Some(otel::SpansOnly(

@@ -369,14 +369,23 @@ async fn dequeues_and_lease_extensions_no_replica_holds_do_not_count() {
     let first_run = [(first.id, first.delivery)];
     // Each connection of the pool learns the slots on its own, and a WAIT
     // is sent once, failing fast: before the replica stops, every one of
-    // them must have answered (round robin, twice around).
-    for _ in 0..2 * env.cfg.redis.pool_size {
-        eventually(Duration::from_secs(10), "an extension", || {
+    // them must have answered. The pool takes turns, so as many successes
+    // in a row as it has connections are one from each.
+    let connections = env.cfg.redis.pool_size;
+    eventually(
+        Duration::from_secs(10),
+        "an extension on each connection",
+        || {
             let broker = broker.clone();
-            async move { broker.extend(queue, lease, &first_run).await.ok() }
-        })
-        .await;
-    }
+            async move {
+                for _ in 0..connections {
+                    broker.extend(queue, lease, &first_run).await.ok()?;
+                }
+                Some(())
+            }
+        },
+    )
+    .await;
 
     cluster.signal(replica, "STOP");
     let extended = broker.extend(queue, lease, &first_run).await;
